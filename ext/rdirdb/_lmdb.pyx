@@ -1,0 +1,623 @@
+# cython: language_level=3
+"""Handles over the LMDB C library: environments, transactions and cursors.
+
+Every handle follows one lifecycle: a pointer that starts NULL, an idempotent
+``close()``, a ``closed`` property, context-manager support, and a clear
+:class:`rdirdb.errors.ClosedError` when used after close. Parents close their
+children first (environment -> transactions -> cursors).
+
+The map grows on its own: write transactions start with half the map free, and
+the engine's batch writers retry after growing on MDB_MAP_FULL. Growing needs
+no live transaction in this process, so every transaction holds the shared
+side of ``_resize_lock`` and a resize takes the exclusive side.
+"""
+
+cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.errno cimport (EACCES, EAGAIN, EBUSY, EINVAL, EIO, ENOENT, ENOMEM,
+                         ENOSPC, EPERM, EROFS, ETIMEDOUT)
+from libc.string cimport memset
+from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
+
+from rdirdb.lmdb cimport *
+
+import os
+import weakref
+
+from rdirdb import errors
+
+
+cdef extern from "pthread.h" nogil:
+    ctypedef struct pthread_rwlockattr_t:
+        pass
+    int pthread_rwlock_init(pthread_rwlock_t *lock, const pthread_rwlockattr_t *attr)
+    int pthread_rwlock_destroy(pthread_rwlock_t *lock)
+    int pthread_rwlock_rdlock(pthread_rwlock_t *lock)
+    int pthread_rwlock_timedwrlock(pthread_rwlock_t *lock, const timespec *abstime)
+    int pthread_rwlock_unlock(pthread_rwlock_t *lock)
+
+
+# ---------------------------------------------------------------------------
+# Errors: one table from return code to exception class
+# ---------------------------------------------------------------------------
+
+_ERRORS = {
+    MDB_KEYEXIST: errors.KeyExistsError,
+    MDB_PAGE_NOTFOUND: errors.PageNotFoundError,
+    MDB_CORRUPTED: errors.CorruptedError,
+    MDB_PANIC: errors.PanicError,
+    MDB_VERSION_MISMATCH: errors.VersionMismatchError,
+    MDB_INVALID: errors.InvalidError,
+    MDB_MAP_FULL: errors.MapFullError,
+    MDB_DBS_FULL: errors.DbsFullError,
+    MDB_READERS_FULL: errors.ReadersFullError,
+    MDB_TLS_FULL: errors.TlsFullError,
+    MDB_TXN_FULL: errors.TxnFullError,
+    MDB_CURSOR_FULL: errors.CursorFullError,
+    MDB_PAGE_FULL: errors.PageFullError,
+    MDB_MAP_RESIZED: errors.MapResizedError,
+    MDB_INCOMPATIBLE: errors.IncompatibleError,
+    MDB_BAD_RSLOT: errors.BadRslotError,
+    MDB_BAD_TXN: errors.BadTxnError,
+    MDB_BAD_VALSIZE: errors.BadValSizeError,
+    MDB_BAD_DBI: errors.BadDbiError,
+    ENOSPC: errors.DiskFullError,
+    EACCES: errors.LmdbPermissionError,
+    EPERM: errors.LmdbPermissionError,
+    ENOENT: errors.LmdbFileNotFoundError,
+    EINVAL: errors.LmdbInvalidParameterError,
+    ENOMEM: errors.LmdbMemoryError,
+    EIO: errors.LmdbIOError,
+    EROFS: errors.LmdbReadOnlyError,
+    EBUSY: errors.LmdbBusyError,
+    EAGAIN: errors.LmdbBusyError,
+}
+
+
+cdef int check(int rc, const char *what) except -1:
+    """Raise the exception mapped to ``rc`` (naming ``what``) unless it is 0."""
+    if rc == MDB_SUCCESS:
+        return 0
+    cls = _ERRORS.get(rc, errors.LmdbError)
+    raise cls(what.decode(), rc, mdb_strerror(rc).decode("utf-8", "replace"))
+
+
+def lmdb_version():
+    """The version of the linked liblmdb, as ``(major, minor, patch)``."""
+    cdef int major, minor, patch
+    mdb_version(&major, &minor, &patch)
+    return (major, minor, patch)
+
+
+cdef inline bytes _as_key(object key):
+    if not isinstance(key, bytes):
+        raise TypeError(f"keys and values must be bytes, not {type(key).__name__}")
+    return <bytes>key
+
+
+cdef inline void _set_val(MDB_val *val, bytes data):
+    val.mv_data = PyBytes_AS_STRING(data)
+    val.mv_size = PyBytes_GET_SIZE(data)
+
+
+cdef inline bytes _val_bytes(MDB_val *val):
+    return PyBytes_FromStringAndSize(<char *>val.mv_data, val.mv_size)
+
+
+cdef _closed(str what):
+    raise errors.ClosedError(f"{what} is closed")
+
+
+# The longest a resize waits for this process's other transactions to end.
+DEF RESIZE_WAIT_SECONDS = 30
+
+
+# ---------------------------------------------------------------------------
+# Environment
+# ---------------------------------------------------------------------------
+
+@cython.final
+cdef class Environment:
+    """An LMDB environment: one directory holding ``data.mdb`` and ``lock.mdb``.
+
+    ``sync=True`` (the default) makes every commit durable (fsync); with
+    ``sync=False`` a commit survives the death of the process but not of the
+    machine. Stale reader slots of dead processes are cleared on open.
+    """
+
+    def __cinit__(self):
+        self._env = NULL
+        self._lock_ready = False
+        self._children = weakref.WeakSet()
+        self._dbis = {}
+
+    def __init__(self, path, *, databases=(), size_t map_size=256 << 20,
+                 unsigned int max_dbs=8, unsigned int max_readers=256, bint sync=True,
+                 bint readonly=False, bint create=True):
+        cdef unsigned int flags = MDB_NOTLS | MDB_NORDAHEAD
+        cdef int dead = 0, rc
+        cdef const char *cpath
+        self.path = os.fspath(path)
+        self.readonly = readonly
+        self.durable = sync
+        if readonly:
+            flags |= MDB_RDONLY
+        if not sync:
+            flags |= MDB_NOSYNC | MDB_NOMETASYNC
+        if create and not readonly:
+            os.makedirs(self.path, exist_ok=True)
+        elif not os.path.isdir(self.path):
+            raise errors.LmdbFileNotFoundError("mdb_env_open", ENOENT, f"no environment at {self.path}")
+        if pthread_rwlock_init(&self._resize_lock, NULL) != 0:
+            raise MemoryError("cannot create the resize lock")
+        self._lock_ready = True
+        check(mdb_env_create(&self._env), b"mdb_env_create")
+        try:
+            check(mdb_env_set_maxdbs(self._env, max_dbs), b"mdb_env_set_maxdbs")
+            check(mdb_env_set_maxreaders(self._env, max_readers), b"mdb_env_set_maxreaders")
+            check(mdb_env_set_mapsize(self._env, map_size), b"mdb_env_set_mapsize")
+            path_b = os.fsencode(self.path)
+            cpath = <const char *>path_b
+            with nogil:
+                rc = mdb_env_open(self._env, cpath, flags, 0o644)
+            check(rc, b"mdb_env_open")
+            # Readers of processes killed with SIGKILL leave their slots behind.
+            check(mdb_reader_check(self._env, &dead), b"mdb_reader_check")
+            self.open_db(None)
+            for name in databases:
+                self.open_db(name)
+        except BaseException:
+            mdb_env_close(self._env)
+            self._env = NULL
+            raise
+
+    def __dealloc__(self):
+        if self._env != NULL:
+            mdb_env_close(self._env)
+            self._env = NULL
+        if self._lock_ready:
+            pthread_rwlock_destroy(&self._resize_lock)
+
+    cdef int _ensure_open(self) except -1:
+        if self._env == NULL:
+            _closed("environment")
+        return 0
+
+    def close(self):
+        """Abort this environment's open transactions, then close it. Idempotent."""
+        if self._env == NULL:
+            return
+        for child in list(self._children):
+            child.close()
+        with nogil:
+            mdb_env_close(self._env)
+        self._env = NULL
+
+    @property
+    def closed(self):
+        return self._env == NULL
+
+    def __enter__(self):
+        self._ensure_open()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        state = "closed" if self._env == NULL else "open"
+        return f"<rdirdb.Environment {self.path!r} {state}>"
+
+    # -- transactions (C level) ---------------------------------------------
+
+    cdef int begin_raw(self, MDB_txn **txn, bint write) except -1:
+        """Begin a transaction that holds the shared side of the resize lock."""
+        cdef int rc
+        cdef MDB_envinfo info
+        cdef MDB_stat st
+        self._ensure_open()
+        if write and self.readonly:
+            raise errors.LmdbReadOnlyError("mdb_txn_begin", EROFS, "the environment was opened read-only")
+        while True:
+            if write:
+                mdb_env_info(self._env, &info)
+                mdb_env_stat(self._env, &st)
+                if (info.me_last_pgno + 1) * st.ms_psize * 2 > info.me_mapsize:
+                    self.grow((info.me_last_pgno + 1) * st.ms_psize * 2)
+            with nogil:
+                pthread_rwlock_rdlock(&self._resize_lock)
+                rc = mdb_txn_begin(self._env, NULL, 0 if write else MDB_RDONLY, txn)
+                if rc != MDB_SUCCESS:
+                    pthread_rwlock_unlock(&self._resize_lock)
+            if rc == MDB_MAP_RESIZED:
+                # Another process grew the map: adopt its size, then retry.
+                self.grow(0)
+                continue
+            check(rc, b"mdb_txn_begin")
+            return 0
+
+    cdef int end_raw(self, MDB_txn *txn, bint commit) except -1:
+        """Commit or abort ``txn`` and release the shared resize lock."""
+        cdef int rc = MDB_SUCCESS
+        with nogil:
+            if commit:
+                rc = mdb_txn_commit(txn)
+            else:
+                mdb_txn_abort(txn)
+            pthread_rwlock_unlock(&self._resize_lock)
+        check(rc, b"mdb_txn_commit")
+        return 0
+
+    cdef int grow(self, size_t needed) except -1:
+        """Double the map until it holds ``needed`` bytes (0: adopt the current file size).
+
+        Waits until no other transaction of this process is live, as LMDB requires.
+        """
+        cdef MDB_envinfo info
+        cdef timespec deadline
+        cdef int rc
+        cdef size_t size
+        self._ensure_open()
+        clock_gettime(CLOCK_REALTIME, &deadline)
+        deadline.tv_sec += RESIZE_WAIT_SECONDS
+        with nogil:
+            rc = pthread_rwlock_timedwrlock(&self._resize_lock, &deadline)
+        if rc == ETIMEDOUT:
+            raise errors.MapFullError(
+                "mdb_env_set_mapsize", MDB_MAP_FULL,
+                "the map must grow but transactions of this process stayed open "
+                f"for {RESIZE_WAIT_SECONDS} s; close long-lived transactions")
+        try:
+            mdb_env_info(self._env, &info)
+            size = info.me_mapsize
+            if needed == 0:
+                rc = mdb_env_set_mapsize(self._env, 0)
+            elif size < needed:
+                while size < needed:
+                    size *= 2
+                rc = mdb_env_set_mapsize(self._env, size)
+            check(rc, b"mdb_env_set_mapsize")
+        finally:
+            pthread_rwlock_unlock(&self._resize_lock)
+        return 0
+
+    cdef MDB_dbi dbi(self, name) except? 0:
+        """The handle of a database opened with the environment (None: the main one)."""
+        try:
+            return self._dbis[name]
+        except KeyError:
+            self._ensure_open()
+            raise ValueError(f"unknown database {name!r}: list it in Environment(databases=...)") from None
+
+    # -- Python API -----------------------------------------------------------
+
+    def begin(self, *, bint write=False):
+        """Start a transaction; use it as a context manager (commit, or abort on error)."""
+        cdef Transaction txn = Transaction.__new__(Transaction)
+        self._ensure_open()
+        self.begin_raw(&txn._txn, write)
+        txn.env = self
+        txn.write = write
+        self._children.add(txn)
+        return txn
+
+    def open_db(self, name=None):
+        """Open (creating it when writable) the named database; returns its handle.
+
+        Uses its own transaction: call it while this thread holds no write transaction.
+        """
+        cdef MDB_txn *txn
+        cdef MDB_dbi handle = 0
+        cdef int rc
+        cdef const char *cname = NULL
+        if name in self._dbis:
+            return self._dbis[name]
+        name_b = name.encode() if name is not None else None
+        if name_b is not None:
+            cname = name_b
+        self.begin_raw(&txn, not self.readonly)
+        rc = mdb_dbi_open(txn, cname, 0 if self.readonly else MDB_CREATE, &handle)
+        if rc != MDB_SUCCESS:
+            self.end_raw(txn, False)
+            if rc == MDB_NOTFOUND:
+                raise errors.LmdbFileNotFoundError("mdb_dbi_open", rc, f"no database named {name!r}")
+            check(rc, b"mdb_dbi_open")
+        self.end_raw(txn, True)
+        self._dbis[name] = handle
+        return handle
+
+    def stat(self, name=None):
+        """LMDB's statistics of the named database, as a dict."""
+        cdef MDB_txn *txn
+        cdef MDB_stat st
+        cdef MDB_dbi handle = self.dbi(name)
+        self.begin_raw(&txn, False)
+        try:
+            check(mdb_stat(txn, handle, &st), b"mdb_stat")
+        finally:
+            self.end_raw(txn, False)
+        return {
+            "psize": st.ms_psize, "depth": st.ms_depth,
+            "branch_pages": st.ms_branch_pages, "leaf_pages": st.ms_leaf_pages,
+            "overflow_pages": st.ms_overflow_pages, "entries": st.ms_entries,
+        }
+
+    def info(self):
+        """Map size, last page number, reader counts, as a dict."""
+        cdef MDB_envinfo info
+        self._ensure_open()
+        check(mdb_env_info(self._env, &info), b"mdb_env_info")
+        return {
+            "map_size": info.me_mapsize, "last_pgno": info.me_last_pgno,
+            "last_txnid": info.me_last_txnid, "max_readers": info.me_maxreaders,
+            "num_readers": info.me_numreaders,
+        }
+
+    @property
+    def map_size(self):
+        return self.info()["map_size"]
+
+    @property
+    def max_key_size(self):
+        self._ensure_open()
+        return mdb_env_get_maxkeysize(self._env)
+
+    def set_map_size(self, size_t size):
+        """Grow the map to at least ``size`` bytes."""
+        self.grow(size)
+
+    def reader_check(self):
+        """Clear reader slots of dead processes; returns how many were cleared."""
+        cdef int dead = 0
+        self._ensure_open()
+        check(mdb_reader_check(self._env, &dead), b"mdb_reader_check")
+        return dead
+
+    def sync(self, bint force=True):
+        """Flush buffers to disk (useful with ``sync=False``)."""
+        cdef int rc
+        self._ensure_open()
+        with nogil:
+            rc = mdb_env_sync(self._env, force)
+        check(rc, b"mdb_env_sync")
+
+    def copy(self, path, *, bint compact=True):
+        """Write a consistent copy of the environment into the empty directory ``path``.
+
+        Runs in a read transaction, so writers go on meanwhile (hot backup).
+        """
+        cdef int rc
+        cdef unsigned int flags = 1 if compact else 0   # MDB_CP_COMPACT
+        cdef const char *cpath
+        self._ensure_open()
+        os.makedirs(path, exist_ok=True)
+        path_b = os.fsencode(path)
+        cpath = <const char *>path_b
+        with nogil:
+            rc = mdb_env_copy2(self._env, cpath, flags)
+        check(rc, b"mdb_env_copy2")
+
+
+# ---------------------------------------------------------------------------
+# Transaction
+# ---------------------------------------------------------------------------
+
+@cython.final
+cdef class Transaction:
+    """A read or write transaction; get one from :meth:`Environment.begin`."""
+
+    def __cinit__(self):
+        self._txn = NULL
+        self._children = weakref.WeakSet()
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("use Environment.begin() to start a transaction")
+
+    def __dealloc__(self):
+        if self._txn != NULL and self.env is not None:
+            self.env.end_raw(self._txn, False)
+            self._txn = NULL
+
+    cdef int _ensure_open(self) except -1:
+        if self._txn == NULL:
+            _closed("transaction")
+        return 0
+
+    cdef int _finish(self, bint commit) except -1:
+        if self._txn == NULL:
+            return 0
+        for child in list(self._children):
+            child.close()
+        cdef MDB_txn *txn = self._txn
+        self._txn = NULL
+        self.env._children.discard(self)
+        self.env.end_raw(txn, commit)
+        return 0
+
+    def commit(self):
+        """Commit; the transaction is closed afterwards."""
+        self._ensure_open()
+        self._finish(True)
+
+    def abort(self):
+        """Abort; the transaction is closed afterwards. Idempotent."""
+        self._finish(False)
+
+    close = abort
+
+    @property
+    def closed(self):
+        return self._txn == NULL
+
+    def __enter__(self):
+        self._ensure_open()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if self._txn == NULL:
+            return
+        self._finish(exc_type is None)
+
+    def get(self, key, *, db=None):
+        """The value stored under ``key``, or None."""
+        cdef MDB_val k, v
+        cdef int rc
+        self._ensure_open()
+        _set_val(&k, _as_key(key))
+        rc = mdb_get(self._txn, self.env.dbi(db), &k, &v)
+        if rc == MDB_NOTFOUND:
+            return None
+        check(rc, b"mdb_get")
+        return _val_bytes(&v)
+
+    def put(self, key, value, *, db=None, bint overwrite=True, bint append=False):
+        """Store ``value`` under ``key``; False if the key exists and not ``overwrite``."""
+        cdef MDB_val k, v
+        cdef int rc
+        cdef unsigned int flags = (0 if overwrite else MDB_NOOVERWRITE) | (MDB_APPEND if append else 0)
+        self._ensure_open()
+        _set_val(&k, _as_key(key))
+        _set_val(&v, _as_key(value))
+        rc = mdb_put(self._txn, self.env.dbi(db), &k, &v, flags)
+        if rc == MDB_KEYEXIST and not overwrite:
+            return False
+        if rc == MDB_MAP_FULL:
+            # LMDB cannot grow the map under a live transaction: abort it, grow,
+            # and let the caller replay it (the engine's batch writers do so).
+            self._finish(False)
+            self.env.grow(self.env.info()["map_size"] * 2)
+            raise errors.MapFullError(
+                "mdb_put", rc, "the map was full: the transaction was aborted and the map "
+                "grown; run the transaction again")
+        check(rc, b"mdb_put")
+        return True
+
+    def delete(self, key, *, db=None):
+        """Delete ``key``; False if it was not there."""
+        cdef MDB_val k
+        cdef int rc
+        self._ensure_open()
+        _set_val(&k, _as_key(key))
+        rc = mdb_del(self._txn, self.env.dbi(db), &k, NULL)
+        if rc == MDB_NOTFOUND:
+            return False
+        check(rc, b"mdb_del")
+        return True
+
+    def cursor(self, *, db=None):
+        """A cursor over the named database, closed with this transaction."""
+        cdef Cursor cur = Cursor.__new__(Cursor)
+        self._ensure_open()
+        check(mdb_cursor_open(self._txn, self.env.dbi(db), &cur._cursor), b"mdb_cursor_open")
+        cur.txn = self
+        self._children.add(cur)
+        return cur
+
+
+# ---------------------------------------------------------------------------
+# Cursor
+# ---------------------------------------------------------------------------
+
+@cython.final
+cdef class Cursor:
+    """A position in one database of a transaction; iterate it for ``(key, value)``."""
+
+    def __cinit__(self):
+        self._cursor = NULL
+        self._positioned = False
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("use Transaction.cursor() to open a cursor")
+
+    def __dealloc__(self):
+        # A cursor never outlives its transaction's pointer: close() runs first.
+        if self._cursor != NULL and self.txn is not None and self.txn._txn != NULL:
+            mdb_cursor_close(self._cursor)
+        self._cursor = NULL
+
+    cdef int _ensure_open(self) except -1:
+        if self._cursor == NULL:
+            _closed("cursor")
+        if self.txn._txn == NULL:
+            _closed("transaction of this cursor")
+        return 0
+
+    def close(self):
+        """Close the cursor. Idempotent."""
+        if self._cursor == NULL:
+            return
+        mdb_cursor_close(self._cursor)
+        self._cursor = NULL
+        self._positioned = False
+        self.txn._children.discard(self)
+
+    @property
+    def closed(self):
+        return self._cursor == NULL
+
+    def __enter__(self):
+        self._ensure_open()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    cdef bint _move(self, int op) except -1:
+        cdef int rc
+        self._ensure_open()
+        rc = mdb_cursor_get(self._cursor, &self._key, &self._value, <MDB_cursor_op>op)
+        if rc == MDB_NOTFOUND:
+            self._positioned = False
+            return False
+        check(rc, b"mdb_cursor_get")
+        self._positioned = True
+        return True
+
+    def first(self):
+        """Move to the first key; False if the database is empty."""
+        return self._move(MDB_FIRST)
+
+    def last(self):
+        """Move to the last key; False if the database is empty."""
+        return self._move(MDB_LAST)
+
+    def next(self):
+        """Move to the next key; False past the end."""
+        return self._move(MDB_NEXT)
+
+    def prev(self):
+        """Move to the previous key; False before the start."""
+        return self._move(MDB_PREV)
+
+    def set_range(self, key):
+        """Move to the first key >= ``key``; False if there is none."""
+        _set_val(&self._key, _as_key(key))
+        return self._move(MDB_SET_RANGE)
+
+    def set_key(self, key):
+        """Move to ``key`` exactly; False if it is absent."""
+        _set_val(&self._key, _as_key(key))
+        return self._move(MDB_SET_KEY)
+
+    def key(self):
+        """The current key (bytes), or None when not positioned."""
+        self._ensure_open()
+        return _val_bytes(&self._key) if self._positioned else None
+
+    def value(self):
+        """The current value (bytes), or None when not positioned."""
+        self._ensure_open()
+        return _val_bytes(&self._value) if self._positioned else None
+
+    def item(self):
+        self._ensure_open()
+        if not self._positioned:
+            return None
+        return (_val_bytes(&self._key), _val_bytes(&self._value))
+
+    def __iter__(self):
+        """Iterate ``(key, value)`` from the current position (from the first if unpositioned)."""
+        ok = self._move(MDB_GET_CURRENT if self._positioned else MDB_FIRST)
+        while ok:
+            yield (_val_bytes(&self._key), _val_bytes(&self._value))
+            ok = self._move(MDB_NEXT)

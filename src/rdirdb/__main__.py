@@ -1,0 +1,3 @@
+from rdirdb.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,256 @@
+"""Every exception rdirdb raises.
+
+Two families share one base, :class:`RdirdbError`:
+
+* the storage engine's errors (:class:`LmdbError` and one subclass per LMDB
+  return code or errno value; the native modules raise them through a single
+  table), plus :class:`ClosedError` for a handle used after ``close()``;
+* the rdir API errors, named as OpenIO's client names them
+  (:class:`OioException`, :class:`NotFound`, :class:`BadRequest`, ...) so that
+  code written against OpenIO catches the same classes.
+
+Bad input raises :class:`BadRequest`, which is also a :class:`ValueError`, or a
+plain :class:`TypeError` for a value of the wrong type.
+"""
+
+from __future__ import annotations
+
+
+class RdirdbError(Exception):
+    """Base class of every rdirdb error."""
+
+
+class ClosedError(RdirdbError, RuntimeError):
+    """A handle (environment, transaction, cursor, store) was used after close()."""
+
+
+# --------------------------------------------------------------------------
+# Storage engine (LMDB)
+# --------------------------------------------------------------------------
+
+
+class LmdbError(RdirdbError):
+    """An LMDB call failed.
+
+    ``what`` names the C function that failed, ``code`` is LMDB's return code
+    (an MDB_* constant or an errno value) and ``reason`` LMDB's own text.
+    """
+
+    hint = ""
+
+    def __init__(self, what: str, code: int, reason: str) -> None:
+        self.what = what
+        self.code = code
+        self.reason = reason
+        message = f"{what}: {reason}"
+        if self.hint:
+            message = f"{message} ({self.hint})"
+        super().__init__(message)
+
+
+class KeyExistsError(LmdbError):
+    hint = "the key is already stored and overwriting was not allowed"
+
+
+class PageNotFoundError(LmdbError):
+    hint = "a database page is missing: the file is corrupted or was truncated"
+
+
+class CorruptedError(LmdbError):
+    hint = "the database file is corrupted; restore it from a backup"
+
+
+class PanicError(LmdbError):
+    hint = "the environment hit a fatal error; close and reopen it"
+
+
+class VersionMismatchError(LmdbError):
+    hint = "the database was written by an incompatible LMDB version"
+
+
+class InvalidError(LmdbError):
+    hint = "the file is not an LMDB database"
+
+
+class MapFullError(LmdbError):
+    hint = "the memory map is full and could not be grown"
+
+
+class DbsFullError(LmdbError):
+    hint = "too many named databases in this environment"
+
+
+class ReadersFullError(LmdbError):
+    hint = "too many concurrent readers; raise max_readers or close idle readers"
+
+
+class TlsFullError(LmdbError):
+    hint = "too many threads hold read transactions"
+
+
+class TxnFullError(LmdbError):
+    hint = "the transaction has too many dirty pages; write smaller batches"
+
+
+class CursorFullError(LmdbError):
+    hint = "the cursor stack is too deep (internal LMDB limit)"
+
+
+class PageFullError(LmdbError):
+    hint = "a page has no room left (internal LMDB limit)"
+
+
+class MapResizedError(LmdbError):
+    hint = "another process grew the map; retry the operation"
+
+
+class IncompatibleError(LmdbError):
+    hint = "the operation does not match the database's flags"
+
+
+class BadRslotError(LmdbError):
+    hint = "a reader slot was used by the wrong thread"
+
+
+class BadTxnError(LmdbError):
+    hint = "the transaction already failed; abort it and start a new one"
+
+
+class BadValSizeError(LmdbError):
+    hint = "a key or value has an unsupported size"
+
+
+class BadDbiError(LmdbError):
+    hint = "the database handle was closed or changed by another process"
+
+
+class DiskFullError(LmdbError):
+    hint = "no space left on the device; free disk space and retry"
+
+
+class LmdbPermissionError(LmdbError):
+    hint = "check the permissions of the store's directory"
+
+
+class LmdbFileNotFoundError(LmdbError):
+    hint = "the path does not exist"
+
+
+class LmdbInvalidParameterError(LmdbError):
+    hint = "an invalid parameter was given to LMDB"
+
+
+class LmdbMemoryError(LmdbError):
+    hint = "out of memory"
+
+
+class LmdbIOError(LmdbError):
+    hint = "an I/O error occurred on the database file"
+
+
+class LmdbReadOnlyError(LmdbError):
+    hint = "the environment or file system is read-only"
+
+
+class LmdbBusyError(LmdbError):
+    hint = "the database is busy"
+
+
+# --------------------------------------------------------------------------
+# rdir API (OpenIO's class names)
+# --------------------------------------------------------------------------
+
+
+class OioException(RdirdbError):
+    """Base of the rdir API errors (OpenIO's ``OioException``)."""
+
+
+class ClientException(OioException):
+    """An error answered for a request; ``http_status`` is its HTTP status."""
+
+    http_status = 500
+
+    def __init__(self, message: str = "", http_status: int | None = None) -> None:
+        if http_status is not None:
+            self.http_status = http_status
+        self.message = message
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return f"{self.message} (HTTP {self.http_status})"
+
+
+class BadRequest(ClientException, ValueError):
+    """The request or a record in it is invalid; nothing was written."""
+
+    http_status = 400
+
+
+class Forbidden(ClientException):
+    """The volume is locked by another owner."""
+
+    http_status = 403
+
+
+class NotFound(ClientException):
+    """The volume (or the service) does not exist."""
+
+    http_status = 404
+
+
+class MethodNotAllowed(ClientException):
+    http_status = 405
+
+
+class Conflict(ClientException):
+    http_status = 409
+
+
+class PayloadTooLarge(ClientException):
+    http_status = 413
+
+
+class ServiceBusy(ClientException):
+    http_status = 503
+
+
+class ServerException(OioException):
+    """The server answered something incoherent."""
+
+
+class ServiceUnavailable(OioException):
+    """No service could take the request."""
+
+
+class VolumeException(OioException):
+    """No rdir service is assigned to the volume."""
+
+
+class OioNetworkException(OioException):
+    """A network error reached no answer."""
+
+
+class OioTimeout(OioNetworkException):
+    pass
+
+
+class OioConnectionException(OioNetworkException):
+    pass
+
+
+class OioProtocolError(OioNetworkException):
+    pass
+
+
+_BY_STATUS = {
+    cls.http_status: cls
+    for cls in (BadRequest, Forbidden, NotFound, MethodNotAllowed, Conflict, PayloadTooLarge, ServiceBusy)
+}
+
+
+def from_status(status: int, message: str) -> ClientException:
+    """The exception OpenIO's client raises for an HTTP error ``status``."""
+    cls = _BY_STATUS.get(status)
+    if cls is None:
+        return ClientException(message, http_status=status)
+    return cls(message)
