@@ -1,0 +1,110 @@
+"""Type stubs of rdirdb._rdir: the native rdir engine (codecs, batches, scans)."""
+
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from rdirdb._lmdb import Environment
+
+# Named databases of a rawx volume's environment and of a meta2 volume's.
+CHUNK_DATABASES: tuple[str, ...]
+META2_DATABASES: tuple[str, ...]
+
+# Limits on ids, in UTF-8 bytes (the reference server's buffer sizes).
+MAX_CONTAINER_ID: int
+MAX_CONTENT_ID: int
+MAX_CHUNK_ID: int
+MAX_PATH: int
+MAX_CONTAINER_URL: int
+MAX_PREFIX: int
+
+# Field selection for scans.
+FIELD_CONTENT_ID: int
+FIELD_MTIME: int
+FIELD_PATH: int
+FIELD_VERSION: int
+ALL_FIELDS: int
+
+# A chunk record: (container_id, chunk_id, content_id, mtime, path, version);
+# fields a scan was not asked for are None.
+ChunkRecord = tuple[str, str, str | None, int | None, str | None, int | None]
+ChunkInput = (
+    Sequence[tuple[str, str, str, int, str, int]] | Sequence[Mapping[str, Any]] | np.ndarray
+)
+KeyInput = Sequence[tuple[str, str]] | Sequence[Mapping[str, Any]] | np.ndarray
+
+CHUNK_DTYPE_FIELDS: tuple[str, ...]
+
+def encode_chunk_key(container_id: str, chunk_id: str) -> tuple[bool, bytes]:
+    """(canonical, stored key) of a chunk; canonical keys take 64 bytes."""
+
+def decode_chunk_key(canonical: bool, key: bytes, value: bytes | None = None) -> tuple[str, str]: ...
+def encode_chunk_value(content_id: str, mtime: int, path: str, version: int) -> bytes: ...
+def decode_chunk_value(value: bytes) -> tuple[str, int, str, int]: ...
+def order_key(container_id: str, chunk_id: str) -> bytes:
+    """The sort key that defines the listing order (text order of ``cid|chunk``)."""
+
+def split_marker(marker: str) -> tuple[str, str]: ...
+
+class ChunkIndex:
+    """The chunk records of one rawx volume, stored in ``env``."""
+
+    env: Environment
+    def __init__(self, env: Environment) -> None: ...
+    def put_batch(self, records: ChunkInput) -> int:
+        """Validate and write every record in one transaction (all or nothing)."""
+    def delete_batch(self, keys: KeyInput) -> int:
+        """Delete every key in one transaction; returns how many existed."""
+    def get(self, container_id: str, chunk_id: str) -> ChunkRecord | None: ...
+    def fetch(
+        self,
+        *,
+        prefix: str | None = None,
+        marker: str | None = None,
+        limit: int = 1000,
+        incident: int = 0,
+        fields: int = ...,
+    ) -> tuple[list[ChunkRecord], bool, str | None]:
+        """One page: (records, truncated, next marker)."""
+    def fetch_arrays(
+        self,
+        *,
+        prefix: str | None = None,
+        marker: str | None = None,
+        limit: int = 1000,
+        incident: int = 0,
+    ) -> tuple[np.ndarray, bool, str | None]: ...
+    def status(
+        self,
+        *,
+        prefix: str | None = None,
+        marker: str | None = None,
+        limit: int = 1000,
+        incident: int = 0,
+    ) -> tuple[int, int, dict[str, tuple[int, int]], bool, str | None]:
+        """(total, to_rebuild, {container_id: (total, to_rebuild)}, truncated, marker)."""
+    def count(self) -> int: ...
+    def clear(
+        self, *, all: bool = False, before: int = 0, repair: bool = False
+    ) -> tuple[int, int, int]:
+        """(removed, repaired, errors)."""
+
+Meta2Record = dict[str, Any]
+
+class Meta2Index:
+    """The container records of one meta2 volume, stored in ``env``."""
+
+    env: Environment
+    def __init__(self, env: Environment) -> None: ...
+    def put_batch(self, records: Iterable[Mapping[str, Any]]) -> int: ...
+    def delete_batch(self, container_urls: Iterable[str]) -> int: ...
+    def fetch(
+        self, *, prefix: str | None = None, marker: str | None = None, limit: int = 1000
+    ) -> tuple[list[Meta2Record], bool]: ...
+    def count(self, prefix: str | None = None) -> int: ...
+
+def raw_insert(env: Environment, keys: Sequence[bytes], values: Sequence[bytes], batch: int) -> None:
+    """Benchmark ceiling: insert pre-encoded pairs in a C loop, ``batch`` per transaction."""
+
+def raw_scan(env: Environment) -> int:
+    """Benchmark ceiling: walk every record in a C loop; returns the count."""

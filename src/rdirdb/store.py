@@ -1,0 +1,217 @@
+"""The embedded store: one LMDB environment per volume under one directory.
+
+Layout::
+
+    <root>/rawx/<volume file name>/{data,lock}.mdb    chunk records + admin keys
+    <root>/meta2/<volume file name>/{data,lock}.mdb   container records
+
+A volume id maps to its file name by percent-encoding every byte outside
+``[A-Za-z0-9_.:-]`` and a leading dot, so no id can escape the directory
+(``..``, ``/``) and the mapping is reversible for listings.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Iterator
+from urllib.parse import quote, unquote
+
+from rdirdb._lmdb import Environment
+from rdirdb._rdir import CHUNK_DATABASES, META2_DATABASES, ChunkIndex, Meta2Index
+from rdirdb.errors import BadRequest, ClosedError, Forbidden, NotFound
+
+SERVICE_TYPES = ("rawx", "meta2")
+DEFAULT_MAP_SIZE = 64 << 20  # grows on its own; only the address space is reserved
+MAX_VOLUME_ID = 255
+_SAFE = "_.:-"
+
+ADMIN_DB = "admin"
+LOCK_KEY = "lock"
+INCIDENT_KEY = "incident_date"
+
+
+def volume_file_name(volume_id: str) -> str:
+    """The directory name that stores ``volume_id`` (reversible, traversal-proof)."""
+    if not isinstance(volume_id, str):
+        raise TypeError(f"volume id must be str, not {type(volume_id).__name__}")
+    if not volume_id:
+        raise BadRequest("volume id is empty")
+    if "\x00" in volume_id:
+        raise BadRequest("volume id contains a NUL character")
+    name = quote(volume_id, safe=_SAFE)
+    if name.startswith("."):
+        name = "%2E" + name[1:]
+    if len(name) > MAX_VOLUME_ID:
+        raise BadRequest(f"volume id is too long ({len(volume_id)} characters)")
+    return name
+
+
+def volume_id_from_file_name(name: str) -> str:
+    return unquote(name)
+
+
+def _check_service_type(service_type: str) -> None:
+    if service_type not in SERVICE_TYPES:
+        raise BadRequest(f"unknown service type {service_type!r} (expected one of {SERVICE_TYPES})")
+
+
+class Volume:
+    """One open volume: its environment and its index."""
+
+    def __init__(self, volume_id: str, service_type: str, env: Environment) -> None:
+        self.volume_id = volume_id
+        self.service_type = service_type
+        self.env = env
+        if service_type == "rawx":
+            self.chunks: ChunkIndex = ChunkIndex(env)
+        else:
+            self.meta2: Meta2Index = Meta2Index(env)
+
+    # -- admin keys (rawx volumes) ----------------------------------------
+
+    def admin_show(self) -> dict[str, str]:
+        """Every admin key with its value, as strings (like the reference)."""
+        with self.env.begin() as txn, txn.cursor(db=ADMIN_DB) as cur:
+            return {k.decode(): v.decode("utf-8", "replace") for k, v in cur}
+
+    def admin_get(self, key: str) -> str | None:
+        with self.env.begin() as txn:
+            value = txn.get(key.encode(), db=ADMIN_DB)
+        return None if value is None else value.decode("utf-8", "replace")
+
+    def admin_set(self, key: str, value: str) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.put(key.encode(), value.encode(), db=ADMIN_DB)
+
+    def admin_delete(self, key: str) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.delete(key.encode(), db=ADMIN_DB)
+
+    @property
+    def incident(self) -> int:
+        """The incident date (seconds), 0 when none is set."""
+        value = self.admin_get(INCIDENT_KEY)
+        try:
+            return int(value) if value is not None else 0
+        except ValueError:
+            return 0
+
+    def lock(self, who: str) -> None:
+        """Take the admin lock for ``who``; idempotent for the same owner.
+
+        The check and the set run in one write transaction, which LMDB serializes
+        across threads and processes, so two lockers can never both win.
+        """
+        if not isinstance(who, str):
+            raise TypeError(f"lock owner must be str, not {type(who).__name__}")
+        if not who:
+            raise BadRequest("'who' not set")
+        with self.env.begin(write=True) as txn:
+            current = txn.get(LOCK_KEY.encode(), db=ADMIN_DB)
+            if current is not None and current.decode("utf-8", "replace") != who:
+                raise Forbidden(f"Already locked by {current.decode('utf-8', 'replace')}")
+            txn.put(LOCK_KEY.encode(), who.encode(), db=ADMIN_DB)
+
+    def unlock(self) -> None:
+        self.admin_delete(LOCK_KEY)
+
+
+class Store:
+    """Volumes under ``path``; environments are opened on first use and cached.
+
+    ``sync=False`` trades durability on power loss for speed: a commit still
+    survives the death of the process.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        map_size: int = DEFAULT_MAP_SIZE,
+        sync: bool = True,
+        readonly: bool = False,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.map_size = map_size
+        self.sync = sync
+        self.readonly = readonly
+        self._volumes: dict[tuple[str, str], Volume] | None = {}
+        self._lock = threading.Lock()
+        if not readonly:
+            os.makedirs(self.path, exist_ok=True)
+
+    def _dir(self, volume_id: str, service_type: str) -> str:
+        _check_service_type(service_type)
+        return os.path.join(self.path, service_type, volume_file_name(volume_id))
+
+    def exists(self, volume_id: str, service_type: str = "rawx") -> bool:
+        return os.path.exists(os.path.join(self._dir(volume_id, service_type), "data.mdb"))
+
+    def volume(self, volume_id: str, service_type: str = "rawx", *, create: bool = False) -> Volume:
+        """The open volume; ``NotFound`` when it does not exist and not ``create``."""
+        if self._volumes is None:
+            raise ClosedError("store is closed")
+        key = (service_type, volume_id)
+        vol = self._volumes.get(key)
+        if vol is not None:
+            return vol
+        path = self._dir(volume_id, service_type)
+        with self._lock:
+            vol = self._volumes.get(key)
+            if vol is not None:
+                return vol
+            if not os.path.exists(os.path.join(path, "data.mdb")):
+                if not create:
+                    raise NotFound(f"DB not found: {service_type} volume {volume_id!r}")
+                if self.readonly:
+                    raise BadRequest(f"cannot create volume {volume_id!r}: the store is read-only")
+            databases = CHUNK_DATABASES if service_type == "rawx" else META2_DATABASES
+            env = Environment(
+                path,
+                databases=databases,
+                map_size=self.map_size,
+                sync=self.sync,
+                readonly=self.readonly,
+            )
+            vol = Volume(volume_id, service_type, env)
+            self._volumes[key] = vol
+            return vol
+
+    def volumes(self, service_type: str = "rawx") -> list[str]:
+        """The ids of the volumes stored on disk, sorted."""
+        _check_service_type(service_type)
+        base = os.path.join(self.path, service_type)
+        try:
+            names = os.listdir(base)
+        except FileNotFoundError:
+            return []
+        return sorted(
+            volume_id_from_file_name(n)
+            for n in names
+            if os.path.exists(os.path.join(base, n, "data.mdb"))
+        )
+
+    @property
+    def opened_count(self) -> int:
+        """How many volume environments are open (the reference's opened_db_count)."""
+        return len(self._volumes or ())
+
+    def __iter__(self) -> Iterator[Volume]:
+        return iter(list((self._volumes or {}).values()))
+
+    def close(self) -> None:
+        """Close every open environment. Idempotent."""
+        volumes, self._volumes = self._volumes, None
+        for vol in (volumes or {}).values():
+            vol.env.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._volumes is None
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
