@@ -374,6 +374,10 @@ class RdirClient:
 
     def admin_lock(self, volume: str, who: str, *, create: bool = False, **kwargs: Any) -> None:
         """Lock the volume for ``who``: idempotent for the same owner, Forbidden for another."""
+        if not isinstance(who, str):
+            raise TypeError(f"lock owner must be str, not {type(who).__name__}")
+        if not who:
+            raise BadRequest("'who' not set")  # before create=True could create the volume
         self.backend.lock(volume, who, create=create)
 
     def admin_unlock(self, volume: str, **kwargs: Any) -> None:

@@ -101,7 +101,7 @@ def test_fetch_array_pages(client, filled, requests):
     assert [len(a) for a in arrays] == [10, 10, 3]
     assert requests["chunk_array_page"] == 3
     rows = np.concatenate(arrays)
-    assert [(str(r["container_id"]), str(r["chunk_id"])) for r in rows] == [
+    assert [(r["container_id"].decode(), r["chunk_id"].decode()) for r in rows] == [
         (r["container_id"], r["chunk_id"]) for r in records
     ]
     assert list(rows["mtime"]) == [r["mtime"] for r in records]

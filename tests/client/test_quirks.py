@@ -313,7 +313,16 @@ def test_admin_show_values_are_strings(client, vol):
 LIMITS = {"container_id": 64, "content_id": 64, "chunk_id": 511, "path": 1087}
 
 
-@pytest.mark.parametrize("field", LIMITS)
+ENGINE_UTF8_SPLIT = pytest.mark.xfail(
+    strict=True, raises=UnicodeDecodeError,
+    reason="engine bug: a key text longer than TEXT_PREFIX is decoded in two halves, "
+    "which fails when a multi-byte character straddles the split",
+)
+
+
+@pytest.mark.parametrize(
+    "field", [pytest.param(f, marks=ENGINE_UTF8_SPLIT) if f == "chunk_id" else f for f in LIMITS]
+)
 def test_ids_at_the_limit_are_kept_whole(client, vol, field):
     rec = make_record(**{field: "é" * (LIMITS[field] // 2) + "A" * (LIMITS[field] % 2)})
     client.chunk_push_batch(vol, [rec], create=True)
@@ -328,6 +337,13 @@ def test_oversized_ids_are_refused(client, vol, field):
     with pytest.raises(BadRequest):
         client.chunk_push_batch(vol, [good, bad])
     assert fetch(client, vol) == []
+
+
+@ENGINE_UTF8_SPLIT
+def test_long_container_urls_are_kept_whole(client, vol):
+    url = "NS/acc/" + "é" * 500  # odd length before the 478-byte split
+    client.meta2_index_push(vol, url, "CID", 1)
+    assert [r["container_url"] for r in client.meta2_index_fetch_all(vol)] == [url]
 
 
 # 16. Client quirks.
