@@ -63,18 +63,25 @@ def check_volume(volume: str) -> None:
         raise BadRequest("volume id is empty")
 
 
+def check_field(record: dict[str, Any], name: str, kind: type) -> None:
+    """A missing field (or None) is a BadRequest, a value of another type a TypeError."""
+    value = record.get(name)
+    if value is None:
+        raise BadRequest(f"Missing field [{name}]")
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise TypeError(f"{name} must be {kind.__name__}")
+
+
 def check_record(record: dict[str, Any]) -> tuple[tuple[str, str], dict[str, Any]]:
     for name in ("container_id", "content_id", "chunk_id", "path"):
-        value = record.get(name)
-        if not isinstance(value, str):
-            raise BadRequest(f"Missing field [{name}]")
+        check_field(record, name, str)
+        value = record[name]
         if "\0" in value or len(value.encode()) > MAX_IDS[name]:
             raise BadRequest(f"invalid {name}")
     if "|" in record["container_id"]:
         raise BadRequest("'|' in container_id")
     for name in ("mtime", "version"):
-        if not isinstance(record.get(name), int):
-            raise BadRequest(f"Missing field [{name}]")
+        check_field(record, name, int)
     key = (record["container_id"], record["chunk_id"])
     value = chunk_value(record["content_id"], record["mtime"], record["path"], record["version"])
     return key, value
@@ -99,9 +106,10 @@ class Model:
         self.volume(volume, create=True)
 
     def chunk_push_batch(self, volume: str, records: list[dict[str, Any]], create: bool = False) -> None:
-        checked = [check_record(r) for r in records]  # all or nothing
+        # The embedded store opens (or creates) the volume first, then checks every
+        # record: all or nothing.
         vol = self.volume(volume, create)
-        vol.chunks.update(checked)
+        vol.chunks.update([check_record(r) for r in records])
 
     def chunk_delete_batch(self, volume: str, keys: list[tuple[str, str]]) -> None:
         vol = self.volume(volume)
@@ -154,9 +162,9 @@ class Model:
         return self.volume(volume).incident
 
     def lock(self, volume: str, who: str, create: bool = False) -> None:
-        vol = self.volume(volume, create)
         if not who:
             raise BadRequest("'who' not set")
+        vol = self.volume(volume, create)
         current = vol.admin.get("lock")
         if current is not None and current != who:
             raise Forbidden(f"Already locked by {current}")
