@@ -57,6 +57,13 @@ def cid_from_name(account: str, container: str) -> str:
     return digest.hexdigest().upper()
 
 
+def _flag(value: Any) -> bool:
+    """A boolean of a configuration, which may come from an INI file as text."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("yes", "true", "on", "enable", "enabled", "1", "yeah")
+    return bool(value)
+
+
 def _integer(name: str, value: Any) -> int:
     # OpenIO's client sends int(value), so floats and numeric strings are accepted.
     try:
@@ -141,6 +148,10 @@ class RdirBackend(ABC):
 class RdirClient:
     """OpenIO's rdir client over a backend; ``conf["db_path"]`` selects the embedded one.
 
+    ``conf["db_sync"]`` (default true) makes every embedded commit durable on
+    power loss; false keeps commits safe from a crash of the process only, as
+    the reference server's ``sync=0`` writes.
+
     Extra keyword arguments of the methods (``reqid``, ``headers``,
     ``write_quorum``, timeouts, ...) are accepted for compatibility; they only
     matter to a remote backend.
@@ -162,7 +173,7 @@ class RdirClient:
                 raise ValueError("conf needs 'db_path' (the remote mode is not available yet)")
             from rdirdb.client_embedded import EmbeddedBackend
 
-            backend = EmbeddedBackend(self.conf["db_path"])
+            backend = EmbeddedBackend(self.conf["db_path"], sync=_flag(self.conf.get("db_sync", True)))
         self.backend = backend
 
     def close(self) -> None:
