@@ -134,6 +134,15 @@ def test_marker_that_prefixes_a_key_does_not_skip_it(client, vol):
     assert [e[1] for e in fetch(client, vol, start_after="C|A")] == ["AB", "ABC", "B"]
 
 
+@pytest.mark.xfail(strict=True, reason="engine bug: a marker made of a canonical key plus more "
+                   "text skips the canonical records after it")
+def test_marker_longer_than_a_canonical_key(client, vol):
+    canonical = make_record(container_id="0" * 63 + "1", chunk_id="0" * 63 + "1")
+    text = make_record(container_id="0" * 63 + "1", chunk_id="0" * 64 + "x")  # sorts just before
+    client.chunk_push_batch(vol, [canonical, text], create=True)
+    assert fetch(client, vol, limit=1) == [entry(text), entry(canonical)]
+
+
 def test_empty_marker_is_no_marker(client, vol):
     records = sorted((make_record() for _ in range(3)), key=key)
     client.chunk_push_batch(vol, records, create=True)
