@@ -32,6 +32,15 @@ def test_needs_a_db_path():
         RdirClient({})
 
 
+@pytest.mark.parametrize("value, durable", [(None, True), (True, True), ("yes", True), ("false", False), (0, False)])
+def test_db_sync(tmp_path, value, durable):
+    conf = {"db_path": str(tmp_path)} if value is None else {"db_path": str(tmp_path), "db_sync": value}
+    with RdirClient(conf) as client:
+        assert client.backend.store.sync is durable
+        client.create("vol")
+        assert client.backend.store.volume("vol").env.durable is durable
+
+
 # -- chunk_push ---------------------------------------------------------------
 
 

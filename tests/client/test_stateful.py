@@ -57,7 +57,7 @@ class RdirMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.dir = tempfile.mkdtemp(prefix="rdir-stateful-")
-        self.client = RdirClient({"db_path": self.dir})
+        self.client = RdirClient({"db_path": self.dir, "db_sync": False})
         self.model = Model()
         self.pages: collections.Counter = collections.Counter()
         for name in PAGE_REQUESTS:
