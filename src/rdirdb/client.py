@@ -29,11 +29,12 @@ from rdirdb.errors import BadRequest, OioNetworkException
 DEFAULT_LIMIT = 1000  # page size of chunk and meta2 listings when none is given
 MAX_LIMIT = 10000  # the server caps every page at this size
 META2_FETCH_LIMIT = 4096  # OpenIO's client default for meta2_index_fetch
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 # chunk_push fills in the fields a caller omits with what the reference server
 # renders for a record that lacks them (§5.2): no mtime (so "to rebuild" after
 # any incident), an empty path, version 0.
-CHUNK_DEFAULTS = {"mtime": 0, "path": "", "version": 0}
+CHUNK_DEFAULTS: dict[str, Any] = {"mtime": 0, "path": "", "version": 0}
 
 ChunkValue = dict[str, Any]  # {"content_id", "mtime", "path", "version"}
 ChunkEntry = tuple[str, str, ChunkValue]  # (container_id, chunk_id, value)
@@ -62,6 +63,15 @@ def _flag(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("yes", "true", "on", "enable", "enabled", "1", "yeah")
     return bool(value)
+
+
+def _field(name: str, value: Any, data: Mapping[str, Any]) -> Any:
+    """A chunk_push field given positionally or in ``data``, else its default."""
+    if name in data:
+        if value is not None:
+            raise TypeError(f"chunk_push() got two values for {name}")
+        value = data[name]
+    return CHUNK_DEFAULTS[name] if value is None else value
 
 
 def _integer(name: str, value: Any) -> int:
@@ -152,9 +162,10 @@ class RdirClient:
     power loss; false keeps commits safe from a crash of the process only, as
     the reference server's ``sync=0`` writes.
 
-    Extra keyword arguments of the methods (``reqid``, ``headers``,
-    ``write_quorum``, timeouts, ...) are accepted for compatibility; they only
-    matter to a remote backend.
+    ``directory_client``, ``cache_duration``, ``logger`` and the extra keyword
+    arguments of the methods (``reqid``, ``headers``, ``write_quorum``,
+    timeouts, ...) are accepted for compatibility; they only matter to a remote
+    backend.
     """
 
     def __init__(
@@ -190,15 +201,12 @@ class RdirClient:
     @staticmethod
     def _attempt(request: Callable[..., T], max_attempts: int, *args: Any, **kwargs: Any) -> T:
         """``request``, retried on network errors only, after 0 s, 1 s, ... (as OpenIO)."""
-        attempts = max(1, max_attempts)
-        for i in range(attempts):
+        for i in range(max_attempts - 1):
             try:
                 return request(*args, **kwargs)
             except OioNetworkException:
-                if i >= attempts - 1:
-                    raise
                 time.sleep(i * 1.0)
-        raise AssertionError("unreachable")
+        return request(*args, **kwargs)
 
     def _pages(
         self, request: Callable[..., tuple[T, bool, str | None]], volume: str, max_attempts: int,
@@ -237,22 +245,13 @@ class RdirClient:
         or as ``path=``/``version=`` (older OpenIO); omitted fields take
         :data:`CHUNK_DEFAULTS`. The volume must exist unless ``create``.
         """
-        fields = {"mtime": mtime, "path": content_path, "version": content_version}
-        for name in ("path", "version"):
-            if name in data:
-                if fields[name] is not None:
-                    raise TypeError(f"chunk_push() got two values for {name}")
-                fields[name] = data[name]
-        for name, default in CHUNK_DEFAULTS.items():
-            if fields[name] is None:
-                fields[name] = default
         record = (
             container_id,
             content_id,
             chunk_id,
-            _integer("mtime", fields["mtime"]),
-            fields["path"],
-            _integer("version", fields["version"]),
+            _integer("mtime", _field("mtime", mtime, {})),
+            _field("path", content_path, data),
+            _integer("version", _field("version", content_version, data)),
         )
         self.backend.chunk_push(volume_id, [record], create=create)
 
@@ -374,9 +373,12 @@ class RdirClient:
     def admin_incident_set(self, volume: str, date: int | float | str, *, create: bool = False, **kwargs: Any) -> None:
         """Set the incident date (seconds); a date <= 0 means no incident."""
         try:
-            date = int(float(date))
-        except (TypeError, ValueError):
+            # As OpenIO, int(float(date)), without rounding a large int through a float.
+            date = date if isinstance(date, int) else int(float(date))
+        except (TypeError, ValueError, OverflowError):
             raise BadRequest(f"Invalid type for field [date]: {date!r}") from None
+        if not INT64_MIN <= date <= INT64_MAX:  # the reference stores an int64
+            raise BadRequest(f"incident date out of the 64-bit range: {date}")
         self.backend.incident_set(volume, date, create=create)
 
     def admin_incident_get(self, volume: str, **kwargs: Any) -> int:
@@ -453,9 +455,9 @@ class RdirClient:
         the volume's own records (the embedded store has no directory), and an
         id found nowhere deletes nothing.
         """
-        if container_path is None and container_id is None:
-            raise ValueError("container_path or container_id is required")
         if container_path is None:
+            if container_id is None:
+                raise ValueError("container_path or container_id is required")
             container_path = self.backend.container_path(volume_id, container_id)
             if container_path is None:
                 return

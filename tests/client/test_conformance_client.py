@@ -10,6 +10,7 @@ tested below with a scripted backend).
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from unittest import mock
@@ -66,28 +67,12 @@ def pick_options(rng, expected, container_id, start_after, rebuild):
     return options, selected
 
 
-FETCH_CASES = [
-    # (limit, container_id, start_after, rebuild)
-    (None, False, False, False),
-    (2, False, False, False),
-    (None, True, False, False),
-    (2, True, False, False),
-    (None, False, True, False),
-    (2, False, True, False),
-    (None, True, True, False),
-    (2, True, True, False),
-    (None, False, False, True),
-    (2, False, False, True),
-    (None, True, False, True),
-    (None, False, True, True),
-    (2, True, False, True),
-    (None, True, True, True),
-    (2, False, True, True),
-    (2, True, True, True),
-]
+# Every combination of the catalogue's variants (#34-50 and #51-66): page size
+# (default or 2), a container prefix, a start marker, and rebuild / an incident.
+CASES = list(itertools.product([None, 2], [False, True], [False, True], [False, True]))
 
 
-@pytest.mark.parametrize("limit, container_id, start_after, rebuild", FETCH_CASES)
+@pytest.mark.parametrize("limit, container_id, start_after, rebuild", CASES)
 def test_chunk_fetch(client, vol, fixture, requests, limit, container_id, start_after, rebuild):
     rng, incident, expected = fixture
     options, selected = pick_options(rng, expected, container_id, start_after, rebuild)
@@ -105,28 +90,9 @@ def test_chunk_fetch_with_rebuild_no_incident(client, vol, fixture, requests):
     assert requests["chunk_page"] == 1
 
 
-STATUS_CASES = [
-    # (max, prefix, marker, incident)
-    (None, False, False, False),
-    (2, False, False, False),
-    (None, True, False, False),
-    (2, True, False, False),
-    (None, False, True, False),
-    (2, False, True, False),
-    (None, True, True, False),
-    (2, True, True, False),
-    (None, False, False, True),
-    (2, False, False, True),
-    (None, True, False, True),
-    (2, True, False, True),
-    (None, False, True, True),
-    (2, False, True, True),
-    (None, True, True, True),
-    (2, True, True, True),
-]
 
 
-@pytest.mark.parametrize("max_, prefix, marker, incident_set", STATUS_CASES)
+@pytest.mark.parametrize("max_, prefix, marker, incident_set", CASES)
 def test_chunk_status(client, vol, fixture, requests, max_, prefix, marker, incident_set):
     rng, incident, expected = fixture
     options, selected = pick_options(rng, expected, prefix, marker, False)

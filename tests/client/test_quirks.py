@@ -303,8 +303,12 @@ def test_incident_date_accepts_floats_and_strings(client, vol):
     assert client.admin_incident_get(vol) == 12
     client.admin_incident_set(vol, "13.5")
     assert client.admin_incident_get(vol) == 13
-    with pytest.raises(BadRequest):
-        client.admin_incident_set(vol, "soon")
+    for bad in ("soon", float("inf"), 1 << 63, -(1 << 63) - 1):
+        with pytest.raises(BadRequest):
+            client.admin_incident_set(vol, bad)
+    assert client.admin_incident_get(vol) == 13
+    client.admin_incident_set(vol, (1 << 63) - 1)
+    assert client.status(vol)["chunk"] == {"total": 0, "to_rebuild": 0}
 
 
 # 13. admin_show returns strings.
