@@ -44,6 +44,8 @@ cdef extern from "stdlib.h" nogil:
 cdef extern from "Python.h":
     const char *PyUnicode_AsUTF8AndSize(object o, Py_ssize_t *size) except NULL
     object PyUnicode_FromStringAndSize(const char *u, Py_ssize_t size)
+    object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
+    void *PyUnicode_DATA(object o)
 
 CHUNK_DATABASES = ("chunk_bin", "chunk_text", "admin")
 META2_DATABASES = ("meta2",)
@@ -629,9 +631,10 @@ cdef str _decode(const uint8_t *s, Py_ssize_t n):
 
 
 cdef str _hex_str(const uint8_t *b, Py_ssize_t nbytes):
-    cdef uint8_t buf[128]
-    _unpack_hex(b, nbytes, buf)
-    return PyUnicode_FromStringAndSize(<const char *>buf, nbytes * 2)
+    """Uppercase hex of ``nbytes`` bytes, written straight into a new ASCII str."""
+    s = PyUnicode_New(nbytes * 2, 127)
+    _unpack_hex(b, nbytes, <uint8_t *>PyUnicode_DATA(s))
+    return s
 
 
 cdef str _content_str(ChunkValue *cv):
@@ -1639,9 +1642,9 @@ cdef class Meta2Index:
 
 
 cdef int _add_meta2(_Batch batch, object rec, Py_ssize_t i, bint key_only) except -1:
-    cdef Py_ssize_t url_n, cid_n, extra_n = 0, tail_n = 0
+    cdef Py_ssize_t url_n, cid_n = 0, extra_n = 0, tail_n = 0
     cdef const uint8_t *url
-    cdef const uint8_t *cid
+    cdef const uint8_t *cid = NULL
     cdef const uint8_t *extra = NULL
     cdef int64_t mtime = 0
     cdef Entry *e
