@@ -19,7 +19,7 @@ import hashlib
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -104,7 +104,8 @@ class RdirBackend(ABC):
     @abstractmethod
     def chunk_page(
         self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None, rebuild: bool
-    ) -> tuple[list[ChunkEntry], bool, str | None]: ...
+    ) -> tuple[Iterable[ChunkEntry], bool, str | None]:
+        """One page of ``(container_id, chunk_id, value)`` entries, to be iterated once."""
 
     @abstractmethod
     def chunk_array_page(
@@ -312,6 +313,7 @@ class RdirClient:
         )
         for page in pages:
             if shuffle:
+                page = list(page)
                 random.shuffle(page)
             if full_urls:
                 page = [(cid, f"http://{volume}/{chunk}", value) for cid, chunk, value in page]

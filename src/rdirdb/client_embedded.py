@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -48,7 +49,7 @@ class EmbeddedBackend(RdirBackend):
 
     def chunk_page(
         self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None, rebuild: bool
-    ) -> tuple[list[ChunkEntry], bool, str | None]:
+    ) -> tuple[Iterable[ChunkEntry], bool, str | None]:
         vol = self._rawx(volume)
         incident = self._incident(vol, rebuild)
         if incident is None:
@@ -56,10 +57,12 @@ class EmbeddedBackend(RdirBackend):
         records, truncated, marker = vol.chunks.fetch(
             prefix=prefix, marker=marker, limit=listing_limit(limit), incident=incident
         )
-        page = [
+        # A generator rather than a list: each entry can die as soon as the caller
+        # is done with it, which spares the garbage collector a page of survivors.
+        page = (
             (cid, chunk, {"content_id": content, "mtime": mtime, "path": path, "version": version})
             for cid, chunk, content, mtime, path, version in records
-        ]
+        )
         return page, truncated, marker
 
     def chunk_array_page(
