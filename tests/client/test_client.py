@@ -101,6 +101,14 @@ def test_duplicate_keys_in_a_batch_last_wins(client, vol):
     assert fetch(client, vol) == [entry(last)]
 
 
+def test_lock_owner_is_checked_before_the_volume_is_created(client, vol):
+    with pytest.raises(TypeError):
+        client.admin_lock(vol, None, create=True)
+    with pytest.raises(BadRequest):
+        client.admin_lock(vol, "", create=True)
+    assert client.backend.store.volumes() == []
+
+
 # -- arrays -------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import os
 import shutil
 import tempfile
 
@@ -32,6 +33,7 @@ MARKERS = st.one_of(
 LIMITS = st.sampled_from([None, 0, 1, 2, 3, 5])
 DATES = st.integers(-2, 12)
 OWNERS = st.sampled_from(["", "me", "you", "admin_clear"])
+URLS = st.sampled_from(["a/b/c", "a/b/cd", "a/b/c/d", "a/c/x", "b/x/y", "é/x/y"])
 
 
 @st.composite
@@ -188,6 +190,34 @@ class RdirMachine(RuleBasedStateMachine):
             lambda: self.model.clear(volume, clear_all, before_incident, repair),
         )
 
+    @rule(volume=VOLUMES, url=URLS, cid=CIDS, mtime=st.integers(0, 9), extra=st.sampled_from([None, "", "x"]))
+    def meta2_push(self, volume, url, cid, mtime, extra):
+        self.agree(
+            lambda: self.client.meta2_index_push(volume, url, cid, mtime, extra_data=extra),
+            lambda: self.model.meta2_push(volume, url, cid, mtime, extra),
+        )
+
+    @rule(volume=VOLUMES, url=URLS)
+    def meta2_delete(self, volume, url):
+        self.agree(
+            lambda: self.client.meta2_index_delete(volume, url, "CID"),
+            lambda: self.model.meta2_delete(volume, url),
+        )
+
+    @rule(volume=VOLUMES, prefix=st.sampled_from([None, "", "a/", "a/b/c", "b"]),
+          marker=st.one_of(st.none(), URLS, st.just("")), limit=LIMITS)
+    def meta2_fetch(self, volume, prefix, marker, limit):
+        self.agree(
+            lambda: self.client.meta2_index_fetch(volume, prefix=prefix, marker=marker, limit=limit),
+            lambda: self.model.meta2_fetch(volume, prefix, marker, limit),
+        )
+
+    @precondition(lambda self: self.model.meta2)
+    @invariant()
+    def same_meta2_state(self):
+        for volume, records in self.model.meta2.items():
+            assert self.client.meta2_index_fetch_all(volume, limit=2) == [records[u] for u in sorted(records)]
+
     @precondition(lambda self: self.model.rawx)
     @invariant()
     def same_state(self):
@@ -198,7 +228,8 @@ class RdirMachine(RuleBasedStateMachine):
 
 TestRdirClientStateful = RdirMachine.TestCase
 TestRdirClientStateful.settings = settings(
-    max_examples=200,
+    # Bounded for the suite; RDIRDB_STATEFUL_EXAMPLES=5000 for a long hunt.
+    max_examples=int(os.environ.get("RDIRDB_STATEFUL_EXAMPLES", 200)),
     stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
