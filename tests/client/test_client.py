@@ -145,6 +145,17 @@ def test_push_batch_of_a_structured_array(client, filled):
     assert fetch(client, "copy") == [entry(r) for r in records]
 
 
+def test_push_batch_of_a_text_structured_array(client, vol):
+    records = sorted((make_record(mtime=i, path=f"é-{i}") for i in range(4)), key=key)
+    array = np.array(
+        [tuple(r[f] for f in ("container_id", "content_id", "chunk_id", "mtime", "path", "version")) for r in records],
+        dtype=[("container_id", "U64"), ("content_id", "U32"), ("chunk_id", "U64"),
+               ("mtime", "i4"), ("path", "U8"), ("version", "i8")],
+    )
+    client.chunk_push_batch(vol, array, create=True)
+    assert fetch(client, vol) == [entry(r) for r in records]
+
+
 # -- fetch options --------------------------------------------------------------
 
 
