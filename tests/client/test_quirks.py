@@ -359,6 +359,22 @@ def test_long_container_urls_are_kept_whole(client, vol):
     assert [r["container_url"] for r in client.meta2_index_fetch_all(vol)] == [url]
 
 
+def test_long_keys_page_exactly_once(client, vol):
+    # Key texts longer than the engine's 478-byte stored prefix that share it are
+    # ordered by digest, not by text (LMDB keys hold 511 bytes): paging still
+    # returns each record once, and prefixes are limited to 478 bytes.
+    stem = "C|" + "x" * 490
+    records = [make_record(container_id="C", chunk_id=stem[2:] + c) for c in "abcdefgh"]
+    client.chunk_push_batch(vol, records, create=True)
+    listed = fetch(client, vol)
+    assert sorted(listed) == sorted(entry(r) for r in records)
+    assert fetch(client, vol, limit=1) == listed
+    assert fetch(client, vol, start_after=f"C|{listed[3][1]}") == listed[4:]
+    with pytest.raises(BadRequest):
+        fetch(client, vol, container_id=stem)
+    assert fetch(client, vol, container_id=stem[:478]) == listed
+
+
 # 16. Client quirks.
 
 
