@@ -341,7 +341,12 @@ class RdirClient:
         start_after: str | None = None,
         **kwargs: Any,
     ) -> Iterator[np.ndarray]:
-        """The records of :meth:`chunk_fetch` as one numpy structured array per page."""
+        """The records of :meth:`chunk_fetch` as one numpy structured array per page.
+
+        The fields are those of ``chunk_push_batch`` (container_id, content_id,
+        chunk_id, mtime, path, version), text fields as UTF-8 bytes; such an
+        array can be pushed back as is.
+        """
         yield from self._pages(
             self.backend.chunk_array_page, volume, max_attempts, start_after,
             prefix=container_id, limit=limit, rebuild=rebuild,
