@@ -159,6 +159,8 @@ class RdirDispatcher:
         with the new placement (also when ``dry_run``, which writes nothing).
         Errors are collected per volume and raised after trying them all.
         """
+        if service_type not in ("rawx", "meta2"):
+            raise BadRequest(f"rdir services index rawx and meta2 volumes, not {service_type!r}")
         if replicas < 1:
             raise BadRequest(f"replicas must be at least 1, not {replicas}")
         services = self.registry.services(service_type)

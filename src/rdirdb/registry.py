@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator
 from urllib.parse import unquote, urlparse
 
-from rdirdb.errors import BadRequest, NotFound, VolumeException
+from rdirdb.errors import BadRequest, NotFound, OioException, ServiceUnavailable, VolumeException
 
 SERVICE_TYPES = ("rdir", "rawx", "meta2")
 LOCATION_LEVELS = 4
@@ -203,6 +203,8 @@ class FileRegistry(Registry):
                 data = json.load(f)
         except FileNotFoundError:
             data = {}
+        except ValueError as exc:
+            raise OioException(f"registry file {self.path} is not valid JSON: {exc}") from exc
         data.setdefault("services", {})
         data.setdefault("assignments", {})
         return data
@@ -303,7 +305,8 @@ class PostgresRegistry(Registry):
         import psycopg  # optional dependency: only this backend needs it
 
         self._psycopg = psycopg
-        self._conn = psycopg.connect(dsn, autocommit=True)
+        self._dsn = dsn
+        self._conn: Any = None
         self._lock = threading.Lock()  # one connection, shared by the threads
         with self._tx() as cur:
             # Concurrent CREATE ... IF NOT EXISTS can still collide: serialize them.
@@ -312,11 +315,24 @@ class PostgresRegistry(Registry):
 
     @contextmanager
     def _tx(self) -> Iterator[Any]:
-        with self._lock, self._conn.transaction(), self._conn.cursor() as cur:
-            yield cur
+        """One transaction; a lost connection is reopened by the next call.
+
+        Connection failures become ServiceUnavailable, so that a caller (a
+        server refreshing itself, the dispatcher) handles them like any other
+        unreachable service.
+        """
+        with self._lock:
+            try:
+                if self._conn is None or self._conn.closed or self._conn.broken:
+                    self._conn = self._psycopg.connect(self._dsn, autocommit=True, connect_timeout=10)
+                with self._conn.transaction(), self._conn.cursor() as cur:
+                    yield cur
+            except self._psycopg.OperationalError as exc:
+                raise ServiceUnavailable(f"registry database unreachable: {exc}") from exc
 
     def close(self) -> None:
-        self._conn.close()
+        if self._conn is not None:
+            self._conn.close()
 
     def register(self, service: Service) -> None:
         from psycopg.types.json import Jsonb

@@ -55,6 +55,14 @@ def test_unknown_service_id(dispatcher, registry):
         dispatcher.assign_services("rawx", service_id="nope")
 
 
+@pytest.mark.parametrize("kwargs", [{"service_type": "rdir"}, {"service_type": "rawx", "replicas": 0}])
+def test_bad_arguments(dispatcher, registry, kwargs):
+    build_topology(registry, dcs=1)
+    with pytest.raises(BadRequest):
+        dispatcher.assign_services(**kwargs)
+    assert registry.assignments() == {}
+
+
 def test_conf_needs_a_registry():
     with pytest.raises(BadRequest, match="registry"):
         RdirDispatcher({})

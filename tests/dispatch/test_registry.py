@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from rdirdb.errors import BadRequest, NotFound, VolumeException
-from rdirdb.registry import FileRegistry, Service, location_distance, open_registry, parse_location
+from rdirdb.errors import BadRequest, NotFound, OioException, ServiceUnavailable, VolumeException
+from rdirdb.registry import FileRegistry, PostgresRegistry, Service, location_distance, open_registry, parse_location
 
 
 def rdir(n: int, **kw) -> Service:
@@ -154,6 +154,32 @@ def test_file_registry_write_is_atomic(tmp_path):
         reg._update_assignment("vol", boom)
     assert [s.id for s in reg.services()] == ["rdir-1"]
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["reg.json", "reg.json.lock"]
+
+
+def test_file_registry_corrupted_file_is_a_clear_error(tmp_path):
+    (tmp_path / "reg.json").write_text("{not json")
+    with pytest.raises(OioException, match="reg.json is not valid JSON"):
+        FileRegistry(tmp_path / "reg.json").services()
+
+
+def test_pg_registry_reconnects_after_a_lost_connection(pg_dsn):
+    import psycopg
+
+    with PostgresRegistry(pg_dsn) as reg:
+        reg.register(rdir(1))
+        pid = reg._conn.info.backend_pid
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(ServiceUnavailable, match="registry database unreachable"):
+            reg.refresh("rdir-1", {"opened_db_count": 1})
+        reg.refresh("rdir-1", {"opened_db_count": 2})  # a new connection
+        assert reg.get("rdir-1").stats == {"opened_db_count": 2}
+        reg.remove("rdir-1")
+
+
+def test_pg_registry_unreachable_is_service_unavailable():
+    with pytest.raises(ServiceUnavailable, match="registry database unreachable"):
+        PostgresRegistry("postgresql://postgres@127.0.0.1:1/nothing")
 
 
 @pytest.mark.parametrize(
