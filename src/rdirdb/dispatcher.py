@@ -78,7 +78,9 @@ class RdirDispatcher:
             registry = open_registry(conf["registry"])
         self.registry = registry
         self.on_assigned: OnAssigned = on_assigned or _no_op
-        self.seed = conf.get("seed") if seed is None else seed
+        # A fixed default seed: the same registry state gives the same placement,
+        # so a dry run shows exactly what the real run will do.
+        self.seed: int = int(conf.get("seed", 0)) if seed is None else seed
 
     # ---- reading ---------------------------------------------------------
 

@@ -236,6 +236,10 @@ def test_deterministic_given_a_seed(tmp_path):
 
     assert run(7, "a") == run(7, "b")
     assert run(7, "a2") != run(8, "c")
+    with open_registry(f"file://{tmp_path}/d.json") as reg:
+        build_topology(reg, dcs=2)
+        RdirDispatcher({"registry": "unused", "seed": "7"}, registry=reg).assign_all_rawx()
+        assert reg.assignments() == run(7, "e")
 
 
 def test_zero_scored_rawx_is_assigned(dispatcher, registry):
