@@ -105,7 +105,7 @@ def test_corrupted_dump_imports_nothing(cli, source, tmp_path, damage, message):
 def test_import_usage_errors(cli, tmp_path):
     assert cli("import").returncode == 2
     proc = cli("import", "--db-path", tmp_path / "s", "-i", tmp_path / "missing.jsonl")
-    assert proc.returncode == 1 and b"cannot read" in proc.stderr
+    assert proc.returncode == 1 and b"No such file or directory" in proc.stderr
     proc = cli("import", "--db-path", tmp_path / "s", input=b"")
     assert proc.returncode == 1 and b"truncated" in proc.stderr
     proc = cli("import", "--db-path", tmp_path / "s", input=b'{"format":"other"}\n{"checksum":"0"}\n')

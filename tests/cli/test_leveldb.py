@@ -65,6 +65,7 @@ def data_dir(tmp_path):
         f"chunk|{cid1}|{h(13)}".encode(): compact({"content_id": "x", "mtime": 1, "version": 1}),  # no path
         f"chunk|{cid1}|{h(14)}".encode(): compact({"content_id": "x", "path": "p", "version": "1"}),  # engine rejects
         b"chunk|a|b|c|d": b"{}",
+        f"chunk|{cid1}|".encode() + b"\xff": compact({"content_id": "x", "path": "p", "version": 1}),
         b"weird|key": b"1",
     }
     write_rawx(root / RAWX, entries)
@@ -135,10 +136,11 @@ def test_import_every_format_record_by_record(cli, data_dir, tmp_path):
     by_volume = {v["volume"]: v for v in report["volumes"]}
     assert set(by_volume) == {RAWX, BIG, "127.0.0.1:6120", "OPENIO-meta2-1"}
     main = by_volume[RAWX]
-    assert (main["entries"], main["records"], main["legacy"], main["duplicates"], main["skipped"]) == (13, 5, 3, 1, 5)
+    assert (main["entries"], main["records"], main["legacy"], main["duplicates"], main["skipped"]) == (14, 5, 3, 1, 6)
     assert main["admin"] == {"incident_date": "1533039131", "lock": "rebuilder on host-1"}
     reasons = {s["key"]: s["reason"] for s in main["skipped_samples"]}
-    assert "not JSON" in reasons[f"chunk|{h(1)}|{h(12)}"]
+    assert "not UTF-8 JSON" in reasons[f"chunk|{h(1)}|{h(12)}"]
+    assert "chunk_id is not UTF-8" in reasons[f"chunk|{h(1)}|\\xff"]
     assert "no path" in reasons[f"chunk|{h(1)}|{h(13)}"]
     assert "version" in reasons[f"chunk|{h(1)}|{h(14)}"]
     assert by_volume[BIG]["records"] == BIG_COUNT

@@ -7,12 +7,13 @@ Errors raise :class:`CommandError`; ``rdirdb.cli`` prints it and exits with 1.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
 import sys
 import tempfile
-from typing import Any, Iterator, Sequence, TextIO
+from typing import Any, Callable, Iterator, Sequence, TextIO
 
 from rdirdb.errors import RdirdbError
 from rdirdb.store import SERVICE_TYPES, Store, Volume, volume_file_name
@@ -27,6 +28,19 @@ class CommandError(RdirdbError):
 
 class VolumeExists(CommandError):
     """An import would overwrite a volume of the target store."""
+
+
+def handler(main: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A subcommand's handler, with OS errors (disk full, permission denied) as clear failures."""
+
+    @functools.wraps(main)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return main(args)
+        except OSError as exc:
+            raise CommandError(str(exc)) from exc
+
+    return run
 
 
 # -- flags ----------------------------------------------------------------------
@@ -74,6 +88,10 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: Text
     print(line(headers), file=out)
     for row in cells:
         print(line(row), file=out)
+
+
+def format_admin(admin: dict[str, str]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in admin.items())
 
 
 def print_json(data: Any, out: TextIO | None = None) -> None:

@@ -27,7 +27,7 @@ import contextlib
 import json
 import os
 import sys
-import tempfile
+import uuid
 from typing import Any, BinaryIO, Iterable, Iterator
 
 from rdirdb.errors import RdirdbError
@@ -40,6 +40,8 @@ from rdirdb.tools.common import (
     VolumeExists,
     add_json_flag,
     add_store_flag,
+    format_admin,
+    handler,
     open_store,
     print_json,
     print_table,
@@ -107,15 +109,17 @@ def _output(path: str) -> Iterator[BinaryIO]:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
             raise CommandError("the output was closed before the end of the dump") from None
         return
-    fd, tmp = tempfile.mkstemp(prefix=".rdirdb-export-", dir=os.path.dirname(os.path.abspath(path)))
+    directory, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.partial")
     try:
-        with open(fd, "wb", buffering=1 << 20) as f:
+        with open(tmp, "xb", buffering=1 << 20) as f:  # mode 0666 & ~umask, like any new file
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         raise
 
 
@@ -252,7 +256,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", metavar="FILE", default="-",
                    help="the dump file, written only on success ('-', the default: stdout)")
     add_json_flag(p)
-    p.set_defaults(handler=_export_main)
+    p.set_defaults(handler=handler(_export_main))
 
     p = subparsers.add_parser(
         "import",
@@ -263,14 +267,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_store_flag(p)
     p.add_argument("-i", "--input", metavar="FILE", default="-", help="the dump ('-', the default: stdin)")
     add_json_flag(p)
-    p.set_defaults(handler=_import_main)
+    p.set_defaults(handler=handler(_import_main))
 
 
 def _report(args: argparse.Namespace, summary: list[dict], out) -> None:
     if args.json:
         print_json({"volumes": summary, "records": sum(v["records"] for v in summary)}, out)
     else:
-        rows = [(v["type"], v["volume"], v["records"], ", ".join(f"{k}={x}" for k, x in v["admin"].items()))
+        rows = [(v["type"], v["volume"], v["records"], format_admin(v["admin"]))
                 for v in summary]
         print_table(("TYPE", "VOLUME", "RECORDS", "ADMIN"), rows, out)
 
@@ -290,11 +294,7 @@ def _import_main(args: argparse.Namespace) -> int:
     if args.input == "-":
         summary = _import_from(args.db_path, sys.stdin.buffer, None)
     else:
-        try:
-            stream = open(args.input, "rb", buffering=1 << 20)
-        except OSError as exc:
-            raise CommandError(f"cannot read {args.input!r}: {exc.strerror}") from None
-        with stream:
+        with open(args.input, "rb", buffering=1 << 20) as stream:
             summary = _import_from(args.db_path, stream, os.fstat(stream.fileno()).st_size)
     _report(args, summary, sys.stdout)
     return 0

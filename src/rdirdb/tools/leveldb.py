@@ -54,14 +54,17 @@ from rdirdb.tools.common import (
     Staging,
     add_json_flag,
     add_store_flag,
+    format_admin,
+    handler,
     print_json,
     print_table,
     put,
     record_count,
 )
 
-SAMPLES = 5  # skipped entries shown per volume
-_IPV4_PORT = re.compile(r"(\d{1,3}(?:\.\d{1,3}){3})-(\d+)")
+SAMPLES = 10  # skipped entries shown per volume
+_json = json.JSONDecoder().decode
+_IPV4_PORT = re.compile(r"([0-9]{1,3}(?:\.[0-9]{1,3}){3})-([0-9]+)")
 
 
 class Malformed(Exception):
@@ -153,9 +156,9 @@ def _text(data: bytes, what: str) -> str:
 
 def _object(value: bytes) -> dict[str, Any]:
     try:
-        obj = json.loads(value)
-    except ValueError:
-        raise Malformed("the value is not JSON") from None
+        obj = _json(value.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError included
+        raise Malformed("the value is not UTF-8 JSON") from None
     if not isinstance(obj, dict):
         raise Malformed("the value is not a JSON object")
     return obj
@@ -247,7 +250,7 @@ def _set_admin(vol: Volume, source: Source, key: bytes, value: bytes) -> None:
     try:
         text = _text(value, name)
         if name == "incident_date":
-            if not re.fullmatch(r"-?\d+", text):
+            if not re.fullmatch(r"-?[0-9]+", text):
                 raise Malformed("the incident date is not a decimal integer")
             text = str(int(text))
         elif name == "lock":
@@ -294,11 +297,11 @@ def _import_legacy(db: Any, vol: Volume, source: Source, bar: Progress) -> None:
 
     for key, value in db.iterator(prefix=b"chunk|", fill_cache=False):
         parts = _chunk_parts(key)
-        if len(parts) != 3:
+        if parts is None or len(parts) != 3:
             continue
         bar.update(1)
         try:
-            record = decode_legacy(*parts, value)
+            record = decode_legacy(parts[0], parts[1], parts[2], value)
         except Malformed as exc:
             source.skip(key, str(exc))
             continue
@@ -349,7 +352,7 @@ def _count(db: Any, source: Source, bar: Progress) -> None:
 
 def _plyvel() -> Any:
     try:
-        import plyvel
+        import plyvel  # type: ignore[import-untyped]
     except ImportError:
         raise CommandError("import-leveldb needs plyvel: pip install 'rdirdb[leveldb]'") from None
     return plyvel
@@ -422,7 +425,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="the volume id of meta2 database NAME (default: meta2-IP-PORT gives IP:PORT, "
                    "other names are kept after the 'meta2-' prefix); repeatable")
     add_json_flag(p)
-    p.set_defaults(handler=_main)
+    p.set_defaults(handler=handler(_main))
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -432,7 +435,7 @@ def _main(args: argparse.Namespace) -> int:
         print_json({"volumes": reports, "ignored_files": others})
         return 0
     rows = [(r["type"], r["volume"], r["leveldb"], r["entries"], r["records"], r["legacy"], r["duplicates"],
-             r["skipped"], ", ".join(f"{k}={v}" for k, v in r["admin"].items())) for r in reports]
+             r["skipped"], format_admin(r["admin"])) for r in reports]
     print_table(("TYPE", "VOLUME", "LEVELDB", "ENTRIES", "RECORDS", "LEGACY", "DUPLICATES", "SKIPPED", "ADMIN"), rows)
     for r in reports:
         for sample in r["skipped_samples"]:

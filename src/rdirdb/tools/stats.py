@@ -11,6 +11,7 @@ from rdirdb.store import SERVICE_TYPES, Store, Volume
 from rdirdb.tools.common import (
     add_json_flag,
     add_store_flag,
+    handler,
     human_bytes,
     open_store,
     print_json,
@@ -67,7 +68,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--volume", metavar="ID", help="only this volume (default: all)")
     p.add_argument("--type", choices=SERVICE_TYPES, help="only volumes of this type (default: both)")
     add_json_flag(p)
-    p.set_defaults(handler=_main, parser=p)
+    p.set_defaults(handler=handler(_main), parser=p)
 
 
 def _main(args: argparse.Namespace) -> int:
