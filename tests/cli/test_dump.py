@@ -28,6 +28,7 @@ def source(tmp_path):
         vol.lock("rebuilder on host-1")
         store.volume("127.0.0.1:6201", create=True).chunks.put_batch(
             [("cid", "c", "http://127.0.0.1:6201/chunk", 0, "é ü \u2603", 1)])  # text key, non-ASCII
+        store.volume("vol/with space", create=True)  # empty; its id is percent-encoded on disk
         store.volume("127.0.0.1:6120", "meta2", create=True).meta2.put_batch([
             {"container_url": "NS/a/c1", "container_id": "AB" * 32, "mtime": 5, "extra_data": None},
             {"container_url": "NS/a/c2", "container_id": "x", "extra_data": "{\"k\":1}"},
@@ -49,7 +50,7 @@ def test_round_trip_through_a_file(cli, source, tmp_path):
     report = cli.json("import", "--db-path", target, "-i", dump)
     assert report["records"] == BIG + 3
     assert {v["volume"]: v["records"] for v in report["volumes"]} == {
-        "127.0.0.1:6200": BIG, "127.0.0.1:6201": 1, "127.0.0.1:6120": 2}
+        "127.0.0.1:6200": BIG, "127.0.0.1:6201": 1, "vol/with space": 0, "127.0.0.1:6120": 2}
     assert stored(target) == stored(source)
     assert admin_of(target, "127.0.0.1:6200") == {"incident_date": "1700000500", "lock": "rebuilder on host-1"}
     assert staging_leftovers(target) == []

@@ -55,6 +55,10 @@ def data_dir(tmp_path):
             {"container_id": cid2, "content_id": h(6, 32), "chunk_id": h(20), "mtime": 100, "rtime": 200}),
         f"chunk|{cid2}|{h(6, 32)}|{h(21)}".encode(): compact(
             {"container_id": cid2, "content_id": h(6, 32), "chunk_id": h(21), "mtime": 300}),
+        # the 2015-2017 Python servers: rtime alone; path and version as content_path/content_version
+        f"chunk|{cid2}|{h(7, 32)}|{h(22)}".encode(): compact({"rtime": 400}),
+        f"chunk|{cid2}|{h(7, 32)}|{h(23)}".encode(): compact(
+            {"mtime": 500, "content_path": "old/x", "content_version": 2, "chunk_size": 10}),
         # legacy key of a chunk that also has a current key: the current one wins
         f"chunk|{cid1}|{h(9, 32)}|{h(10)}".encode(): compact(
             {"container_id": cid1, "content_id": h(9, 32), "chunk_id": h(10), "mtime": 5}),
@@ -75,6 +79,8 @@ def data_dir(tmp_path):
         (cid2, url_chunk): ("c", 7, "é/ü", 1600000000),
         (cid2, h(20)): (h(6, 32), 200, "", 0),
         (cid2, h(21)): (h(6, 32), 300, "", 0),
+        (cid2, h(22)): (h(7, 32), 400, "", 0),
+        (cid2, h(23)): (h(7, 32), 500, "old/x", 2),
     }
 
     # a bigger rawx volume, current keys only
@@ -136,7 +142,7 @@ def test_import_every_format_record_by_record(cli, data_dir, tmp_path):
     by_volume = {v["volume"]: v for v in report["volumes"]}
     assert set(by_volume) == {RAWX, BIG, "127.0.0.1:6120", "OPENIO-meta2-1"}
     main = by_volume[RAWX]
-    assert (main["entries"], main["records"], main["legacy"], main["duplicates"], main["skipped"]) == (14, 5, 3, 1, 6)
+    assert (main["entries"], main["records"], main["legacy"], main["duplicates"], main["skipped"]) == (16, 7, 5, 1, 6)
     assert main["admin"] == {"incident_date": "1533039131", "lock": "rebuilder on host-1"}
     reasons = {s["key"]: s["reason"] for s in main["skipped_samples"]}
     assert "not UTF-8 JSON" in reasons[f"chunk|{h(1)}|{h(12)}"]

@@ -52,6 +52,12 @@ def add_store_flag(parser: argparse.ArgumentParser, *, required: bool = True) ->
     )
 
 
+def add_filter_flags(parser: argparse.ArgumentParser) -> None:
+    """``--volume`` and ``--type``, as :func:`select_volumes` applies them."""
+    parser.add_argument("--volume", metavar="ID", help="only this volume (default: all)")
+    parser.add_argument("--type", choices=SERVICE_TYPES, help="only volumes of this type (default: both)")
+
+
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON, for scripts")
 

@@ -13,6 +13,9 @@ A dump is UTF-8 text, one compact JSON object per line::
 
 The last line holds the xxh3_64 digest (hex) of every byte before it. Both
 sides stream: memory stays bounded by one page (export) or one batch (import).
+Export reads each page in its own read transaction: on a store that is being
+written, each volume's dump is consistent page by page, not as of one instant
+(stop the writers, or export from an LMDB copy, for a point-in-time dump).
 
 Import writes into a staging area (see :class:`~rdirdb.tools.common.Staging`)
 while it hashes the stream, because stdin cannot be read twice; only when the
@@ -34,6 +37,7 @@ from rdirdb.errors import RdirdbError
 from rdirdb.progress import Progress
 from rdirdb.store import SERVICE_TYPES, Store, Volume
 from rdirdb.tools.common import (
+    add_filter_flags,
     BATCH,
     CommandError,
     Staging,
@@ -248,11 +252,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "export",
         help="dump volumes as checksummed JSON lines",
-        description="Dump a volume (or all) as JSON lines, with an xxh3_64 checksum as the last line.",
+        description="Dump a volume (or all) as JSON lines, with an xxh3_64 checksum as the last line. "
+        "Safe on a served store, but pages are read one by one: stop the writers for a point-in-time dump.",
     )
     add_store_flag(p)
-    p.add_argument("--volume", metavar="ID", help="only this volume (default: all)")
-    p.add_argument("--type", choices=SERVICE_TYPES, help="only volumes of this type (default: both)")
+    add_filter_flags(p)
     p.add_argument("-o", "--output", metavar="FILE", default="-",
                    help="the dump file, written only on success ('-', the default: stdout)")
     add_json_flag(p)

@@ -7,8 +7,9 @@ import os
 from typing import Any
 
 from rdirdb._rdir import CHUNK_DATABASES, META2_DATABASES
-from rdirdb.store import SERVICE_TYPES, Store, Volume
+from rdirdb.store import Store, Volume
 from rdirdb.tools.common import (
+    add_filter_flags,
     add_json_flag,
     add_store_flag,
     handler,
@@ -65,8 +66,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("dir", nargs="?", metavar="DIR", help="the store directory (or --db-path)")
     add_store_flag(p, required=False)
-    p.add_argument("--volume", metavar="ID", help="only this volume (default: all)")
-    p.add_argument("--type", choices=SERVICE_TYPES, help="only volumes of this type (default: both)")
+    add_filter_flags(p)
     add_json_flag(p)
     p.set_defaults(handler=handler(_main), parser=p)
 
