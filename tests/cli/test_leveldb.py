@@ -24,11 +24,11 @@ def h(n: int, width: int = 64) -> str:
 
 
 def compact(obj: dict) -> bytes:
-    """Compact JSON with '/' escaped, as the C server writes it."""
-    return json.dumps(obj, separators=(",", ":")).replace("/", "\\/").encode()
+    """Compact UTF-8 JSON with '/' escaped, as the C server writes it."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).replace("/", "\\/").encode()
 
 
-def write_rawx(path, entries: dict[bytes, bytes]) -> None:
+def write_leveldb(path, entries: dict[bytes, bytes]) -> None:
     db = plyvel.DB(str(path), create_if_missing=True)
     with db.write_batch() as wb:
         for k, v in entries.items():
@@ -38,7 +38,7 @@ def write_rawx(path, entries: dict[bytes, bytes]) -> None:
 
 @pytest.fixture
 def data_dir(tmp_path):
-    """An rdir db_path; returns (path, expected records per (type, volume), expected admin keys)."""
+    """An rdir db_path: (its path, the records expected per (type, volume id))."""
     root = tmp_path / "rdir"
     root.mkdir()
     expected: dict[tuple[str, str], dict] = {}
@@ -72,7 +72,7 @@ def data_dir(tmp_path):
         f"chunk|{cid1}|".encode() + b"\xff": compact({"content_id": "x", "path": "p", "version": 1}),
         b"weird|key": b"1",
     }
-    write_rawx(root / RAWX, entries)
+    write_leveldb(root / RAWX, entries)
     expected[("rawx", RAWX)] = {
         (cid1, h(10)): (h(5, 32), 1533039000, "dir/a", 3),
         (cid1, h(11)): (h(5, 32), 0, "b", 1),
@@ -91,7 +91,7 @@ def data_dir(tmp_path):
         entries[f"chunk|{cid}|{chunk}".encode()] = compact(
             {"content_id": content, "mtime": 1_700_000_000 + i, "path": f"obj-{i // 3}", "version": 1})
         big[(cid, chunk)] = (content, 1_700_000_000 + i, f"obj-{i // 3}", 1)
-    write_rawx(root / BIG, entries)
+    write_leveldb(root / BIG, entries)
     expected[("rawx", BIG)] = big
 
     # meta2 databases: named by address (first ':' -> '-') and by service id
@@ -100,7 +100,7 @@ def data_dir(tmp_path):
             "NS/acct/ct1": {"container_id": h(31), "container_url": "NS/acct/ct1", "extra_data": None, "mtime": 12},
             "NS/acct/ct2": {"container_id": h(32), "container_url": "NS/acct/ct2", "extra_data": "{\"a\":1}", "mtime": 0},
         }
-        write_rawx(root / name, {f"container|{u}".encode(): compact(r) for u, r in records.items()})
+        write_leveldb(root / name, {f"container|{u}".encode(): compact(r) for u, r in records.items()})
         expected[("meta2", volume)] = records
 
     (root / "rdir.conf").write_text("not a database\n")
