@@ -73,6 +73,8 @@ def test_round_trip_through_a_pipe_with_filters(cli, source, tmp_path):
     assert again.returncode == 1 and b"already exists" in again.stderr
     assert cli("export", "--db-path", source, "--type", "meta2", "--volume", "127.0.0.1:6201").returncode == 1
     assert cli("export", "--db-path", tmp_path / "missing").returncode == 1
+    proc = cli("export", "--db-path", source, "-o", tmp_path / "no-dir" / "dump.jsonl")
+    assert proc.returncode == 1 and b"cannot write" in proc.stderr
     assert cli("export", "--db-path", source, "--type", "nope").returncode == 2
 
 

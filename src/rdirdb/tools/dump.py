@@ -116,14 +116,17 @@ def _output(path: str) -> Iterator[BinaryIO]:
     directory, name = os.path.split(os.path.abspath(path))
     tmp = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.partial")
     try:
-        with open(tmp, "xb", buffering=1 << 20) as f:  # mode 0666 & ~umask, like any new file
+        f = open(tmp, "xb", buffering=1 << 20)  # mode 0666 & ~umask, like any new file
+    except OSError as exc:
+        raise CommandError(f"cannot write {path!r}: {exc.strerror}") from None
+    try:
+        with f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        os.unlink(tmp)
         raise
 
 
