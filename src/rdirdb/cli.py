@@ -14,7 +14,12 @@ from rdirdb._version import __version__
 from rdirdb.errors import RdirdbError
 
 # Modules that add subcommands through ``add_parser(subparsers)``.
-_COMMAND_MODULES = ("rdirdb.demo",)
+_COMMAND_MODULES = (
+    "rdirdb.demo",
+    "rdirdb.tools.leveldb",
+    "rdirdb.tools.dump",
+    "rdirdb.tools.stats",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
