@@ -103,8 +103,8 @@ class SharedBase:
                 yield db
         except BaseException:
             # On LMDB a shard locked inside the aborted transaction was never ours.
-            if self._backend.locks_in_transaction and self._locked_shard != held:
-                self._locked_shard = held
+            if self._backend.locks_in_transaction and self._locked_shard not in (None, held):
+                self._locked_shard = None
             raise
 
     # -- the locked shard of this instance -----------------------------------------
