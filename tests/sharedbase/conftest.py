@@ -46,11 +46,24 @@ def pg_server():
     conn.close()
 
 
+def _create_db(server, label: str) -> str:
+    name = f"rdirdb_sb_{label}_{uuid.uuid4().hex[:8]}"
+    server.execute(f'CREATE DATABASE "{name}"')
+    return name
+
+
 @pytest.fixture(scope="module")
 def pg_empty_db(pg_server, request):
     """A fresh, empty database for this test module; yields its DSN."""
-    name = f"rdirdb_sb_{request.module.__name__.rpartition('.')[2]}_{uuid.uuid4().hex[:8]}"
-    pg_server.execute(f'CREATE DATABASE "{name}"')
+    name = _create_db(pg_server, request.module.__name__.rpartition(".")[2])
+    yield _with_dbname(PG_DSN, name)
+    pg_server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_scratch_db(pg_server):
+    """A fresh, empty database for one test; yields its DSN."""
+    name = _create_db(pg_server, "scratch")
     yield _with_dbname(PG_DSN, name)
     pg_server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

@@ -78,8 +78,7 @@ class PgBackend:
     # the caller's transaction does afterwards.
     locks_in_transaction = False
 
-    def __init__(self, dsn: str, application_name: str, *, min_size: int = 1, max_size: int = 4,
-                 check_schema: bool = True) -> None:
+    def __init__(self, dsn: str, application_name: str, *, min_size: int = 1, max_size: int = 4) -> None:
         if max_size < 2:
             # A writer holds one connection for its transaction and may need
             # another to lock a shard.
@@ -94,9 +93,12 @@ class PgBackend:
             name=f"pool-{application_name}",
             open=True,
         )
-        if check_schema:
+        try:
             with self.pool.connection() as conn:
                 check_version(conn)
+        except BaseException:
+            self.pool.close()
+            raise
 
     def close(self) -> None:
         self.pool.close()
