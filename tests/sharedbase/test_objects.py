@@ -240,3 +240,18 @@ def test_index_matches_a_model(base, operations):
     assert base.contains_many(ids).tolist() == [shard_id if i in present else 0 for i in ids]
     tombstones = {t[0] for t in base.deleted_objects()}
     assert {i for i in ids if i in tombstones} == {i for i, s in model.items() if s == "deleted"}
+
+
+def test_unrecorded_ids_are_an_error(base, monkeypatch):
+    """Winery's check (dead there: its set difference is reversed) fires here."""
+    record_all = base._backend.record
+
+    def record_but_one(db, shard_id, locker, ids):
+        owners = record_all(db, shard_id, locker, ids)
+        owners.pop(ids[0])
+        return owners
+
+    monkeypatch.setattr(base._backend, "record", record_but_one)
+    ids = sorted([obj_id(1), obj_id(2)])
+    with pytest.raises(RuntimeError, match=f"Could not record all objects in any shard: missing {ids[0].hex()}"):
+        record(base, ids)

@@ -398,12 +398,13 @@ class SharedBase:
             raise FencingError(
                 f"shard {shard_name} is no longer locked for writing by this SharedBase "
                 f"({self.locker}); nothing was recorded")
-        missing = [obj_id for obj_id in ids if obj_id not in owners]
-        if missing:
+        # Winery's check, the right way round: every id must have an owner.
+        if len(owners) != len(ids):
+            missing = [obj_id.hex() for obj_id in ids if obj_id not in owners]
             raise RuntimeError(
-                f"Could not record all objects in any shard: missing {', '.join(m.hex() for m in missing[:5])}"
+                f"Could not record all objects in any shard: missing {', '.join(missing[:5])}"
                 + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
-        return {obj_id: owners[obj_id] for obj_id in ids}
+        return owners
 
     def record_new_obj_id(self, db: Any, obj_id: bytes) -> Optional[int]:
         """Record one obj_id; returns the id of the shard that owns it."""

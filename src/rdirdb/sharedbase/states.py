@@ -87,7 +87,8 @@ def check_obj_ids(obj_ids: Any) -> list[bytes]:
     """A list of checked obj_ids (any iterable of bytes)."""
     if isinstance(obj_ids, (bytes, str)):
         raise TypeError("obj_ids must be an iterable of obj_ids, not a single value")
-    return [check_obj_id(obj_id) for obj_id in obj_ids]
+    # The common case inline: batches of 50,000 ids are checked on the hot path.
+    return [i if type(i) is bytes and len(i) == OBJ_ID_SIZE else check_obj_id(i) for i in obj_ids]
 
 
 # Winery's rule: at most 32 characters, not starting with a digit (names were
