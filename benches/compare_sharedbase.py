@@ -191,6 +191,12 @@ def rdirdb_main(n_ids: int, n_lookups: int) -> dict[str, float]:
     return results
 
 
+def best(into: dict[str, float], results: dict[str, float]) -> dict[str, float]:
+    for key, value in results.items():
+        into[key] = min(value, into.get(key, value))
+    return into
+
+
 def fmt(seconds: float) -> str:
     return f"{seconds:.3f} s" if seconds >= 0.1 else f"{seconds * 1e6:9.2f} us"
 
@@ -199,15 +205,23 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ids", type=int, default=50_000, help="ids recorded in one transaction")
     parser.add_argument("--lookups", type=int, default=2_000, help="single lookups per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each side; the best figure counts")
     parser.add_argument("--winery", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.winery:
         winery_main(args.ids, args.lookups)
         return 0
 
-    print(f"PostgreSQL: {PG_DSN}; {args.ids} ids per batch, {args.lookups} lookups per figure")
-    ours = rdirdb_main(args.ids, args.lookups)
-    winery, winery_note = run_winery(args.ids, args.lookups)
+    print(f"PostgreSQL: {PG_DSN}; {args.ids} ids per batch, {args.lookups} lookups per figure, "
+          f"best of {args.rounds} interleaved rounds")
+    ours: dict[str, float] = {}
+    winery: dict[str, float] | None = {}
+    for _ in range(args.rounds):
+        # Interleaved, each on a fresh database: both sides see the same machine load.
+        best(ours, rdirdb_main(args.ids, args.lookups))
+        if winery is not None:
+            theirs, winery_note = run_winery(args.ids, args.lookups)
+            winery = best(winery, theirs) if theirs is not None else None
     print(f"winery: {winery_note}\n")
     print(f"{'operation':24} {'rdirdb':>13} {'winery':>13} {'speed-up':>9} {'target':>7}")
     failed = 0

@@ -15,6 +15,7 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 import psycopg
+from psycopg import pq
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 from psycopg_pool import ConnectionPool
@@ -106,6 +107,23 @@ class _ObjIdArrayDumper(Dumper):
 psycopg.adapters.register_dumper(ObjIdArray, _ObjIdArrayDumper)
 
 
+# The single-id reads, prepared once per connection and run straight on libpq:
+# psycopg's cursor machinery costs about as much as the round trip itself.
+_HOT = {
+    b"rdirdb_contains": b"SELECT shard FROM signature2shard WHERE signature = $1 AND state = 'present'",
+    b"rdirdb_get": b"SELECT s.name, s.state FROM signature2shard o JOIN shards s ON s.id = o.shard "
+                   b"WHERE o.signature = $1 AND o.state = 'present'",
+}
+_BYTEA = [ObjIdArray._BYTEA_OID]
+
+
+def _prepare_hot(conn: psycopg.Connection) -> None:
+    for name, sql in _HOT.items():
+        result = conn.pgconn.prepare(name, sql, _BYTEA)
+        if result.status != pq.ExecStatus.COMMAND_OK:
+            raise psycopg.errors.error_from_result(result)
+
+
 def _row(values) -> ShardRow:
     id_, name, state, locker, locker_ts, pool_name, mapped = values
     # char(32) pads short names with blanks on output; names never end with one.
@@ -123,21 +141,21 @@ class PgBackend:
             # another to lock a shard.
             raise ValueError("the connection pool needs max_size >= 2")
         self.dsn = dsn
+        kwargs = {"application_name": application_name, "autocommit": True}
+        # Checked before the pool exists: its connections prepare statements
+        # on tables an empty or foreign database does not have.
+        with psycopg.connect(dsn, **kwargs) as conn:
+            check_version(conn)
         self.pool = ConnectionPool(
             conninfo=dsn,
-            kwargs={"application_name": application_name, "autocommit": True},
+            kwargs=kwargs,
             min_size=min_size,
             max_size=max_size,
             max_idle=60,
+            configure=_prepare_hot,
             name=f"pool-{application_name}",
             open=True,
         )
-        try:
-            with self.pool.connection() as conn:
-                check_version(conn)
-        except BaseException:
-            self.pool.close()
-            raise
 
     def close(self) -> None:
         self.pool.close()
@@ -281,10 +299,22 @@ class PgBackend:
         owners = dict(db.execute(_OWNERS, params, binary=True).fetchall())
         return {i: owners[i] for i in ids if i in owners}
 
+    def _hot(self, statement: bytes, obj_id: bytes, binary: bool) -> Optional[tuple[bytes, ...]]:
+        """The first row of a prepared hot statement, None when there is none."""
+        conn = self.pool.getconn()
+        try:
+            result = conn.pgconn.exec_prepared(statement, [obj_id], [1], 1 if binary else 0)
+        finally:
+            self.pool.putconn(conn)
+        if result.status != pq.ExecStatus.TUPLES_OK:
+            raise psycopg.errors.error_from_result(result)
+        if result.ntuples == 0:
+            return None
+        return tuple(result.get_value(0, i) for i in range(result.nfields))
+
     def contains(self, obj_id: bytes) -> Optional[int]:
-        row = self._one("SELECT shard FROM signature2shard WHERE signature = %b AND state = 'present'",
-                        (obj_id,))
-        return row[0] if row else None
+        row = self._hot(b"rdirdb_contains", obj_id, binary=True)
+        return int.from_bytes(row[0], "big") if row else None
 
     def contains_many(self, ids: np.ndarray) -> np.ndarray:
         with self._conn() as conn:
@@ -296,10 +326,8 @@ class PgBackend:
 
     def get(self, obj_id: bytes) -> Optional[tuple[str, ShardState]]:
         # One statement: the owner and its state from the same snapshot.
-        row = self._one(
-            "SELECT s.name, s.state FROM signature2shard o JOIN shards s ON s.id = o.shard "
-            "WHERE o.signature = %b AND o.state = 'present'", (obj_id,))
-        return (row[0].rstrip(), ShardState(row[1])) if row else None
+        row = self._hot(b"rdirdb_get", obj_id, binary=False)
+        return (row[0].decode().rstrip(), ShardState(row[1].decode())) if row else None
 
     def signatures_page(self, after: bytes, limit: int) -> list[bytes]:
         rows = self._all(
