@@ -2,6 +2,7 @@
 each opens its own connections / LMDB environment)."""
 
 import multiprocessing
+import os
 import threading
 import time
 
@@ -93,3 +94,50 @@ def test_stale_writer_is_fenced_and_loses_nothing(dsn):
     finally:
         writer.join(30)
     assert writer.exitcode == 0
+
+
+def test_concurrent_adds_of_one_object(dsn):
+    """winery's test_winery_add_concurrent: writers add one object, each holding
+    its transaction open after recording; they finish in reverse order."""
+    if dsn.startswith("lmdb:"):
+        pytest.skip("LMDB runs one write transaction at a time: writers cannot overlap")
+    something = obj_id("SOMETHING")
+    bases = [SharedBase(dsn, active_pool_name="pool-a") for _ in range(PROCESSES)]
+    events = [threading.Event() for _ in bases]
+    owners = [None] * len(bases)
+
+    def add(i):
+        with bases[i].transaction() as db:
+            owners[i] = bases[i].record_new_obj_ids(db, [something])[something]
+            events[i].wait(30)
+
+    try:
+        threads = [threading.Thread(target=add, args=(i,)) for i in range(len(bases))]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)  # all are in record_new_obj_ids (or blocked in it)
+        for event in reversed(events):
+            event.set()
+            time.sleep(0.05)
+        for t in threads:
+            t.join(30)
+        winner = bases[0].contains(something)
+        assert winner is not None and owners == [winner] * len(bases)
+        assert len(list(bases[0].list_shards())) >= len(bases)  # each locked its own shard
+    finally:
+        for base in bases:
+            base.close()
+
+
+@pytest.mark.stress
+@pytest.mark.skipif(os.environ.get("RDIRDB_STRESS") != "1", reason="set RDIRDB_STRESS=1 to run")
+def test_stress_overlapping_records(dsn):
+    ids = [obj_id(i) for i in range(200_000)]
+    reports = run(record_worker, lambda i: (dsn, (ids[i * 50_000:] + ids[:i * 50_000])[:150_000], 5_000),
+                  timeout=1200)
+    with SharedBase(dsn) as base:
+        assert base.contains_many(ids).all()
+        assert base.stats()["objects"] == {"present": len(ids)}
+        for _, owners in reports:
+            final = dict(zip(list(owners), base.contains_many(list(owners)).tolist()))
+            assert final == owners

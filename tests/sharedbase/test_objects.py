@@ -255,3 +255,21 @@ def test_unrecorded_ids_are_an_error(base, monkeypatch):
     ids = sorted([obj_id(1), obj_id(2)])
     with pytest.raises(RuntimeError, match=f"Could not record all objects in any shard: missing {ids[0].hex()}"):
         record(base, ids)
+
+
+def test_db_must_be_an_open_transaction(base):
+    with pytest.raises(TypeError, match="db must be"):
+        base.record_new_obj_ids("not a transaction", [obj_id(1)])
+    with base.transaction() as db:
+        pass
+    with pytest.raises(ValueError, match="open"):
+        base.record_new_obj_ids(db, [obj_id(1)])  # committed already
+    assert base.contains(obj_id(1)) is None
+
+
+def test_shard_ids_out_of_range(base):
+    assert base.get_shard_info(0) is None
+    assert base.get_shard_info(-1) is None
+    assert base.get_shard_info(2**64) is None
+    with pytest.raises(TypeError):
+        base.get_shard_info("1")

@@ -313,6 +313,8 @@ class SharedBase:
     def get_shard_info(self, id: int) -> Optional[tuple[str, ShardState]]:
         if not isinstance(id, int) or isinstance(id, bool):
             raise TypeError(f"shard id must be an int, not {type(id).__name__}")
+        if not 1 <= id < 2**63:  # ids are a bigserial
+            return None
         row = self._backend.shard_row(id=id)
         return (row.name, row.state) if row else None
 
@@ -389,6 +391,7 @@ class SharedBase:
         if db is None:
             with self.transaction() as own:
                 return self.record_new_obj_ids(own, ids)
+        self._backend.check_db(db)
         # On LMDB this may lock the shard inside ``db`` (see transaction()).
         with self._backend.transaction(db) if self._backend.locks_in_transaction else contextlib.nullcontext():
             shard_name, shard_id = self.locked_shard, self.locked_shard_id
@@ -408,7 +411,8 @@ class SharedBase:
 
     def record_new_obj_id(self, db: Any, obj_id: bytes) -> Optional[int]:
         """Record one obj_id; returns the id of the shard that owns it."""
-        return self.record_new_obj_ids(db, [check_obj_id(obj_id)])[obj_id]
+        obj_id = check_obj_id(obj_id)
+        return self.record_new_obj_ids(db, [obj_id])[obj_id]
 
     def list_signatures(self, after_id: Optional[bytes] = None, limit: Optional[int] = None) -> Iterator[bytes]:
         """Present obj_ids in increasing order, after ``after_id``, at most ``limit``."""

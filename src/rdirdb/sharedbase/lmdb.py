@@ -294,6 +294,13 @@ class LmdbBackend:
         count = (_U64.unpack(raw)[0] if raw is not None else 0) + delta
         txn.put(_id_key(shard_id), _U64.pack(count), db="counts")
 
+    @staticmethod
+    def check_db(db: Any) -> None:
+        if not isinstance(db, Transaction):
+            raise TypeError(f"db must be an LMDB transaction (from SharedBase.transaction()), not {type(db).__name__}")
+        if db.closed or not db.write:
+            raise ValueError("db must be an open write transaction: use `with base.transaction() as db:`")
+
     def record(self, db: Transaction, shard_id: int, locker: uuid.UUID,
                ids: list[bytes]) -> Optional[dict[bytes, int]]:
         def record(txn: Transaction) -> Optional[dict[bytes, int]]:

@@ -278,6 +278,14 @@ class PgBackend:
 
     # -- objects ---------------------------------------------------------------
 
+    @staticmethod
+    def check_db(db: Any) -> None:
+        if not isinstance(db, psycopg.Connection):
+            raise TypeError(f"db must be a psycopg connection (from SharedBase.transaction()), not {type(db).__name__}")
+        if db.info.transaction_status != pq.TransactionStatus.INTRANS:
+            # In autocommit the fence would not outlive its own statement.
+            raise ValueError("db must be in an open transaction: use `with base.transaction() as db:`")
+
     def record(self, db: psycopg.Connection, shard_id: int, locker: uuid.UUID,
                ids: list[bytes]) -> Optional[dict[bytes, int]]:
         """Record ``ids`` (sorted, unique) into our shard in ``db``'s transaction.
