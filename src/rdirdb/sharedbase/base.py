@@ -469,7 +469,8 @@ class TemporaryShardLocker:
         self.base = base
         self.previous_state = shard_state(current_state, "current_state")
         locked = base.lock_one_shard(current_state, new_state, min_mapped_hosts, from_pool)
-        self.name, self.id = locked if locked else (None, None)
+        self.name: Optional[str] = locked[0] if locked else None
+        self.id: Optional[int] = locked[1] if locked else None
 
     def __bool__(self) -> bool:
         return self.name is not None

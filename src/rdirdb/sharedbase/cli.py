@@ -36,7 +36,7 @@ def _open(dsn: str):
     from rdirdb.sharedbase import SharedBase
 
     # A small pool: the CLI runs one statement at a time.
-    pool = {} if dsn.startswith("lmdb:") else {"min_size": 0, "max_size": 2}
+    pool: dict[str, Any] = {} if dsn.startswith("lmdb:") else {"min_size": 0, "max_size": 2}
     return SharedBase(dsn, application_name="rdirdb sharedbase CLI", **pool)
 
 

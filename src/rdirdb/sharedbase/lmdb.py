@@ -88,6 +88,7 @@ class LmdbBackend:
     def __init__(self, path: str, *, map_size: int = 64 << 20, sync: bool = True) -> None:
         self.path = path
         self._shared = _Shared.acquire(path, map_size, sync)
+        self._closed = False
         self.env = self._shared.env
         try:
             self._run_write(self._check_meta)
@@ -96,9 +97,9 @@ class LmdbBackend:
             raise
 
     def close(self) -> None:
-        if self._shared is not None:
+        if not self._closed:
+            self._closed = True
             self._shared.release()
-            self._shared = None
 
     def _check_meta(self, txn: Transaction) -> None:
         stored = txn.get(b"version", db="meta")

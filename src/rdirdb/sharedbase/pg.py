@@ -141,7 +141,7 @@ class PgBackend:
             # another to lock a shard.
             raise ValueError("the connection pool needs max_size >= 2")
         self.dsn = dsn
-        kwargs = {"application_name": application_name, "autocommit": True}
+        kwargs: dict[str, Any] = {"application_name": application_name, "autocommit": True}
         # Checked before the pool exists: its connections prepare statements
         # on tables an empty or foreign database does not have.
         with psycopg.connect(dsn, **kwargs) as conn:
@@ -192,7 +192,8 @@ class PgBackend:
 
     def select_shards(self, *, state: Optional[ShardState] = None, not_state: Optional[ShardState] = None,
                       stale_delay: Optional[timedelta] = None) -> list[ShardRow]:
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[Any] = []
         if state is not None:
             clauses.append("state = %s")
             params.append(state.value)
@@ -304,10 +305,10 @@ class PgBackend:
             return dict.fromkeys(ids, shard_id)
         # A statement of its own: under READ COMMITTED it sees the rows of
         # racing writers the INSERT waited for.
-        owners = dict(db.execute(_OWNERS, params, binary=True).fetchall())
+        owners: dict[bytes, int] = dict(db.execute(_OWNERS, params, binary=True).fetchall())
         return {i: owners[i] for i in ids if i in owners}
 
-    def _hot(self, statement: bytes, obj_id: bytes, binary: bool) -> Optional[tuple[bytes, ...]]:
+    def _hot(self, statement: bytes, obj_id: bytes, binary: bool) -> Optional[tuple[Any, ...]]:
         """The first row of a prepared hot statement, None when there is none."""
         conn = self.pool.getconn()
         try:
