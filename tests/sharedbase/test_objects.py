@@ -1,5 +1,6 @@
 """The object index (reference §3.19–3.25, §7, §10), on both backends."""
 
+import hashlib
 import uuid
 
 import numpy as np
@@ -21,6 +22,7 @@ def record(base, ids):
 
 
 def test_record_and_read(base):
+    assert hashlib.sha256(b"SOMETHING").digest() == SOMETHING  # winery's test vector
     shard_id = base.locked_shard_id
     assert record(base, [SOMETHING]) == {SOMETHING: shard_id}
     assert base.contains(SOMETHING) == shard_id
