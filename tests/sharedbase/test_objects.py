@@ -275,3 +275,19 @@ def test_shard_ids_out_of_range(base):
     assert base.get_shard_info(2**64) is None
     with pytest.raises(TypeError):
         base.get_shard_info("1")
+
+
+def test_lmdb_map_grows_under_a_big_batch(tmp_path):
+    from rdirdb import SharedBase
+    from rdirdb.errors import MapFullError
+
+    ids = [obj_id(i) for i in range(40_000)]
+    with SharedBase(f"lmdb://{tmp_path}", active_pool_name="pool-a", map_size=1 << 20) as base:
+        with pytest.raises(MapFullError, match="run the transaction again"):
+            with base.transaction() as db:  # the caller's transaction: not replayed
+                base.record_new_obj_ids(db, ids)
+        assert base.contains(ids[0]) is None
+        more = ids + [obj_id(f"more-{i}") for i in range(80_000)]  # needs several growths
+        owners = base.record_new_obj_ids(None, more)  # our own transaction: replayed
+        assert set(owners.values()) == {base.locked_shard_id}
+        assert base.contains_many(more).all()

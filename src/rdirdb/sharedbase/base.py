@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 
-from rdirdb.errors import FencingError, ShardNotFound
+from rdirdb.errors import FencingError, MapFullError, ShardNotFound
 from rdirdb.sharedbase.states import (
     OBJ_ID_SIZE,
     RELEASED_STATE,
@@ -37,6 +37,10 @@ OpenShard = tuple[str, ShardState, Optional[datetime], Optional[str]]
 
 # list_signatures reads this many ids per query, holding no connection between pages.
 _SIGNATURES_PAGE = 10_000
+
+# How many times a batch of our own is replayed after LMDB grew its map (each
+# growth doubles it).
+_REPLAYS = 8
 
 
 def _open_backend(base_dsn: str, application_name: str, kwargs: dict[str, Any]):
@@ -389,8 +393,14 @@ class SharedBase:
         if not ids:
             return {}
         if db is None:
-            with self.transaction() as own:
-                return self.record_new_obj_ids(own, ids)
+            for attempt in range(_REPLAYS):
+                try:
+                    with self.transaction() as own:
+                        return self.record_new_obj_ids(own, ids)
+                except MapFullError:
+                    # LMDB aborted our transaction and grew its map: run it again.
+                    if attempt == _REPLAYS - 1:
+                        raise
         self._backend.check_db(db)
         # On LMDB this may lock the shard inside ``db`` (see transaction()).
         with self._backend.transaction(db) if self._backend.locks_in_transaction else contextlib.nullcontext():
