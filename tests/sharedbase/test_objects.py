@@ -291,3 +291,13 @@ def test_lmdb_map_grows_under_a_big_batch(tmp_path):
         owners = base.record_new_obj_ids(None, more)  # our own transaction: replayed
         assert set(owners.values()) == {base.locked_shard_id}
         assert base.contains_many(more).all()
+
+
+def test_winery_style_transaction(base, dsn):
+    if dsn.startswith("lmdb:"):
+        with pytest.raises(AttributeError, match="use base.transaction"):
+            base.pool
+        return
+    with base.pool.connection() as db, db.transaction():
+        assert base.record_new_obj_ids(db, [obj_id(1)]) == {obj_id(1): base.locked_shard_id}
+    assert base.contains(obj_id(1)) == base.locked_shard_id

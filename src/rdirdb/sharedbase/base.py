@@ -111,6 +111,15 @@ class SharedBase:
                 self._locked_shard = None
             raise
 
+    @property
+    def pool(self) -> Any:
+        """The psycopg connection pool (PostgreSQL only), for code written
+        against winery: ``with base.pool.connection() as db, db.transaction():``."""
+        pool = getattr(self._backend, "pool", None)
+        if pool is None:
+            raise AttributeError("the LMDB backend has no connection pool: use base.transaction()")
+        return pool
+
     # -- the locked shard of this instance -----------------------------------------
 
     @property
