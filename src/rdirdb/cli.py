@@ -19,6 +19,7 @@ _COMMAND_MODULES = (
     "rdirdb.tools.leveldb",
     "rdirdb.tools.dump",
     "rdirdb.tools.stats",
+    "rdirdb.sharedbase.cli",
 )
 
 
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.handler(args)
-    except RdirdbError as exc:
+    except (RdirdbError, OSError) as exc:
         print(f"rdirdb {args.command}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

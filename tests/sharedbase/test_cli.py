@@ -1,4 +1,4 @@
-"""``rdirdb sharedbase ...`` through register(), on both backends."""
+"""``rdirdb sharedbase ...`` through add_parser(), on both backends."""
 
 import argparse
 import json
@@ -7,12 +7,12 @@ import pytest
 from sb_helpers import obj_id
 
 from rdirdb import SharedBase, ShardState
-from rdirdb.sharedbase.cli import register
+from rdirdb.sharedbase.cli import add_parser
 
 
 def run(*argv: str) -> int:
     parser = argparse.ArgumentParser(prog="rdirdb")
-    register(parser.add_subparsers(dest="command", required=True))
+    add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -12,7 +12,7 @@ import sys
 from typing import Any, Callable
 
 
-def register(subparsers: "argparse._SubParsersAction[Any]") -> argparse.ArgumentParser:
+def add_parser(subparsers: "argparse._SubParsersAction[Any]") -> argparse.ArgumentParser:
     parser = subparsers.add_parser("sharedbase", help="winery's shard catalogue (SharedBase)")
     commands = parser.add_subparsers(dest="sharedbase_command", metavar="COMMAND", required=True)
 
