@@ -1,61 +1,51 @@
-"""pytest-benchmark: RdirClient (embedded) push, full fetch and status on 100,000 chunks."""
+"""pytest-benchmark: RdirClient (embedded) chunk_push_batch, a full chunk_fetch, status.
 
-from __future__ import annotations
-
-import itertools
+Each push round writes a fresh 10,000-record batch (random order, as dicts)
+into a volume that already holds 100,000 records; fetch and status rounds go
+over those 100,000 records with the default pages of 1,000.
+"""
 
 import pytest
 
+from compare import MTIME
+from compare_client import FIELDS
+from conftest import ROUNDS
 from rdirdb.client import RdirClient
 
-from compare_client import FIELDS, INCIDENT, make_tuples
 
-N = 100_000
-BATCH = 10_000
-
-
-@pytest.fixture(scope="module")
-def records():
-    return [dict(zip(FIELDS, t)) for t in make_tuples(N)]
-
-
-@pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    with RdirClient({"db_path": str(tmp_path_factory.mktemp("rdir")), "db_sync": False}) as c:
+@pytest.fixture
+def client(tmp_path, dataset):
+    """A client whose volume "vol" holds the preloaded records, an incident in their middle."""
+    preload, _ = dataset
+    with RdirClient({"db_path": str(tmp_path), "db_sync": False}) as c:
+        c.create("vol")
+        for start in range(0, len(preload), 10_000):
+            c.chunk_push_batch("vol", [dict(zip(FIELDS, t)) for t in preload[start:start + 10_000]])
+        c.admin_incident_set("vol", MTIME + 86_400 * 182)
         yield c
 
 
-@pytest.fixture(scope="module")
-def filled(client, records):
-    client.create("filled")
-    for start in range(0, N, BATCH):
-        client.chunk_push_batch("filled", records[start:start + BATCH])
-    client.admin_incident_set("filled", INCIDENT)
-    return "filled"
+@pytest.mark.benchmark(group="client push 10,000")
+def test_chunk_push_batch(benchmark, client, dataset):
+    todo = iter([[dict(zip(FIELDS, t)) for t in batch] for batch in dataset[1][:ROUNDS]])
+    benchmark.pedantic(
+        lambda batch: client.chunk_push_batch("vol", batch),
+        setup=lambda: ((next(todo),), {}), rounds=ROUNDS, iterations=1,
+    )
+    assert client.status("vol", max=10_000)["chunk"]["total"] == len(dataset[0]) + 10_000 * ROUNDS
 
 
-def test_chunk_push_batch(benchmark, client, records):
-    volumes = (f"push-{i}" for i in itertools.count())
-
-    def setup():
-        volume = next(volumes)
-        client.create(volume)
-        return (volume,), {}
-
-    def push(volume):
-        for start in range(0, N, BATCH):
-            client.chunk_push_batch(volume, records[start:start + BATCH])
-
-    benchmark.pedantic(push, setup=setup, rounds=3)
+@pytest.mark.benchmark(group="client full scan")
+def test_chunk_fetch(benchmark, client, dataset):
+    assert benchmark(lambda: sum(1 for _ in client.chunk_fetch("vol"))) == len(dataset[0])
 
 
-def test_chunk_fetch_full(benchmark, client, filled):
-    assert benchmark(lambda: sum(1 for _ in client.chunk_fetch(filled))) == N
+@pytest.mark.benchmark(group="client full scan")
+def test_chunk_fetch_array(benchmark, client, dataset):
+    assert benchmark(lambda: sum(len(a) for a in client.chunk_fetch_array("vol"))) == len(dataset[0])
 
 
-def test_chunk_fetch_array_full(benchmark, client, filled):
-    assert benchmark(lambda: sum(len(a) for a in client.chunk_fetch_array(filled))) == N
-
-
-def test_status(benchmark, client, filled):
-    assert benchmark(lambda: client.status(filled)["chunk"]["total"]) == N
+@pytest.mark.benchmark(group="client full scan")
+def test_status(benchmark, client, dataset):
+    result = benchmark(client.status, "vol")
+    assert result["chunk"]["total"] == len(dataset[0]) and 0 < result["chunk"]["to_rebuild"] < len(dataset[0])
