@@ -375,6 +375,18 @@ def test_long_keys_page_exactly_once(client, vol):
     assert fetch(client, vol, container_id=stem[:478]) == listed
 
 
+# Order of checks: the volume first, then the records.
+
+
+def test_invalid_batch_for_an_unknown_volume_is_not_found(client, vol):
+    with pytest.raises(NotFound):
+        client.chunk_push_batch(vol, [make_record(container_id="a|b")])
+    with pytest.raises(BadRequest):
+        client.chunk_push_batch(vol, [make_record(container_id="a|b")], create=True)
+    assert client.backend.store.volumes() == [vol]
+    assert fetch(client, vol) == []
+
+
 # 16. Client quirks.
 
 
