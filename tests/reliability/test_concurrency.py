@@ -16,7 +16,7 @@ def test_writers_and_readers_processes(tmp_path):
                               timeout=120)
     assert figures.errors == []
     assert figures.scans > 0
-    assert figures.shared_file_mib > 0.5  # past half of the 1 MiB map: it was grown while shared
+    assert figures.shared_file_mib > 1  # past the 1 MiB map: it was grown while shared
 
 
 def test_threads_share_one_volume(tmp_path):

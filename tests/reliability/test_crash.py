@@ -22,6 +22,12 @@ def test_stale_reader_slots_are_cleared_on_open(tmp_path):
     assert result.full_before and result.cleared_by_opener and result.left_after == 0
 
 
+def test_killed_write_lock_holder_hands_the_lock_over(tmp_path):
+    result = crash_harness.killed_lock_holder(str(tmp_path), hold=0.3)
+    assert result.errors == []
+    assert result.waiter_blocked and result.uncommitted_gone
+
+
 def test_check_detects_a_half_applied_batch(tmp_path):
     """The checker itself: a batch missing one record is reported."""
     from rdirdb.store import Store

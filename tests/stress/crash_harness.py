@@ -23,7 +23,8 @@ lose the last commits of ``sync=False``.
 
 :func:`stale_readers` kills processes that hold read transactions while the
 environment stays open elsewhere, and checks that a new opener clears their
-reader slots (``mdb_reader_check`` on open).
+reader slots (``mdb_reader_check`` on open). :func:`killed_lock_holder` kills a
+process inside a write transaction while another one waits for the lock.
 
 Usage: ``python tests/stress/crash_harness.py --rounds 50 [--mode sync|nosync|both]``
 (prints the figures; exits 1 on any violation).
@@ -106,17 +107,20 @@ def writer(store_path: str, log_path: str, sync: bool, round_no: int, seed: int)
     while True:
         if live and rng.random() < 0.4:
             batch_id = rng.choice(sorted(live))
-            # The in-flight delete is named first, so a check knows it may be applied.
+            keys = batch_keys(batch_id, live[batch_id])
+            # The operation is announced just before the call, so a check knows
+            # that it may be applied (whole) though not acknowledged.
             os.write(1, f"D {batch_id}\n".encode())
-            chunks.delete_batch(batch_keys(batch_id, live[batch_id]))
+            chunks.delete_batch(keys)
             os.write(fd, f"D {batch_id}\n".encode())
             del live[batch_id]
         else:
             batch_id = f"r{round_no:03d}b{seq:05d}"
             size = rng.randint(1, 200)
             seq += 1
+            records = batch_records(batch_id, size)
             os.write(1, f"P {batch_id} {size}\n".encode())
-            chunks.put_batch(batch_records(batch_id, size))
+            chunks.put_batch(records)
             os.write(fd, f"P {batch_id} {size}\n".encode())
             live[batch_id] = size
 
@@ -381,6 +385,83 @@ def stale_readers(workdir: str | None = None, max_readers: int = 4) -> StaleRead
 
 
 # ---------------------------------------------------------------------------
+# A writer killed while it holds the write lock
+# ---------------------------------------------------------------------------
+
+_LOCK_HOLDER = """
+import os, sys, time
+from rdirdb.store import Store
+chunks = Store(sys.argv[1]).volume("v").chunks
+txn = chunks.env.begin(write=True)
+txn.put(b"uncommitted", b"1", db="admin")
+os.write(1, b"ready\\n")
+time.sleep(60)
+"""
+
+
+@dataclass
+class LockHolder:
+    waiter_blocked: bool = False    # our batch waited for the holder's write lock
+    waiter_seconds: float = 0.0     # how long it waited in all
+    uncommitted_gone: bool = False  # the holder's open transaction left nothing
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def killed_lock_holder(workdir: str | None = None, hold: float = 0.5) -> LockHolder:
+    """Another process holds the write transaction and is killed while this one
+    waits for it: LMDB's robust mutex hands the lock over, the batch goes through."""
+    import threading
+
+    from rdirdb.store import Store
+
+    result = LockHolder()
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        # Open the volume first: opening needs a write transaction too.
+        with Store(tmp) as store:
+            volume = store.volume("v", create=True)
+            with subprocess.Popen([sys.executable, "-c", _LOCK_HOLDER, tmp], stdout=subprocess.PIPE,
+                                  env=_env()) as holder:
+                if holder.stdout.readline() != b"ready\n":
+                    result.errors.append("the lock holder failed to start")
+                    return result
+                outcome = {}
+
+                def push():
+                    started = time.monotonic()
+                    try:
+                        outcome["written"] = volume.chunks.put_batch(batch_records("waiter", 10))
+                    except Exception as exc:
+                        outcome["error"] = f"{type(exc).__name__}: {exc}"
+                    outcome["seconds"] = time.monotonic() - started
+
+                thread = threading.Thread(target=push)
+                thread.start()
+                time.sleep(hold)
+                result.waiter_blocked = thread.is_alive()
+                holder.kill()
+                holder.wait()
+                thread.join(30)
+            if thread.is_alive():
+                result.errors.append("the waiting batch never got the lock")
+                return result
+            result.waiter_seconds = outcome.get("seconds", 0.0)
+            if "error" in outcome:
+                result.errors.append(f"the waiting batch failed: {outcome['error']}")
+            result.uncommitted_gone = volume.admin_get("uncommitted") is None
+            if not result.uncommitted_gone:
+                result.errors.append("the killed holder's uncommitted write is visible")
+            if volume.chunks.count() != 10:
+                result.errors.append(f"{volume.chunks.count()} records instead of 10")
+        if not result.waiter_blocked:
+            result.errors.append("the batch did not wait for the holder (test is void)")
+    return result
+
+
+# ---------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------
 
@@ -414,6 +495,13 @@ def main(argv: list[str] | None = None) -> int:
           f"cleared by a new open: {s.cleared_by_opener}, left: {s.left_after}  "
           f"{'ok' if s.ok else 'FAILED'}")
     for error in s.errors:
+        print("   ", error)
+    h = killed_lock_holder(args.workdir)
+    ok &= h.ok
+    print(f"write lock holder killed: waiter blocked: {h.waiter_blocked}, then written after "
+          f"{h.waiter_seconds:.2f} s, uncommitted write gone: {h.uncommitted_gone}  "
+          f"{'ok' if h.ok else 'FAILED'}")
+    for error in h.errors:
         print("   ", error)
     return 0 if ok else 1
 
