@@ -24,6 +24,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+if not __package__:  # run as a script: make the `tests` package importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from tests.stress.crash_harness import Outcome, show  # noqa: E402
+
 SHARED_VOLUME = "shared"
 SHARED_KEYS = 50
 
@@ -99,7 +104,7 @@ def reader(store_path: str, stop, queue) -> None:
 
 
 @dataclass
-class Figures:
+class Figures(Outcome):
     writers: int = 0
     readers: int = 0
     volumes: int = 0
@@ -109,10 +114,6 @@ class Figures:
     shared_file_mib: float = 0.0  # data.mdb of the shared volume; > 1 MiB: the 1 MiB map grew
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
 
 
 def run(writers: int = 3, readers: int = 2, batches: int = 100, size: int = 50,
@@ -187,13 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=50)
     args = parser.parse_args(argv)
     f = run(args.writers, args.readers, args.batches, args.size)
-    print(f"{f.writers} writer processes ({args.writers} own volumes + 2 on one shared volume), "
-          f"{f.readers} readers: {f.records} records in {f.batches} batches, {f.scans} snapshot "
-          f"scans, shared data.mdb {f.shared_file_mib:.1f} MiB (map started at 1 MiB), "
-          f"{f.seconds:.1f} s: "
-          f"{'ok' if f.ok else 'FAILED'}")
-    for error in f.errors[:10]:
-        print("   ", error)
+    show(f"{f.writers} writer processes ({args.writers} own volumes + 2 on one shared volume), "
+         f"{f.readers} readers: {f.records} records in {f.batches} batches, {f.scans} snapshot "
+         f"scans, shared data.mdb {f.shared_file_mib:.1f} MiB (map started at 1 MiB), "
+         f"{f.seconds:.1f} s", f)
     return 0 if f.ok else 1
 
 

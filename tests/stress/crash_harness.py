@@ -49,6 +49,24 @@ VOLUME = "crash-vol"
 CONTAINERS = 5
 
 
+class Outcome:
+    """Base of the figures of a scenario: ``errors`` lists what went wrong."""
+
+    errors: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def show(line: str, outcome: Outcome) -> bool:
+    """Print a scenario's figures with the verdict and the first errors; returns ok."""
+    print(f"{line}  {'ok' if outcome.ok else 'FAILED'}")
+    for error in outcome.errors[:10]:
+        print("   ", error)
+    return outcome.ok
+
+
 # ---------------------------------------------------------------------------
 # Records of a batch
 # ---------------------------------------------------------------------------
@@ -224,7 +242,7 @@ def check_store(store_path: str, log_path: str, sync: bool, inflight: list[list[
 
 
 @dataclass
-class RunFigures:
+class RunFigures(Outcome):
     mode: str
     rounds: int = 0
     acked_puts: int = 0
@@ -234,10 +252,6 @@ class RunFigures:
     inflight_lost: int = 0
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
 
 
 def _env() -> dict[str, str]:
@@ -324,16 +338,12 @@ print(json.dumps({"cleared_again": cleared_again}))
 
 
 @dataclass
-class StaleReaders:
+class StaleReaders(Outcome):
     killed: int = 0
     full_before: bool = False       # the dead readers filled every slot
     cleared_by_opener: bool = False  # a new opener's reader_check freed them
     left_after: int = 0              # stale slots the holder still found afterwards
     errors: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
 
 
 def stale_readers(workdir: str | None = None, max_readers: int = 4) -> StaleReaders:
@@ -400,15 +410,11 @@ time.sleep(60)
 
 
 @dataclass
-class LockHolder:
+class LockHolder(Outcome):
     waiter_blocked: bool = False    # our batch waited for the holder's write lock
     waiter_seconds: float = 0.0     # how long it waited in all
     uncommitted_gone: bool = False  # the holder's open transaction left nothing
     errors: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
 
 
 def killed_lock_holder(workdir: str | None = None, hold: float = 0.5) -> LockHolder:
@@ -480,29 +486,18 @@ def main(argv: list[str] | None = None) -> int:
     ok = True
     modes = {"sync": [True], "nosync": [False], "both": [True, False]}[args.mode]
     print(f"{'mode':7} {'rounds':>6} {'acked puts':>10} {'acked dels':>10} {'records':>8} "
-          f"{'in-flight applied/lost':>22} {'seconds':>8}  result")
+          f"{'in-flight applied/lost':>22} {'seconds':>8}")
     for sync in modes:
         f = run_rounds(args.rounds, sync, args.workdir, args.seed)
-        ok &= f.ok
-        print(f"{f.mode:7} {f.rounds:>6} {f.acked_puts:>10} {f.acked_deletes:>10} {f.records_at_end:>8} "
-              f"{f'{f.inflight_applied}/{f.inflight_lost}':>22} {f.seconds:>8.1f}  "
-              f"{'ok' if f.ok else 'FAILED'}")
-        for error in f.errors[:10]:
-            print("   ", error)
+        ok &= show(f"{f.mode:7} {f.rounds:>6} {f.acked_puts:>10} {f.acked_deletes:>10} "
+                   f"{f.records_at_end:>8} {f'{f.inflight_applied}/{f.inflight_lost}':>22} "
+                   f"{f.seconds:>8.1f}", f)
     s = stale_readers(args.workdir)
-    ok &= s.ok
-    print(f"stale readers: {s.killed} killed in read txns, slots full before: {s.full_before}, "
-          f"cleared by a new open: {s.cleared_by_opener}, left: {s.left_after}  "
-          f"{'ok' if s.ok else 'FAILED'}")
-    for error in s.errors:
-        print("   ", error)
+    ok &= show(f"stale readers: {s.killed} killed in read txns, slots full before: {s.full_before}, "
+               f"cleared by a new open: {s.cleared_by_opener}, left: {s.left_after}", s)
     h = killed_lock_holder(args.workdir)
-    ok &= h.ok
-    print(f"write lock holder killed: waiter blocked: {h.waiter_blocked}, then written after "
-          f"{h.waiter_seconds:.2f} s, uncommitted write gone: {h.uncommitted_gone}  "
-          f"{'ok' if h.ok else 'FAILED'}")
-    for error in h.errors:
-        print("   ", error)
+    ok &= show(f"write lock holder killed: waiter blocked: {h.waiter_blocked}, then written after "
+               f"{h.waiter_seconds:.2f} s, uncommitted write gone: {h.uncommitted_gone}", h)
     return 0 if ok else 1
 
 

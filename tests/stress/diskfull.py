@@ -25,6 +25,11 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+if not __package__:  # run as a script: make the `tests` package importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from tests.stress.crash_harness import Outcome, show  # noqa: E402
+
 TMPFS_SIZE = "2m"
 BATCH = 100
 
@@ -36,8 +41,11 @@ class MountNotPermitted(RuntimeError):
 @contextmanager
 def small_tmpfs(workdir: str | None = None):
     with tempfile.TemporaryDirectory(dir=workdir) as mountpoint:
-        out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE}", "tmpfs", mountpoint],
-                             capture_output=True, text=True)
+        try:
+            out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE}", "tmpfs", mountpoint],
+                                 capture_output=True, text=True)
+        except OSError as exc:  # no mount command
+            raise MountNotPermitted(f"cannot run mount: {exc}") from None
         if out.returncode != 0:
             raise MountNotPermitted(f"cannot mount a tmpfs: {out.stderr.strip() or out.returncode}")
         try:
@@ -57,7 +65,7 @@ def _batches(chunks) -> Counter:
 
 
 @dataclass
-class Figures:
+class Figures(Outcome):
     mode: str
     acked: int = 0
     error: str = ""
@@ -66,10 +74,6 @@ class Figures:
     reopened_while_full: bool = False
     written_after_free: bool = False
     errors: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
 
 
 def run(sync: bool, workdir: str | None = None) -> Figures:
@@ -141,13 +145,9 @@ def main() -> int:
         except MountNotPermitted as exc:
             print(f"skipped: {exc}")
             return 0
-        ok &= f.ok
-        print(f"{f.mode:7} {f.acked} batches acknowledged, then {f.error_class}: {f.error}; "
-              f"{f.retries_failed}/3 retries failed cleanly, reopened while full: "
-              f"{f.reopened_while_full}, writes after freeing space: {f.written_after_free}  "
-              f"{'ok' if f.ok else 'FAILED'}")
-        for error in f.errors:
-            print("   ", error)
+        ok &= show(f"{f.mode:7} {f.acked} batches acknowledged, then {f.error_class}: {f.error}; "
+                   f"{f.retries_failed}/3 retries failed cleanly, reopened while full: "
+                   f"{f.reopened_while_full}, writes after freeing space: {f.written_after_free}", f)
     return 0 if ok else 1
 
 

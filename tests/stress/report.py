@@ -91,7 +91,8 @@ def fuzz_rows() -> tuple[list[str], bool]:
     ok = out.returncode == 0
     gaps = sorted({m for m in re.findall(r"XFAIL \S+ - (.*)", out.stdout)})
     rows = [_row("Bad input on the Python API (hypothesis)",
-                 "put_batch, delete_batch, get, fetch, fetch_arrays, status, Store.volume, numpy "
+                 "ChunkIndex put_batch, delete_batch, get, fetch, fetch_arrays, status; Meta2Index "
+                 "put_batch, delete_batch; Store.volume; numpy "
                  "arrays: None, bytes, floats, huge ints, nested lists, surrogates, NUL, oversized "
                  "ids, traversal volume ids",
                  f"{counts.get('passed', 0)} tests passed (TypeError/ValueError with a message, "
