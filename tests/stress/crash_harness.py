@@ -1,9 +1,10 @@
 """Crash safety: kill a writer with SIGKILL at random moments, then check the store.
 
-The writer process pushes batches and deletes whole earlier batches. Every
-record of a batch carries the batch id (its ``content_id``) and the batch size
-(in its ``path``), so a scan tells whether a batch is whole, absent or half
-applied. The writer appends a line to an acknowledgement log only AFTER
+The writer process pushes batches and deletes whole earlier batches; one
+round in five kills it while it opens the store (the first one while it
+creates it). Every record of a batch carries the batch id (its
+``content_id``) and the batch size (in its ``path``), so a scan tells whether
+a batch is whole, absent or half applied. The writer appends a line to an acknowledgement log only AFTER
 ``put_batch``/``delete_batch`` returned::
 
     P <batch id> <size>     the batch is written
@@ -118,6 +119,7 @@ def writer(store_path: str, log_path: str, sync: bool, round_no: int, seed: int)
         else:
             live.pop(entry[1], None)
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.write(1, b"opening\n")
     store = Store(store_path, sync=sync, map_size=1 << 20)  # small map: growth is exercised
     chunks = store.volume(VOLUME, create=True).chunks
     os.write(1, b"ready\n")
@@ -202,6 +204,8 @@ def check_store(store_path: str, log_path: str, sync: bool, inflight: list[list[
     optional_deletes = {e[1] for e in inflight or () if e[0] == "D"}
 
     with Store(store_path, sync=sync) as store:
+        if not store.exists(VOLUME) and not expected:
+            return result  # killed before the first batch, while creating the volume
         chunks = store.volume(VOLUME).chunks
         records = full_scan(chunks)
         total, per_container = full_status(chunks)
@@ -250,6 +254,7 @@ class RunFigures(Outcome):
     records_at_end: int = 0
     inflight_applied: int = 0
     inflight_lost: int = 0
+    killed_opening: int = 0  # rounds killed before the store was open
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
 
@@ -278,21 +283,27 @@ def run_rounds(rounds: int, sync: bool, workdir: str | None = None, seed: int = 
                 [sys.executable, os.path.abspath(__file__), "writer", store_path, log_path,
                  "1" if sync else "0", str(round_no), str(rng.randrange(1 << 30))],
                 stdout=subprocess.PIPE, env=env)
+            # One round in five kills the writer while it opens (or creates) the store.
+            early = round_no % 5 == 0
             ready = proc.stdout.readline()
-            if ready != b"ready\n":
+            if not early and ready == b"opening\n":
+                ready = proc.stdout.readline()
+            if ready != (b"opening\n" if early else b"ready\n"):
                 proc.kill()
                 proc.wait()
                 proc.stdout.close()
                 figures.errors.append(f"round {round_no}: writer failed to start ({ready!r})")
                 break
-            time.sleep(rng.uniform(0, max_delay))
+            time.sleep(rng.uniform(0, 0.001) if early else rng.uniform(0, max_delay))
             proc.send_signal(signal.SIGKILL)
             out = proc.stdout.read()
             proc.wait()
             proc.stdout.close()
             if proc.returncode != -signal.SIGKILL:
                 figures.errors.append(f"round {round_no}: writer exited with {proc.returncode}")
-            announced = [line.split() for line in out.decode().split("\n")[:-1]]
+            announced = [e for e in (line.split() for line in out.decode().split("\n")[:-1])
+                         if e[0] in ("P", "D")]
+            figures.killed_opening += early and b"ready\n" not in out
             acked = {tuple(e) for e in read_log(log_path)}
             inflight = [e for e in announced[-1:] if tuple(e) not in acked]
             check = check_store(store_path, log_path, sync, inflight)
@@ -486,12 +497,12 @@ def main(argv: list[str] | None = None) -> int:
     ok = True
     modes = {"sync": [True], "nosync": [False], "both": [True, False]}[args.mode]
     print(f"{'mode':7} {'rounds':>6} {'acked puts':>10} {'acked dels':>10} {'records':>8} "
-          f"{'in-flight applied/lost':>22} {'seconds':>8}")
+          f"{'in-flight applied/lost':>22} {'killed opening':>14} {'seconds':>8}")
     for sync in modes:
         f = run_rounds(args.rounds, sync, args.workdir, args.seed)
         ok &= show(f"{f.mode:7} {f.rounds:>6} {f.acked_puts:>10} {f.acked_deletes:>10} "
                    f"{f.records_at_end:>8} {f'{f.inflight_applied}/{f.inflight_lost}':>22} "
-                   f"{f.seconds:>8.1f}", f)
+                   f"{f.killed_opening:>14} {f.seconds:>8.1f}", f)
     s = stale_readers(args.workdir)
     ok &= show(f"stale readers: {s.killed} killed in read txns, slots full before: {s.full_before}, "
                f"cleared by a new open: {s.cleared_by_opener}, left: {s.left_after}", s)

@@ -30,7 +30,8 @@ def crash_rows(rounds: int) -> tuple[list[str], bool]:
         ok &= f.ok
         rows.append(_row(
             f"SIGKILL of a writer, sync={sync}",
-            f"{f.rounds} kills at random moments during put/delete batches",
+            f"{f.rounds} kills at random moments during put/delete batches "
+            f"({f.killed_opening} of them while the store was opening)",
             f"{f.acked_puts} acked puts and {f.acked_deletes} acked deletes all there, "
             f"{f.records_at_end} records; in-flight batch applied whole {f.inflight_applied}x, "
             f"absent {f.inflight_lost}x, half 0x; scan = status = count() ({f.seconds:.0f} s)"
