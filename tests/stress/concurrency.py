@@ -1,7 +1,7 @@
 """Concurrency: writer and reader processes on one store at once.
 
 * ``writers`` processes each write their own volume, while ``readers``
-  processes scan every volume in a loop. A reader's page is one read
+  processes (every other one with a read-only store) scan every volume in a loop. A reader's page is one read
   transaction, so it must see whole batches only and counts that never go down.
 * two more writer processes share one volume, with a 1 MiB map and records
   big enough (600-byte paths) that both grow it while the other writes (LMDB serializes the writers; no error may reach
@@ -76,18 +76,21 @@ def _whole_batches(records) -> list[str]:
     return errors
 
 
-def reader(store_path: str, stop, queue) -> None:
-    from rdirdb.errors import NotFound
+def reader(store_path: str, stop, queue, readonly: bool = False) -> None:
+    from rdirdb.errors import LmdbFileNotFoundError, NotFound
     from rdirdb.store import Store
 
     scans, errors, last = 0, [], {}
+    # A read-only store sees a volume whose creator has not yet created its named
+    # databases (known gap, test_read_only_open_of_a_volume_being_created): retry.
+    not_ready = (NotFound, LmdbFileNotFoundError) if readonly else NotFound
     try:
-        with Store(store_path) as store:
+        with Store(store_path, readonly=readonly) as store:
             while not stop.is_set() and not errors:
                 for volume in store.volumes():
                     try:
                         chunks = store.volume(volume).chunks
-                    except NotFound:
+                    except not_ready:
                         continue
                     records, truncated, _ = chunks.fetch(limit=1_000_000)
                     total = chunks.status(limit=1_000_000)[0]
@@ -128,7 +131,9 @@ def run(writers: int = 3, readers: int = 2, batches: int = 100, size: int = 50,
                                                         False, queue)) for i in range(writers)]
         write_procs += [ctx.Process(target=writer, args=(store_path, SHARED_VOLUME, f"s{i}", batches,
                                                          size, True, queue)) for i in range(2)]
-        read_procs = [ctx.Process(target=reader, args=(store_path, stop, queue)) for _ in range(readers)]
+        # Every other reader opens the store read-only.
+        read_procs = [ctx.Process(target=reader, args=(store_path, stop, queue, i % 2 == 1))
+                      for i in range(readers)]
         for p in read_procs + write_procs:
             p.start()
         results = []
