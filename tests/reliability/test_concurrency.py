@@ -19,6 +19,12 @@ def test_writers_and_readers_processes(tmp_path):
     assert figures.shared_file_mib > 1  # past the 1 MiB map: it was grown while shared
 
 
+def test_hot_copies_during_writes(tmp_path):
+    result = concurrency.hot_copy(copies=3, workdir=str(tmp_path))
+    assert result.errors == []
+    assert result.copies == 3 and result.during_writes > 0
+
+
 def test_threads_share_one_volume(tmp_path):
     """Threads of one process write one environment while its map grows."""
     errors = []

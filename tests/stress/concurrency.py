@@ -10,6 +10,8 @@
 Afterwards every volume is scanned: every batch whole, ``count()``, the scan
 and ``status`` agree, and the shared keys exist once each.
 
+:func:`hot_copy` copies a volume (``Environment.copy``) while a writer runs.
+
 Usage: ``python tests/stress/concurrency.py [--writers 3 --readers 2 --batches 200]``
 """
 
@@ -185,6 +187,51 @@ def _check_after(store_path: str, writers: int, batches: int, size: int, figures
     return errors
 
 
+@dataclass
+class HotCopy(Outcome):
+    copies: int = 0
+    records_min: int = 0
+    records_max: int = 0
+    during_writes: int = 0  # copies started while the writer was still writing
+    errors: list[str] = field(default_factory=list)
+
+
+def hot_copy(copies: int = 5, workdir: str | None = None) -> HotCopy:
+    """Copy a volume (``Environment.copy``, the replicas' catch-up path) while a
+    writer process pushes batches: every copy opens and holds whole batches only."""
+    from rdirdb.store import Store
+
+    ctx = multiprocessing.get_context("spawn")
+    result = HotCopy(records_min=1 << 62)
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        store_path = os.path.join(tmp, "store")
+        with Store(store_path) as store:
+            env = store.volume("copied", create=True).env
+            queue = ctx.Queue()
+            proc = ctx.Process(target=writer, args=(store_path, "copied", "w", 3000, 20, False, queue))
+            proc.start()
+            deadline = time.monotonic() + 60
+            while store.volume("copied").chunks.count() == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            for i in range(copies):
+                time.sleep(0.1)
+                result.during_writes += proc.is_alive()
+                target = os.path.join(tmp, f"copy-{i}")
+                env.copy(os.path.join(target, "rawx", "copied"), compact=i % 2 == 0)
+                with Store(target, readonly=True) as copy:
+                    chunks = copy.volume("copied").chunks
+                    records, _, _ = chunks.fetch(limit=1_000_000)
+                    result.errors.extend(_whole_batches(records))
+                    if len(records) != chunks.count():
+                        result.errors.append(f"copy {i}: scan {len(records)}, count() {chunks.count()}")
+                    result.records_min = min(result.records_min, len(records))
+                    result.records_max = max(result.records_max, len(records))
+                result.copies += 1
+            result.errors.extend(queue.get(timeout=120)[3])
+            proc.join(30)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--writers", type=int, default=3)
@@ -197,7 +244,10 @@ def main(argv: list[str] | None = None) -> int:
          f"{f.readers} readers: {f.records} records in {f.batches} batches, {f.scans} snapshot "
          f"scans, shared data.mdb {f.shared_file_mib:.1f} MiB (map started at 1 MiB), "
          f"{f.seconds:.1f} s", f)
-    return 0 if f.ok else 1
+    h = hot_copy()
+    show(f"hot copies: {h.copies} copies ({h.during_writes} during writes) of {h.records_min} to "
+         f"{h.records_max} records, whole batches only", h)
+    return 0 if f.ok and h.ok else 1
 
 
 if __name__ == "__main__":

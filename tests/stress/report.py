@@ -55,12 +55,19 @@ def crash_rows(rounds: int) -> tuple[list[str], bool]:
 
 def concurrency_rows(batches: int) -> tuple[list[str], bool]:
     f = concurrency.run(writers=3, readers=2, batches=batches, size=50)
-    return [_row("Concurrent processes",
+    rows = [_row("Concurrent processes",
                  "3 writers on own volumes + 2 writers on one shared volume (1 MiB map), 2 readers "
                  "(one with a read-only store)",
                  f"{f.records} records in {f.batches} batches; {f.scans} snapshot scans saw whole "
                  f"batches only; shared map grew to hold {f.shared_file_mib:.1f} MiB; no error "
-                 f"({f.seconds:.0f} s)" + "".join(f"; {e}" for e in f.errors[:3]), f.ok)], f.ok
+                 f"({f.seconds:.0f} s)" + "".join(f"; {e}" for e in f.errors[:3]), f.ok)]
+    h = concurrency.hot_copy(copies=10)
+    rows.append(_row("Hot copy (Environment.copy) during writes",
+                     f"{h.copies} copies, compacting or not, while a writer process pushes batches",
+                     f"{h.during_writes} copies taken during writes, {h.records_min} to "
+                     f"{h.records_max} records: each opens, whole batches only, scan = count()"
+                     + "".join(f"; {e}" for e in h.errors[:3]), h.ok))
+    return rows, f.ok and h.ok
 
 
 def diskfull_rows() -> tuple[list[str], bool]:
