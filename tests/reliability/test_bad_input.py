@@ -3,8 +3,8 @@ ValueError (BadRequest is a ValueError) with a message, never crash the
 interpreter, and a rejected call writes nothing (the environment's last
 transaction id does not move, no volume directory appears).
 
-Known gaps of the engine are pinned by strict xfail tests at the end, so they
-fail loudly once fixed (then drop the marker).
+The gaps this fuzz found (a crash on a huge limit, loose argument types, ...)
+are fixed; their tests at the end keep them fixed.
 """
 
 from __future__ import annotations
@@ -297,7 +297,7 @@ def test_meta2_delete_batch_rejects(meta2, urls):
 
 
 # ---------------------------------------------------------------------------
-# Known gaps (engine bugs reported to the lead): strict xfail
+# Gaps found by this fuzz, fixed in the engine and kept as regression tests
 # ---------------------------------------------------------------------------
 
 def _run_isolated(code: str) -> subprocess.CompletedProcess:
@@ -321,8 +321,6 @@ def _run_isolated(code: str) -> subprocess.CompletedProcess:
         return subprocess.CompletedProcess(args, returncode="hung", stdout="", stderr="")
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: fetch() mallocs limit * sizeof(Hit) unchecked; "
-                   "limit=2**61 wraps to malloc(0) and the scan overflows the heap (SIGSEGV)")
 @pytest.mark.parametrize("call", ["chunks.fetch(limit=2**61)", "chunks.fetch_arrays(limit=2**61)"])
 def test_huge_limit_does_not_crash(call):
     out = _run_isolated(f"""
@@ -335,7 +333,6 @@ def test_huge_limit_does_not_crash(call):
     assert out.stdout.strip() == "rejected"
 
 
-@pytest.mark.xfail(strict=True, reason="meta2 fetch() shares the unchecked malloc(limit * sizeof(Hit))")
 def test_meta2_huge_limit_rejected():
     out = _run_isolated("""
         try:
@@ -347,16 +344,12 @@ def test_meta2_huge_limit_rejected():
     assert out.stdout.strip() == "rejected"
 
 
-@pytest.mark.xfail(strict=True, reason="engine gap: fetch() allocates limit * sizeof(Hit) bytes up "
-                   "front, so a large limit (6e8 here) raises MemoryError even on a tiny volume")
 def test_huge_limit_is_a_value_error(filled):
     _, chunks = filled
     with pytest.raises(REJECTED):
         chunks.fetch(limit=10**13)
 
 
-@pytest.mark.xfail(strict=True, reason="engine gap: ints past 64 bits in limit/incident/before "
-                   "raise OverflowError (an ArithmeticError, not a ValueError)")
 @pytest.mark.parametrize("call", ["fetch(limit=2**70)", "fetch(incident=2**70)", "status(incident=-(2**70))",
                                   "clear(before=2**70)"])
 def test_out_of_range_ints_are_value_errors(filled, call):
@@ -365,8 +358,6 @@ def test_out_of_range_ints_are_value_errors(filled, call):
         eval(f"chunks.{call}")
 
 
-@pytest.mark.xfail(strict=True, reason="engine gap: scan arguments are checked by truthiness: "
-                   "incident=1.5 is truncated, prefix=0 / prefix=[] / marker=False mean 'none'")
 @pytest.mark.parametrize("kwargs", [{"incident": 1.5}, {"prefix": 0}, {"prefix": []}, {"marker": False}])
 def test_wrong_scan_types_are_type_errors(filled, kwargs):
     _, chunks = filled
@@ -374,16 +365,12 @@ def test_wrong_scan_types_are_type_errors(filled, kwargs):
         chunks.fetch(**kwargs)
 
 
-@pytest.mark.xfail(strict=True, reason="store gap: Volume.admin_get/admin_set call key.encode() "
-                   "unchecked, so a non-str key raises AttributeError")
 def test_admin_key_type(filled):
     store, _ = filled
     with pytest.raises(TypeError):
         store.volume("v").admin_get(5)
 
 
-@pytest.mark.xfail(strict=True, reason="engine gap: an empty container_url reaches LMDB and raises "
-                   "BadValSizeError (an LmdbError) instead of BadRequest")
 @pytest.mark.parametrize("call", ["put_batch([{'container_url': '', 'container_id': 'x'}])",
                                   "delete_batch([''])"])
 def test_meta2_empty_url_is_bad_request(meta2, call):
@@ -391,8 +378,6 @@ def test_meta2_empty_url_is_bad_request(meta2, call):
         eval(f"meta2.{call}")
 
 
-@pytest.mark.xfail(strict=True, reason="engine gap: Meta2Index.delete_batch('NS/a/c1') iterates the "
-                   "string and deletes the one-character urls 'N', 'S', '/', ... instead of a TypeError")
 def test_meta2_delete_batch_of_a_string(meta2):
     with pytest.raises(TypeError):
         meta2.delete_batch("NS/a/c1")

@@ -50,10 +50,6 @@ def test_threads_share_one_volume(tmp_path):
         assert concurrency._whole_batches(records) == []
 
 
-@pytest.mark.xfail(strict=True, reason="store gap: Store.volumes()/exists() only look for data.mdb, "
-                   "so a read-only store opens a volume whose creator has not yet created its named "
-                   "databases and gets LmdbFileNotFoundError('no database named chunk_bin'), "
-                   "not NotFound; seen with concurrent read-only readers")
 def test_read_only_open_of_a_volume_being_created(tmp_path):
     from rdirdb._lmdb import Environment
     from rdirdb.errors import NotFound

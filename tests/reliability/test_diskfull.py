@@ -26,8 +26,6 @@ def test_disk_full_is_clean(tmp_path, sync):
     assert figures.reopened_while_full and figures.written_after_free
 
 
-@pytest.mark.xfail(strict=False, reason="liblmdb reports a short write on a full disk as EIO, "
-                   "so the engine raises LmdbIOError('Input/output error') and never names the cause")
 def test_disk_full_error_names_the_cause(tmp_path):
     figures = _run(True, tmp_path)
     assert figures.error_class == DiskFullError.__name__, figures.error
