@@ -593,44 +593,47 @@ cdef struct ChunkValue:
     Py_ssize_t tail_n
 
 
+cdef inline const uint8_t *_get_field(const uint8_t *p, const uint8_t *end, const uint8_t **data,
+                                      Py_ssize_t *n) noexcept nogil:
+    """Read a varint length and that many bytes; NULL if they run past ``end``."""
+    cdef uint64_t size
+    if p == NULL:
+        return NULL
+    p = _get_varint(p, end, &size)
+    if p == NULL or size > <uint64_t>(end - p):
+        return NULL
+    data[0] = p
+    n[0] = <Py_ssize_t>size
+    return p + size
+
+
+cdef inline const uint8_t *_get_tail(const uint8_t *p, const uint8_t *end, uint8_t flags,
+                                     const uint8_t **tail, Py_ssize_t *n) noexcept nogil:
+    """The tail of a long key, when the value has one (flag V_KEY_TAIL)."""
+    tail[0] = NULL
+    n[0] = 0
+    if p == NULL or not flags & V_KEY_TAIL:
+        return p
+    return _get_field(p, end, tail, n)
+
+
 cdef bint _parse_chunk_value(const uint8_t *p, size_t size, ChunkValue *out) noexcept nogil:
     """Parse a stored chunk value; False when it is malformed."""
     cdef const uint8_t *end = p + size
-    cdef uint64_t n, v
+    cdef uint64_t v
     cdef uint8_t flags
     if size < 1:
         return False
     flags = p[0]
-    p += 1
-    p = _get_varint(p, end, &out.mtime)
+    p = _get_varint(p + 1, end, &out.mtime)
     if p == NULL:
         return False
     p = _get_varint(p, end, &v)
-    if p == NULL:
-        return False
     out.version = _unzigzag(v)
-    p = _get_varint(p, end, &n)
-    if p == NULL or n > <uint64_t>(end - p):
-        return False
     out.content_hex = (flags & V_CONTENT_HEX) != 0
-    out.content = p
-    out.content_n = <Py_ssize_t>n
-    p += n
-    p = _get_varint(p, end, &n)
-    if p == NULL or n > <uint64_t>(end - p):
-        return False
-    out.path = p
-    out.path_n = <Py_ssize_t>n
-    p += n
-    out.tail = NULL
-    out.tail_n = 0
-    if flags & V_KEY_TAIL:
-        p = _get_varint(p, end, &n)
-        if p == NULL or n > <uint64_t>(end - p):
-            return False
-        out.tail = p
-        out.tail_n = <Py_ssize_t>n
-    return True
+    p = _get_field(p, end, &out.content, &out.content_n)
+    p = _get_field(p, end, &out.path, &out.path_n)
+    return _get_tail(p, end, flags, &out.tail, &out.tail_n) != NULL
 
 
 cdef inline bint _value_mtime(const MDB_val *val, uint64_t *mtime) noexcept nogil:
@@ -1582,39 +1585,18 @@ cdef struct Meta2Value:
 
 
 cdef bint _parse_meta2_value(const uint8_t *p, size_t size, Meta2Value *out) noexcept nogil:
+    """Parse a stored meta2 value; False when it is malformed."""
     cdef const uint8_t *end = p + size
-    cdef uint64_t n
     cdef uint8_t flags
     if size < 1:
         return False
     flags = p[0]
-    p += 1
-    p = _get_varint(p, end, &out.mtime)
-    if p == NULL:
-        return False
-    p = _get_varint(p, end, &n)
-    if p == NULL or n > <uint64_t>(end - p):
-        return False
+    p = _get_varint(p + 1, end, &out.mtime)
     out.cid_hex = (flags & M_CID_HEX) != 0
-    out.cid = p
-    out.cid_n = <Py_ssize_t>n
-    p += n
     out.extra_null = (flags & M_EXTRA_NULL) != 0
-    p = _get_varint(p, end, &n)
-    if p == NULL or n > <uint64_t>(end - p):
-        return False
-    out.extra = p
-    out.extra_n = <Py_ssize_t>n
-    p += n
-    out.tail = NULL
-    out.tail_n = 0
-    if flags & V_KEY_TAIL:
-        p = _get_varint(p, end, &n)
-        if p == NULL or n > <uint64_t>(end - p):
-            return False
-        out.tail = p
-        out.tail_n = <Py_ssize_t>n
-    return True
+    p = _get_field(p, end, &out.cid, &out.cid_n)
+    p = _get_field(p, end, &out.extra, &out.extra_n)
+    return _get_tail(p, end, flags, &out.tail, &out.tail_n) != NULL
 
 
 @cython.final
