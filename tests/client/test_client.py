@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import threading
 from unittest import mock
 
 import numpy as np
@@ -196,6 +197,22 @@ def test_status_max_is_capped(client, vol, requests):
     client.chunk_push_batch(vol, [(f"{i:064X}", "C", "K", 1, "p", 1) for i in range(10_001)], create=True)
     assert client.status(vol, max=50_000)["chunk"] == {"total": 10_001}
     assert requests["status_page"] == 2
+
+
+def test_paging_during_writes_never_repeats_or_reorders(client, vol):
+    # Each page is its own snapshot; markers make the listing move forward only.
+    client.chunk_push_batch(vol, [(f"{i:064X}", "C", f"{i:064X}", 1, "p", 1) for i in range(0, 4000, 2)], create=True)
+    def writer():
+        for start in range(1, 4000, 200):
+            client.chunk_push_batch(vol, [(f"{i:064X}", "C", f"{i:064X}", 1, "p", 1) for i in range(start, start + 200, 2)])
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    keys = [f"{cid}|{chunk}" for cid, chunk, _ in client.chunk_fetch(vol, limit=50)]
+    thread.join()
+    assert keys == sorted(set(keys))
+    assert set(keys) >= {f"{i:064X}|{i:064X}" for i in range(0, 4000, 2)}
+    assert len(list(client.chunk_fetch(vol))) == 4000
 
 
 # -- retries ------------------------------------------------------------------------
