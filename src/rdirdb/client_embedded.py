@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from rdirdb._rdir import check_chunks
 from rdirdb.client import ChunkEntry, RdirBackend, listing_limit
 from rdirdb.store import INCIDENT_KEY, Store, Volume
 
@@ -42,6 +43,10 @@ class EmbeddedBackend(RdirBackend):
     # -- chunks -------------------------------------------------------------
 
     def chunk_push(self, volume: str, records: Any, *, create: bool) -> None:
+        if not self.store.exists(volume):
+            # As the reference: a bad batch is a 400, even for a volume that does
+            # not exist, and it creates nothing.
+            check_chunks(records)
         self._rawx(volume, create).chunks.put_batch(records)
 
     def chunk_delete(self, volume: str, keys: Any) -> None:
@@ -54,16 +59,10 @@ class EmbeddedBackend(RdirBackend):
         incident = self._incident(vol, rebuild)
         if incident is None:
             return [], False, None
-        records, truncated, marker = vol.chunks.fetch(
-            prefix=prefix, marker=marker, limit=listing_limit(limit), incident=incident
+        # The engine builds OpenIO's (cid, chunk, value) entries itself.
+        return vol.chunks.fetch(
+            prefix=prefix, marker=marker, limit=listing_limit(limit), incident=incident, entries=True
         )
-        # A generator rather than a list: each entry can die as soon as the caller
-        # is done with it, which spares the garbage collector a page of survivors.
-        page = (
-            (cid, chunk, {"content_id": content, "mtime": mtime, "path": path, "version": version})
-            for cid, chunk, content, mtime, path, version in records
-        )
-        return page, truncated, marker
 
     def chunk_array_page(
         self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None, rebuild: bool
@@ -117,8 +116,9 @@ class EmbeddedBackend(RdirBackend):
         vol.lock(CLEAR_LOCK_OWNER)  # atomic check-and-set: Forbidden if someone else holds it
         try:
             before = vol.incident if before_incident else 0
-            removed, repaired, errors = vol.chunks.clear(all=all, before=before, repair=repair)
-            vol.admin_delete(INCIDENT_KEY)
+            removed, repaired, errors = vol.chunks.clear(
+                all=all, before=before, repair=repair, erase_incident=True
+            )
         finally:
             # As the reference: a clear always ends with the volume unlocked.
             vol.unlock()
