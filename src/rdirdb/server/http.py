@@ -1,0 +1,206 @@
+"""HTTP/1.1 on asyncio with httptools' parser (the stack benches/http_stacks.py chose).
+
+One ``HttpProtocol`` per connection. Requests are answered in order as soon as
+their body is complete; the handler is synchronous (LMDB calls are short and
+release nothing to wait for), so pipelined requests need no queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from http import HTTPStatus
+from typing import Callable
+
+import httptools
+
+from rdirdb.server.app import HttpError, Response, error_response
+
+log = logging.getLogger("rdirdb.server")
+access_log = logging.getLogger("rdirdb.server.access")
+
+Handler = Callable[[str, str, str, bytes], Response]
+
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+
+
+def new_request_id() -> str:
+    return "rdir-" + os.urandom(12).hex()
+
+
+def render(response: Response, req_id: str, keep_alive: bool) -> bytes:
+    """The bytes of one response: status line, headers, body."""
+    status = response.status
+    head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"]
+    if response.content_type:
+        head.append(f"Content-Type: {response.content_type}\r\n")
+    if status not in (204, 304):
+        head.append(f"Content-Length: {len(response.body)}\r\n")
+    head.append(f"x-oio-req-id: {req_id}\r\n")
+    for name, value in response.headers:
+        head.append(f"{name}: {value}\r\n")
+    if not keep_alive:
+        head.append("Connection: close\r\n")
+    head.append("\r\n")
+    return "".join(head).encode("latin-1") + (response.body if status not in (204, 304) else b"")
+
+
+class ServerState:
+    """What the connections of one worker share: limits, the handler, the live set."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        max_body: int = 64 << 20,
+        request_timeout: float = 30.0,
+        keepalive_timeout: float = 60.0,
+    ) -> None:
+        self.handler = handler
+        self.max_body = max_body
+        self.request_timeout = request_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.connections: set[HttpProtocol] = set()
+        self.closing = False
+
+
+class HttpProtocol(asyncio.Protocol):
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.in_request = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self.url = b""
+        self.req_id: str | None = None
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.too_large = False
+
+    # -- connection --
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.state.connections.add(self)
+        self._arm(self.state.keepalive_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state.connections.discard(self)
+        self._disarm()
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(HttpError(400, "Upgrade not supported"))
+        except httptools.HttpParserError as exc:
+            if self.transport is not None and not self.too_large:
+                self._fail(HttpError(400, f"Malformed HTTP request: {exc}"))
+
+    def _arm(self, delay: float) -> None:
+        self._disarm()
+        loop = asyncio.get_running_loop()
+        self.timer = loop.call_later(delay, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        if self.in_request and not self.too_large:
+            self._fail(HttpError(408, "Request timeout"))
+        elif self.transport is not None:
+            self.transport.close()  # an idle keep-alive connection, or a lingering one
+            self.transport = None
+
+    def _fail(self, exc: HttpError, *, linger: bool = False) -> None:
+        """Answer an error the handler never saw, then close (the stream is out of sync).
+
+        With ``linger`` the rest of the request is read and dropped before closing:
+        closing with unread bytes would reset the connection and could destroy
+        the answer before the client reads it.
+        """
+        if self.transport is None or self.too_large:
+            return
+        req_id = self.req_id or new_request_id()
+        log.info("%s %d %s", req_id, exc.status, exc.message)
+        self.transport.write(render(error_response(exc), req_id, keep_alive=False))
+        if linger:
+            self.too_large = True  # on_body drops, on_message_complete closes
+        else:
+            self.transport.close()
+            self.transport = None
+
+    def shutdown(self) -> None:
+        """Close now if idle; otherwise the response in progress closes the connection."""
+        if not self.in_request and self.transport is not None:
+            self.transport.close()
+
+    # -- httptools callbacks --
+
+    def on_message_begin(self) -> None:
+        self.in_request = True
+        self._reset()
+        self._arm(self.state.request_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name == b"x-oio-req-id":
+            self.req_id = value.decode("latin-1")
+        elif name == b"content-length" and value.strip().isdigit():
+            if int(value) > self.state.max_body:  # refuse before the body arrives
+                self._too_large()
+
+    def _too_large(self) -> None:
+        self._fail(HttpError(413, f"Body larger than {self.state.max_body} bytes"), linger=True)
+
+    def on_body(self, chunk: bytes) -> None:
+        if self.too_large:
+            return
+        self.body_size += len(chunk)
+        if self.body_size > self.state.max_body:
+            self.body.clear()
+            self._too_large()
+            return
+        self.body.append(chunk)
+
+    def on_message_complete(self) -> None:
+        if self.transport is None:
+            return
+        if self.too_large:
+            self.transport.close()
+            self.transport = None
+            return
+        started = time.perf_counter()
+        req_id = self.req_id or new_request_id()
+        method = self.parser.get_method().decode("latin-1")
+        url = httptools.parse_url(self.url)
+        path = url.path.decode("latin-1")
+        query = url.query.decode("latin-1") if url.query else ""
+        response = self.state.handler(method, path, query, b"".join(self.body))
+        keep_alive = self.parser.should_keep_alive() and not self.state.closing
+        self.transport.write(render(response, req_id, keep_alive))
+        if response.status >= 400:
+            log.info("%s %s %s -> %d %s", req_id, method, path, response.status, response.body[:200])
+        if access_log.isEnabledFor(logging.DEBUG):
+            access_log.debug(
+                "%s %s %s?%s %d %.3fms", req_id, method, path, query, response.status,
+                (time.perf_counter() - started) * 1000,
+            )
+        self.in_request = False
+        if keep_alive:
+            self._arm(self.state.keepalive_timeout)
+        else:
+            self.transport.close()
+            self.transport = None
