@@ -82,9 +82,10 @@ class Server:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        code = self.wait_exit(timeout)
-        self.log.close()
-        return code
+        try:
+            return self.wait_exit(timeout)
+        finally:
+            self.log.close()
 
     def connection(self, timeout: float = 10.0) -> http.client.HTTPConnection:
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
@@ -131,8 +132,7 @@ def start_server(tmp_path):
 
     yield start
     for server in servers:
-        if server.proc.poll() is None:
-            server.stop(signal.SIGKILL)
+        server.stop(signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")

@@ -270,7 +270,7 @@ class RdirApp:
             return error_response(exc)
         except errors.ClientException as exc:
             return error_response(HttpError(exc.http_status, exc.message))
-        except (ValueError, TypeError) as exc:  # the engine's verdict on a record
+        except (ValueError, TypeError, errors.BadValSizeError) as exc:  # the engine's verdict
             return error_response(bad_request(str(exc)))
         except (errors.ReadersFullError, errors.LmdbBusyError) as exc:
             log.warning("busy: %s", exc)

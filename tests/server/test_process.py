@@ -1,0 +1,213 @@
+"""Startup checks (§9.3 on our flags), the HTTP layer's limits and graceful shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from conftest import chunk_record, fetch_item, new_volume
+
+
+def raw_exchange(server, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw bytes, read until the server closes (or the timeout)."""
+    with socket.create_connection((server.host, server.port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except socket.timeout:
+            pass
+        return b"".join(chunks)
+
+
+# -- startup ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make_path",
+    [
+        lambda tmp: str(tmp / "x" / "y" / "not_found"),
+        lambda tmp: (tmp / "a-file").write_text("magic") and str(tmp / "a-file"),
+    ],
+    ids=["not-found", "not-a-dir"],
+)
+def test_bad_db_path_fails(start_server, tmp_path, make_path):
+    srv = start_server(db_path=make_path(tmp_path), ready=False)
+    assert srv.wait_exit() == 1
+    assert "cannot start" in srv.output()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_unwritable_db_path_fails(start_server, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o500)
+    srv = start_server(db_path=str(ro), ready=False)
+    assert srv.wait_exit() == 1
+
+
+@pytest.mark.parametrize("args", [("--bind", "127.0.0.1:notaport"), ("--workers", "0")])
+def test_bad_arguments_fail(start_server, args):
+    srv = start_server(*args, ready=False)
+    assert srv.wait_exit() != 0
+
+
+def test_missing_db_path_argument_fails(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import SRC
+
+    env = dict(os.environ, PYTHONPATH=SRC)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rdirdb.server"], env=env, capture_output=True, timeout=30
+    )
+    assert proc.returncode == 2 and b"--db-path" in proc.stderr
+
+
+def test_second_identity_on_same_dir_refused(start_server):
+    first = start_server()
+    second = start_server(db_path=first.db_path, ready=False)  # another port: another identity
+    assert second.wait_exit() == 1
+    assert "belongs to rdir service" in second.output()
+    assert first.request("GET", "/status").status == 200
+    # the same service id may come back (a restart), on another port
+    first.stop()
+    again = start_server("--service-id", "svc", db_path=first.db_path, ready=False)
+    assert again.wait_exit() == 1  # the dir belongs to HOST:PORT of the first one
+    fresh = start_server("--service-id", "svc")
+    fresh.stop()
+    assert start_server("--service-id", "svc", db_path=fresh.db_path).request("GET", "/info").status == 200
+
+
+def test_port_in_use_fails(start_server):
+    first = start_server()
+    second = start_server("--bind", f"127.0.0.1:{first.port}", ready=False)
+    assert second.wait_exit() == 1
+    assert "cannot bind" in second.output()
+
+
+# -- the HTTP layer ---------------------------------------------------------------
+
+
+@pytest.fixture
+def small(start_server):
+    return start_server("--max-body-size", "2000", "--request-timeout", "1", "--keepalive-timeout", "2")
+
+
+def test_body_too_large_is_413(small):
+    vol = new_volume()
+    assert small.request("POST", "/v1/rdir/create", {"vol": vol}).status == 201
+    recs = [chunk_record() for _ in range(20)]
+    reply = small.request("POST", "/v1/rdir/push", {"vol": vol}, recs)
+    assert reply.status == 413 and reply.json["status"] == 413
+    # chunked, with no Content-Length: counted as it arrives
+    body = json.dumps(recs).encode()
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(body[i : i + 500]), body[i : i + 500]) for i in range(0, len(body), 500))
+    raw = raw_exchange(
+        small,
+        b"POST /v1/rdir/push?vol=%s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n%s0\r\n\r\n"
+        % (vol.encode(), chunked),
+    )
+    assert raw.startswith(b"HTTP/1.1 413 ")
+    assert small.request("GET", "/v1/rdir/fetch", {"vol": vol}).json == []
+    assert small.request("POST", "/v1/rdir/push", {"vol": vol}, recs[:2]).status == 204
+
+
+def test_malformed_request_is_400(small):
+    raw = raw_exchange(small, b"GARBAGE\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 400 ")
+    assert b'"status":400' in raw
+
+
+def test_slow_request_times_out_with_408(small):
+    started = time.monotonic()
+    raw = raw_exchange(small, b"POST /v1/rdir/create?vol=v HTTP/1.1\r\nContent-Length: 10\r\n\r\n{", timeout=10)
+    assert raw.startswith(b"HTTP/1.1 408 ")
+    assert time.monotonic() - started < 5
+
+
+def test_idle_connection_is_closed(small):
+    started = time.monotonic()
+    assert raw_exchange(small, b"", timeout=10) == b""
+    assert 1.5 < time.monotonic() - started < 8
+
+
+def test_keep_alive_pipelining_and_request_id(small):
+    vol = new_volume()
+    requests = (
+        b"POST /v1/rdir/create?vol=%s HTTP/1.1\r\nHost: x\r\nx-oio-req-id: my-req-1\r\n\r\n"
+        b"GET /v1/rdir/fetch?vol=%s HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % (vol.encode(), vol.encode())
+    )
+    raw = raw_exchange(small, requests)
+    assert raw.count(b"HTTP/1.1 ") == 3
+    first, second, third = raw.split(b"HTTP/1.1 ")[1:]
+    assert first.startswith(b"201 ") and b"x-oio-req-id: my-req-1\r\n" in first
+    assert second.startswith(b"200 ") and b"x-oio-req-id: rdir-" in second and second.endswith(b"[]")
+    assert third.startswith(b"404 ") and b"Connection: close" in third
+    assert "my-req-1" not in small.output()  # successes are not logged at INFO
+    assert "/nope -> 404" in small.output()
+
+
+def test_query_decoding(small):
+    vol = "a b+c"
+    assert small.request("POST", "/v1/rdir/create", query="vol=a+b%2Bc&vol=ignored").status == 201
+    assert small.request("GET", "/status").json["rawx_volumes"] == [vol]
+    assert small.request("GET", "/v1/rdir/admin/show", query="vol&vol=a%20b%2bc").json == {}
+
+
+# -- shutdown -----------------------------------------------------------------
+
+
+def test_sigterm_loses_no_acknowledged_write(start_server):
+    srv = start_server("--service-id", "svc", workers=2)
+    vol = new_volume()
+    assert srv.request("POST", "/v1/rdir/create", {"vol": vol}).status == 201
+    acked: list[dict] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        while not stop.is_set():
+            rec = chunk_record()
+            try:
+                reply = srv.request("POST", "/v1/rdir/push", {"vol": vol}, rec)
+            except OSError:
+                return
+            if reply.status == 204:
+                acked.append(rec)
+
+    threads = [threading.Thread(target=writer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    # one request half-sent when SIGTERM arrives: it is still answered
+    pending = chunk_record()
+    body = json.dumps(pending).encode()
+    sock = socket.create_connection((srv.host, srv.port), timeout=10)
+    sock.sendall(b"POST /v1/rdir/push?vol=%s HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (vol.encode(), len(body), body[:10]))
+    time.sleep(0.2)
+    srv.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    sock.sendall(body[10:])
+    answer = sock.recv(65536)
+    sock.close()
+    assert srv.wait_exit() == 0
+    stop.set()
+    for t in threads:
+        t.join(10)
+    assert answer.startswith(b"HTTP/1.1 204 ") and b"Connection: close" in answer
+    acked.append(pending)
+    assert len(acked) > 10
+
+    again = start_server("--service-id", "svc", db_path=srv.db_path)
+    items = again.request("GET", "/v1/rdir/fetch", {"vol": vol, "max": 10000}).json
+    stored = {item[0] for item in items}
+    missing = [r for r in acked if fetch_item(r)[0] not in stored]
+    assert not missing
