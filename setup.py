@@ -11,7 +11,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 EXT_DIR = "ext"
-MODULES = ["_lmdb"]
+MODULES = ["_lmdb", "_rdir"]
 
 
 def _lmdb_paths():

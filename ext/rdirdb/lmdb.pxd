@@ -56,6 +56,7 @@ cdef extern from "lmdb.h" nogil:
     enum:
         MDB_NOOVERWRITE
         MDB_APPEND
+        MDB_CURRENT
     # Return codes
     enum:
         MDB_SUCCESS
