@@ -1,0 +1,113 @@
+"""Choose the server's HTTP stack by measurement.
+
+Every candidate serves the same ``RdirApp`` (routing, JSON, engine) from ONE
+process on loopback, so the differences are the stacks' own costs:
+
+* ``httptools-uvloop``: our asyncio protocol over httptools' parser, on uvloop;
+* ``httptools-asyncio``: the same protocol on the standard asyncio loop;
+* ``aiohttp``: an aiohttp web application (on uvloop) with one catch-all route.
+
+Loads (wrk, 1 thread, 8 connections, bounded in seconds): single-record pushes
+with random ids, and 1,000-record page fetches at random places; plus
+sequential batch pushes of 1,000-record bodies over one connection.
+
+    python benches/http_stacks.py [--seconds 5] [--stacks a,b,c]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+import orjson
+
+from server_bench_util import FETCH_LUA, PUSH_LUA, BenchServer, batch_push, call, chunk_batch, lua, wrk
+
+STACKS = ("httptools-uvloop", "httptools-asyncio", "aiohttp")
+FETCH_CONTAINERS = 1000  # chunk_batch spreads the fetch volume over this many
+
+
+def serve(stack: str, db: str, port: int) -> None:
+    """Run one candidate in this process until SIGTERM."""
+    import uvloop
+
+    from rdirdb.server.app import RdirApp
+    from rdirdb.server.http import HttpProtocol, ServerState
+    from rdirdb.store import Store
+
+    app = RdirApp(Store(db, sync=False), service_id="bench")  # as `rdirdb serve`
+    loop = asyncio.new_event_loop() if stack == "httptools-asyncio" else uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    if stack.startswith("httptools"):
+        state = ServerState(app.handle)
+        loop.run_until_complete(loop.create_server(lambda: HttpProtocol(state), "127.0.0.1", port))
+    elif stack == "aiohttp":
+        from aiohttp import web
+
+        async def handle(request: web.Request) -> web.Response:
+            body = await request.read()
+            path, _, query = request.raw_path.partition("?")
+            reply = app.handle(request.method, path, query, body)
+            return web.Response(
+                status=reply.status,
+                body=reply.body or None,
+                headers={**dict(reply.headers), **({"Content-Type": reply.content_type} if reply.content_type else {})},
+            )
+
+        web_app = web.Application(client_max_size=32 << 20)
+        web_app.router.add_route("*", "/{tail:.*}", handle)
+        runner = web.AppRunner(web_app, access_log=None)
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+    else:
+        raise SystemExit(f"unknown stack {stack!r}")
+    loop.add_signal_handler(signal.SIGTERM, loop.stop)
+    loop.run_forever()
+
+
+def measure(stack: str, seconds: float, batches: int) -> dict[str, float]:
+    server = BenchServer([sys.executable, __file__, "serve", stack, "{db}", "{port}"])
+    try:
+        conn = server.connection()
+        call(conn, "POST", "/v1/rdir/create?vol=push")
+        conn.close()
+        bodies = [orjson.dumps(chunk_batch(i * 1000, 1000, FETCH_CONTAINERS)) for i in range(batches)]
+        batch_s = batch_push(server, "fetch", bodies)
+        push = wrk(server.port, lua(PUSH_LUA, vol="push"), seconds)
+        fetch = wrk(server.port, lua(FETCH_LUA, vol="fetch", max=1000, cids=FETCH_CONTAINERS - 10), seconds)
+    finally:
+        server.stop()
+    if push["errors"] or fetch["errors"]:
+        raise RuntimeError(f"{stack}: non-2xx answers: {push['errors']} push, {fetch['errors']} fetch")
+    return {
+        "push_rps": push["rate"],
+        "push_latency": push["latency"],
+        "batch_records_s": batches * 1000 / batch_s,
+        "fetch_pages_s": fetch["rate"],
+        "fetch_latency": fetch["latency"],
+    }
+
+
+def main() -> None:
+    if len(sys.argv) == 5 and sys.argv[1] == "serve":
+        serve(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per wrk run (default %(default)s)")
+    parser.add_argument("--batches", type=int, default=50, help="1,000-record bodies pushed (default %(default)s)")
+    parser.add_argument("--stacks", default=",".join(STACKS))
+    args = parser.parse_args()
+    print(f"{'stack':<20}{'push req/s':>12}{'p-lat':>9}{'batch rec/s':>13}{'fetch pages/s':>15}{'f-lat':>9}")
+    for stack in args.stacks.split(","):
+        r = measure(stack, args.seconds, args.batches)
+        print(
+            f"{stack:<20}{r['push_rps']:>12,.0f}{r['push_latency']:>9}{r['batch_records_s']:>13,.0f}"
+            f"{r['fetch_pages_s']:>15,.0f}{r['fetch_latency']:>9}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
