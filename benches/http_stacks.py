@@ -5,7 +5,8 @@ process on loopback, so the differences are the stacks' own costs:
 
 * ``httptools-uvloop``: our asyncio protocol over httptools' parser, on uvloop;
 * ``httptools-asyncio``: the same protocol on the standard asyncio loop;
-* ``aiohttp``: an aiohttp web application (on uvloop) with one catch-all route.
+* ``aiohttp``: an aiohttp web application (on uvloop) with one catch-all route
+  (``pip install aiohttp``; only this benchmark needs it).
 
 Loads (wrk, 1 thread, 8 connections, bounded in seconds): single-record pushes
 with random ids, and 1,000-record page fetches at random places; plus
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import signal
 import sys
 
@@ -35,8 +37,10 @@ def serve(stack: str, db: str, port: int) -> None:
 
     from rdirdb.server.app import RdirApp
     from rdirdb.server.http import HttpProtocol, ServerState
+    from rdirdb.server.serve import tune_gc
     from rdirdb.store import Store
 
+    tune_gc()  # as in `rdirdb serve`, for every stack
     app = RdirApp(Store(db, sync=False), service_id="bench")  # as `rdirdb serve`
     loop = asyncio.new_event_loop() if stack == "httptools-asyncio" else uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
@@ -101,6 +105,9 @@ def main() -> None:
     args = parser.parse_args()
     print(f"{'stack':<20}{'push req/s':>12}{'p-lat':>9}{'batch rec/s':>13}{'fetch pages/s':>15}{'f-lat':>9}")
     for stack in args.stacks.split(","):
+        if stack == "aiohttp" and importlib.util.find_spec("aiohttp") is None:
+            print(f"{stack:<20}skipped: pip install aiohttp")
+            continue
         r = measure(stack, args.seconds, args.batches)
         print(
             f"{stack:<20}{r['push_rps']:>12,.0f}{r['push_latency']:>9}{r['batch_records_s']:>13,.0f}"

@@ -303,3 +303,20 @@ def test_incident_errors(server):
     assert server.request("POST", "/v1/rdir/admin/incident", {"vol": vol, "create": "on"}, {"date": 5}).status == 204
     assert server.request("GET", "/v1/rdir/admin/incident", {"vol": vol}).json == {"date": 5}
     assert server.request("GET", "/v1/rdir/admin/show", {"vol": vol}).json == {"incident_date": "5"}
+
+
+def test_concurrent_lockers_one_winner(start_server):
+    """Workers race on the lock in one LMDB write transaction: exactly one owner wins."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    srv = start_server(workers=2)
+    vol = new_volume()
+    assert srv.request("POST", "/v1/rdir/create", {"vol": vol}).status == 201
+    with ThreadPoolExecutor(16) as pool:
+        replies = list(pool.map(
+            lambda i: srv.request("POST", "/v1/rdir/admin/lock", {"vol": vol}, {"who": f"w{i}"}), range(32)
+        ))
+    winners = [i for i, r in enumerate(replies) if r.status == 204]
+    assert len(winners) == 1
+    assert {r.status for r in replies} == {204, 403}
+    assert srv.request("GET", "/v1/rdir/admin/show", {"vol": vol}).json == {"lock": f"w{winners[0]}"}

@@ -81,6 +81,7 @@ class HttpProtocol(asyncio.Protocol):
         self.body: list[bytes] = []
         self.body_size = 0
         self.too_large = False
+        self.expect_continue = False
 
     # -- connection --
 
@@ -93,6 +94,15 @@ class HttpProtocol(asyncio.Protocol):
         self.state.connections.discard(self)
         self._disarm()
         self.transport = None
+
+    # A client that sends without reading answers must not grow our buffers.
+    def pause_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -161,6 +171,12 @@ class HttpProtocol(asyncio.Protocol):
         elif name == b"content-length" and value.strip().isdigit():
             if int(value) > self.state.max_body:  # refuse before the body arrives
                 self._too_large()
+        elif name == b"expect" and value.lower() == b"100-continue":
+            self.expect_continue = True
+
+    def on_headers_complete(self) -> None:
+        if self.expect_continue and not self.too_large and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # curl waits for it
 
     def _too_large(self) -> None:
         self._fail(HttpError(413, f"Body larger than {self.state.max_body} bytes"), linger=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ log = logging.getLogger("rdirdb.server")
 
 IDENTITY_FILE = ".rdir-identity"
 RESPAWN_MIN_LIFETIME = 1.0  # a worker dying younger than this stops the server
+GC_THRESHOLD = 100_000  # allocations between two young-generation collections
 
 
 class StartupError(Exception):
@@ -196,9 +198,21 @@ async def _serve(sock: socket.socket, settings: Settings, opened: OpenedVolumes)
     store.close()
 
 
+def tune_gc() -> None:
+    """Collect rarely: pages allocate many containers and requests make no cycles.
+
+    A 10,000-record page allocates 20,000 lists and dicts; with the default
+    thresholds the collector ran dozens of times per page (2.5x slower pages).
+    Rare collections still reclaim any cycle.
+    """
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 50, 100)
+
+
 def run_worker(sock: socket.socket, settings: Settings, opened: OpenedVolumes) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    tune_gc()
     loop = _new_loop()
     try:
         loop.run_until_complete(_serve(sock, settings, opened))
