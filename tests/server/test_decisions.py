@@ -320,3 +320,19 @@ def test_concurrent_lockers_one_winner(start_server):
     assert len(winners) == 1
     assert {r.status for r in replies} == {204, 403}
     assert srv.request("GET", "/v1/rdir/admin/show", {"vol": vol}).json == {"lock": f"w{winners[0]}"}
+
+
+def test_listing_marker_header_with_unicode_and_no_line_breaks(server):
+    vol = new_volume()
+    recs = [chunk_record("C" * 64) for _ in range(3)]
+    for i, rec in enumerate(recs):
+        rec["chunk_id"] = f"é{i}-ß-" + rec["chunk_id"]
+    assert server.request("POST", "/v1/rdir/push", {"vol": vol, "create": 1}, recs).status == 204
+    first = recs[0]
+    reply = server.request("GET", "/v1/rdir/fetch", {"vol": vol, "max": 1})
+    assert reply.status == 200 and reply.headers["x-oio-list-truncated"] == "true"
+    marker = reply.headers["x-oio-list-marker"].encode("latin-1").decode("utf-8")  # raw UTF-8 on the wire
+    assert marker == f"{first['container_id']}|{first['chunk_id']}"
+    bad = dict(chunk_record(), chunk_id="a\r\nx-injected: 1")
+    reply = server.request("POST", "/v1/rdir/push", {"vol": vol}, bad)
+    assert reply.status == 400 and "chunk_id" in reply.json["message"]

@@ -165,17 +165,30 @@ def _chunk_record(obj: Any) -> tuple[str, str, str, int, str, int]:
             if (
                 type(cid) is str and type(content) is str and type(chunk) is str
                 and type(mtime) is int and type(path) is str and type(version) is int
+                and _header_safe(cid) and _header_safe(chunk)
             ):
                 return cid, content, chunk, max(mtime, 0), path, version
     # the slow path finds the reference's error message
     return (
-        field(obj, "container_id", str),
+        _key_part(obj, "container_id"),
         field(obj, "content_id", str),
-        field(obj, "chunk_id", str),
+        _key_part(obj, "chunk_id"),
         max(field(obj, "mtime", int), 0),  # mtime <= 0 means "none", read back as 0
         field(obj, "path", str),
         field(obj, "version", int),
     )
+
+
+def _header_safe(text: str) -> bool:
+    return "\n" not in text and "\r" not in text
+
+
+def _key_part(obj: Any, name: str) -> str:
+    """A container or chunk id: it may come back in the x-oio-list-marker header."""
+    value = field(obj, name, str)
+    if not _header_safe(value):
+        raise bad_request(f"Invalid value for field [{name}]: line breaks are not allowed")
+    return value
 
 
 def _chunk_key(obj: Any) -> tuple[str, str]:

@@ -30,21 +30,23 @@ def new_request_id() -> str:
     return "rdir-" + os.urandom(12).hex()
 
 
-def render(response: Response, req_id: str, keep_alive: bool) -> bytes:
-    """The bytes of one response: status line, headers, body."""
+def render(response: Response, req_id: str, keep_alive: bool, head: bool = False) -> bytes:
+    """The bytes of one response: status line, headers, body (none for a HEAD request)."""
     status = response.status
-    head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"]
+    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"]
     if response.content_type:
-        head.append(f"Content-Type: {response.content_type}\r\n")
+        lines.append(f"Content-Type: {response.content_type}\r\n")
     if status not in (204, 304):
-        head.append(f"Content-Length: {len(response.body)}\r\n")
-    head.append(f"x-oio-req-id: {req_id}\r\n")
+        lines.append(f"Content-Length: {len(response.body)}\r\n")
+    lines.append(f"x-oio-req-id: {req_id}\r\n")
     for name, value in response.headers:
-        head.append(f"{name}: {value}\r\n")
+        lines.append(f"{name}: {value.replace(chr(13), '%0D').replace(chr(10), '%0A')}\r\n")
     if not keep_alive:
-        head.append("Connection: close\r\n")
-    head.append("\r\n")
-    return "".join(head).encode("latin-1") + (response.body if status not in (204, 304) else b"")
+        lines.append("Connection: close\r\n")
+    lines.append("\r\n")
+    # UTF-8 like the reference (a marker is a raw key); never a line break: no header injection
+    head_bytes = "".join(lines).encode("utf-8", "surrogateescape")
+    return head_bytes + (b"" if head or status in (204, 304) else response.body)
 
 
 class ServerState:
@@ -167,7 +169,7 @@ class HttpProtocol(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
         if name == b"x-oio-req-id":
-            self.req_id = value.decode("latin-1")
+            self.req_id = value.decode("utf-8", "surrogateescape")
         elif name == b"content-length" and value.strip().isdigit():
             if int(value) > self.state.max_body:  # refuse before the body arrives
                 self._too_large()
@@ -206,7 +208,7 @@ class HttpProtocol(asyncio.Protocol):
         query = url.query.decode("latin-1") if url.query else ""
         response = self.state.handler(method, path, query, b"".join(self.body))
         keep_alive = self.parser.should_keep_alive() and not self.state.closing
-        self.transport.write(render(response, req_id, keep_alive))
+        self.transport.write(render(response, req_id, keep_alive, head=method == "HEAD"))
         if response.status >= 400:
             log.info("%s %s %s -> %d %s", req_id, method, path, response.status, response.body[:200])
         if access_log.isEnabledFor(logging.DEBUG):
