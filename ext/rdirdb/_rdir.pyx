@@ -26,7 +26,7 @@ binary (flag CONTENT_HEX).
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int8_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memchr, memcmp, memcpy, memset
 
@@ -44,6 +44,8 @@ cdef extern from "stdlib.h" nogil:
 cdef extern from "Python.h":
     const char *PyUnicode_AsUTF8AndSize(object o, Py_ssize_t *size) except NULL
     object PyUnicode_FromStringAndSize(const char *u, Py_ssize_t size)
+    object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
+    void *PyUnicode_DATA(object o)
 
 CHUNK_DATABASES = ("chunk_bin", "chunk_text", "admin")
 META2_DATABASES = ("meta2",)
@@ -96,20 +98,25 @@ cdef const char *HEX = b"0123456789ABCDEF"
 # Small codecs: hex, varints, text order
 # ===========================================================================
 
+# Value of each uppercase hex digit, -1 for any other byte. A table, not
+# comparisons: random hex digits make a branchy decoder mispredict half the time.
+cdef int8_t _HEXVAL[256]
+for _i in range(256):
+    _HEXVAL[_i] = -1
+for _i, _c in enumerate(b"0123456789ABCDEF"):
+    _HEXVAL[_c] = _i
+
+
 cdef inline int _hexval(uint8_t c) noexcept nogil:
-    if 48 <= c <= 57:
-        return c - 48
-    if 65 <= c <= 70:
-        return c - 55
-    return -1
+    return _HEXVAL[c]
 
 
 cdef inline bint _is_upper_hex(const uint8_t *s, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
+    cdef int8_t acc = 0
     for i in range(n):
-        if _hexval(s[i]) < 0:
-            return False
-    return True
+        acc |= _HEXVAL[s[i]]
+    return acc >= 0
 
 
 cdef inline void _pack_hex(const uint8_t *s, Py_ssize_t nbytes, uint8_t *out) noexcept nogil:
@@ -280,6 +287,7 @@ cdef int64_t _int64(object value, str field, Py_ssize_t index) except? -1:
 # ===========================================================================
 
 cdef struct Entry:
+    uint64_t head       # first 8 key bytes, big-endian: most comparisons stop here
     size_t koff
     size_t voff
     uint32_t klen
@@ -295,6 +303,8 @@ cdef int _entry_cmp(const void *a, const void *b, void *arena) noexcept nogil:
     cdef const uint8_t *base = <const uint8_t *>arena
     if x.kind != y.kind:
         return (x.kind > y.kind) - (x.kind < y.kind)
+    if x.head != y.head:
+        return 1 if x.head > y.head else -1
     cdef int c = _text_cmp(base + x.koff, x.klen, base + y.koff, y.klen)
     if c != 0:
         return c
@@ -361,9 +371,16 @@ cdef class _Batch:
 
     cdef int sort_unique(self) except -1:
         """Sort by (database, key, position); mark all but the last of equal keys dead."""
-        cdef Py_ssize_t i
+        cdef Py_ssize_t i, j
         cdef Entry *a
         cdef Entry *b
+        cdef uint64_t head
+        for i in range(self.n):
+            a = &self.entries[i]
+            head = 0
+            for j in range(8):
+                head = (head << 8) | (self.arena[a.koff + j] if j < a.klen else 0)
+            a.head = head
         with nogil:
             qsort_r(self.entries, self.n, sizeof(Entry), _entry_cmp, self.arena)
         for i in range(self.n - 1):
@@ -629,9 +646,10 @@ cdef str _decode(const uint8_t *s, Py_ssize_t n):
 
 
 cdef str _hex_str(const uint8_t *b, Py_ssize_t nbytes):
-    cdef uint8_t buf[128]
-    _unpack_hex(b, nbytes, buf)
-    return PyUnicode_FromStringAndSize(<const char *>buf, nbytes * 2)
+    """Uppercase hex of ``nbytes`` bytes, written straight into a new ASCII str."""
+    s = PyUnicode_New(nbytes * 2, 127)
+    _unpack_hex(b, nbytes, <uint8_t *>PyUnicode_DATA(s))
+    return s
 
 
 cdef str _content_str(ChunkValue *cv):
@@ -650,6 +668,7 @@ cdef struct Source:
     bint canonical
     MDB_val key
     MDB_val val
+    bint has_text                  # text computed for the current key
     uint8_t text[CANON_TEXT]       # text of the current key when canonical
 
 
@@ -668,7 +687,11 @@ cdef struct Scan:
 
 
 cdef inline const uint8_t *_src_text(Source *s, size_t *n) noexcept nogil:
+    """Text of the current key; a canonical key is hex-encoded on first use only."""
     if s.canonical:
+        if not s.has_text:
+            _canon_text(<const uint8_t *>s.key.mv_data, s.text)
+            s.has_text = True
         n[0] = CANON_TEXT
         return s.text
     n[0] = s.key.mv_size
@@ -688,13 +711,12 @@ cdef void _src_settle(Scan *scan, Source *s, int rc) noexcept nogil:
             scan.rc = rc
         return
     s.valid = True
-    if s.canonical:
-        if s.key.mv_size != CANON_KEY:
-            s.valid = False
-            if scan.rc == 0:
-                scan.rc = MDB_CORRUPTED
-            return
-        _canon_text(<const uint8_t *>s.key.mv_data, s.text)
+    s.has_text = False
+    if s.canonical and s.key.mv_size != CANON_KEY:
+        s.valid = False
+        if scan.rc == 0:
+            scan.rc = MDB_CORRUPTED
+        return
     if scan.prefix_n:
         t = _src_text(s, &n)
         if n < scan.prefix_n or memcmp(t, scan.prefix, scan.prefix_n) != 0:
@@ -789,8 +811,10 @@ cdef class _Reader:
         return 0
 
     cdef bint key_equals(self, Source *s, bytes marker_b, bytes marker_key):
+        cdef size_t n
         if s.canonical:
-            return len(marker_b) == CANON_TEXT and memcmp(s.text, PyBytes_AS_STRING(marker_b), CANON_TEXT) == 0
+            return len(marker_b) == CANON_TEXT and \
+                memcmp(_src_text(s, &n), PyBytes_AS_STRING(marker_b), CANON_TEXT) == 0
         return s.key.mv_size == <size_t>len(marker_key) and \
             memcmp(s.key.mv_data, PyBytes_AS_STRING(marker_key), s.key.mv_size) == 0
 
@@ -1064,7 +1088,10 @@ cdef class ChunkIndex:
             containers = {}
             for i in range(counts.n):
                 c = &counts.items[i]
-                containers[_decode(c.cid, c.cid_n)] = (c.total, c.to_rebuild)
+                cid = _hex_str(c.cid, c.cid_n) if c.canonical else _decode(c.cid, c.cid_n)
+                # A canonical container whose chunks sit in both databases shows up twice.
+                total, to_rebuild = containers.get(cid, (0, 0))
+                containers[cid] = (total + c.total, to_rebuild + c.to_rebuild)
             next_marker = _key_text_of(&prev, False) if truncated else None
             return counts.total, counts.to_rebuild, containers, truncated, next_marker
         finally:
@@ -1247,8 +1274,9 @@ cdef object _chunk_array(Hit *hits, Py_ssize_t count):
 # -- counting (without the GIL) -------------------------------------------------
 
 cdef struct ContainerCount:
-    uint8_t cid[C_MAX_CONTAINER_ID]
+    uint8_t cid[C_MAX_CONTAINER_ID]   # packed (32 bytes) when canonical, else text
     Py_ssize_t cid_n
+    bint canonical
     Py_ssize_t total
     Py_ssize_t to_rebuild
 
@@ -1263,12 +1291,12 @@ cdef struct Counts:
 
 
 cdef inline const uint8_t *_cid_of(Source *s, Py_ssize_t *n) noexcept nogil:
-    cdef const uint8_t *k
+    """The container id of the current key: packed for a canonical key, else text."""
+    cdef const uint8_t *k = <const uint8_t *>s.key.mv_data
     cdef const uint8_t *bar
     if s.canonical:
-        n[0] = CANON_LEN
-        return s.text
-    k = <const uint8_t *>s.key.mv_data
+        n[0] = 32
+        return k
     bar = <const uint8_t *>memchr(k, 124, s.key.mv_size)
     n[0] = (bar - k) if bar != NULL else 0
     return k
@@ -1296,7 +1324,7 @@ cdef void _count(Scan *scan, Counts *counts, Py_ssize_t limit, uint64_t incident
         cid = _cid_of(s, &cid_n)
         if cid_n > C_MAX_CONTAINER_ID:
             cid_n = C_MAX_CONTAINER_ID
-        if c == NULL or c.cid_n != cid_n or memcmp(c.cid, cid, cid_n) != 0:
+        if c == NULL or c.canonical != s.canonical or c.cid_n != cid_n or memcmp(c.cid, cid, cid_n) != 0:
             if counts.n == counts.cap:
                 counts.cap = counts.cap * 2 if counts.cap else 64
                 grown = <ContainerCount *>realloc(counts.items, counts.cap * sizeof(ContainerCount))
@@ -1308,6 +1336,7 @@ cdef void _count(Scan *scan, Counts *counts, Py_ssize_t limit, uint64_t incident
             counts.n += 1
             memcpy(c.cid, cid, cid_n)
             c.cid_n = cid_n
+            c.canonical = s.canonical
             c.total = 0
             c.to_rebuild = 0
         rebuild = incident and _value_mtime(&s.val, &mtime) and mtime <= incident
@@ -1639,9 +1668,9 @@ cdef class Meta2Index:
 
 
 cdef int _add_meta2(_Batch batch, object rec, Py_ssize_t i, bint key_only) except -1:
-    cdef Py_ssize_t url_n, cid_n, extra_n = 0, tail_n = 0
+    cdef Py_ssize_t url_n, cid_n = 0, extra_n = 0, tail_n = 0
     cdef const uint8_t *url
-    cdef const uint8_t *cid
+    cdef const uint8_t *cid = NULL
     cdef const uint8_t *extra = NULL
     cdef int64_t mtime = 0
     cdef Entry *e

@@ -1,0 +1,139 @@
+"""Scans, paging and counts of the engine against the plain-Python model."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rdirdb.store import Store
+from tests import strategies as S
+from tests.scan_model import ChunkModel
+
+incident = st.one_of(st.just(0), st.integers(-3, 45))
+limit = st.integers(1, 7)
+
+
+def _load(tmp_path_factory, records, deletes=()):
+    store = Store(tmp_path_factory.mktemp("scan"), map_size=1 << 20)
+    chunks = store.volume("v", create=True).chunks
+    model = ChunkModel()
+    chunks.put_batch(records)
+    for rec in records:
+        model.put(*rec)
+    chunks.delete_batch(list(deletes))
+    for key in deletes:
+        model.delete(*key)
+    return store, chunks, model
+
+
+def _prefixes(records):
+    """Prefixes worth asking for: none, whole containers, partial ids, a miss."""
+    cids = sorted({r[0] for r in records})
+    return st.one_of(
+        st.none(),
+        st.sampled_from(cids) if cids else st.none(),
+        st.sampled_from(cids).map(lambda c: c[: len(c) // 2]) if cids else st.none(),
+        st.sampled_from(cids).map(lambda c: c + "|") if cids else st.none(),
+        st.sampled_from(["0", "A", "F0", "zz", "L"]),
+    )
+
+
+def _markers(records):
+    keys = [f"{r[0]}|{r[2]}" for r in records]
+    return st.one_of(
+        st.none(),
+        st.sampled_from(keys) if keys else st.none(),
+        st.sampled_from(keys).map(lambda k: k[:-1]) if keys else st.none(),
+        st.sampled_from(keys).map(lambda k: k + "0") if keys else st.none(),
+        S.container_id.map(lambda c: c + "|"),
+        st.sampled_from(["0", "A|", "~", "F" * 64 + "|" + "F" * 64]),
+    )
+
+
+@settings(max_examples=80)
+@given(st.data(), st.lists(S.record, max_size=40))
+def test_fetch_page_matches_model(tmp_path_factory, data, records):
+    store, chunks, model = _load(tmp_path_factory, records)
+    with store:
+        prefix = data.draw(_prefixes(records))
+        marker = data.draw(_markers(records))
+        lim, inc = data.draw(limit), data.draw(incident)
+        assert chunks.fetch(prefix=prefix, marker=marker, limit=lim, incident=inc) == model.fetch(
+            prefix, marker, lim, inc
+        )
+        assert chunks.status(prefix=prefix, marker=marker, limit=lim, incident=inc) == model.status(
+            prefix, marker, lim, inc
+        )
+
+
+@settings(max_examples=60)
+@given(st.data(), st.lists(S.record, max_size=40))
+def test_paging_visits_every_match_once(tmp_path_factory, data, records):
+    store, chunks, model = _load(tmp_path_factory, records)
+    with store:
+        prefix = data.draw(_prefixes(records))
+        lim, inc = data.draw(limit), data.draw(incident)
+        expected, _, _ = model.fetch(prefix, None, 10**6, inc)
+        seen, marker, requests = [], None, 0
+        while True:
+            page, truncated, marker = chunks.fetch(prefix=prefix, marker=marker, limit=lim, incident=inc)
+            requests += 1
+            seen += page
+            if not truncated:
+                break
+        assert seen == expected
+        # Exact truncation: ceil(n / limit) requests, and one for an empty result.
+        assert requests == max(1, -(-len(expected) // lim))
+
+
+@given(st.lists(S.record, max_size=30), st.data())
+def test_deletes_and_overwrites_match_model(tmp_path_factory, records, data):
+    keys = [(r[0], r[2]) for r in records]
+    deletes = data.draw(st.lists(st.sampled_from(keys), max_size=10)) if keys else []
+    store, chunks, model = _load(tmp_path_factory, records, deletes)
+    with store:
+        assert chunks.count() == len(model.records)
+        assert chunks.fetch(limit=10**4) == model.fetch(limit=10**4)
+        for (cid, chunk), (content, mtime, path, version) in model.records.items():
+            assert chunks.get(cid, chunk) == (cid, chunk, content, mtime, path, version)
+
+
+@given(st.lists(S.record, min_size=1, max_size=25))
+def test_every_marker_resumes_right_after_its_record(tmp_path_factory, records):
+    store, chunks, model = _load(tmp_path_factory, records)
+    with store:
+        listing, _, _ = model.fetch(limit=10**6)
+        for i, rec in enumerate(listing):
+            page, truncated, _ = chunks.fetch(marker=f"{rec[0]}|{rec[1]}", limit=1)
+            assert page == listing[i + 1 : i + 2]
+            assert truncated == (i + 2 < len(listing))
+
+
+def test_fields_selection(chunks):
+    chunks.put_batch([("A" * 64, "C" * 32, "B" * 64, 7, "p", 3)])
+    (rec,), _, _ = chunks.fetch(fields=0)
+    assert rec == ("A" * 64, "B" * 64, None, None, None, None)
+
+
+def test_fetch_arrays(chunks):
+    chunks.put_batch([("c1", "x", "k1", 5, "path/1", 1), ("c2", "yy", "k22", 9, "p", 2)])
+    array, truncated, marker = chunks.fetch_arrays(limit=1)
+    assert (truncated, marker) == (True, "c1|k1")
+    assert array.tolist() == [(b"c1", b"x", b"k1", 5, b"path/1", 1)]
+    array, truncated, _ = chunks.fetch_arrays(marker="c1|k1")
+    assert array["chunk_id"].tolist() == [b"k22"] and not truncated
+
+
+def test_limit_must_be_positive(chunks):
+    with pytest.raises(ValueError, match="limit"):
+        chunks.fetch(limit=0)
+
+
+def test_status_of_empty_volume(chunks):
+    assert chunks.status(incident=5) == (0, 0, {}, False, None)
+
+
+def test_long_prefix_is_rejected(chunks):
+    with pytest.raises(ValueError, match="prefix"):
+        chunks.fetch(prefix="x" * 479)

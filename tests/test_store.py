@@ -1,0 +1,129 @@
+"""The store: volume file names, lifecycle, admin keys, the meta2 index."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rdirdb.errors import BadRequest, ClosedError, Forbidden, NotFound
+from rdirdb.store import Store, volume_file_name, volume_id_from_file_name
+
+volume_ids = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+                     min_size=1, max_size=25)  # 25 * 9 escaped bytes < 255
+
+
+@given(volume_ids)
+def test_volume_names_are_safe_and_reversible(vol):
+    name = volume_file_name(vol)
+    assert "/" not in name and name not in (".", "..") and not name.startswith(".")
+    assert volume_id_from_file_name(name) == vol
+
+
+@pytest.mark.parametrize("vol", ["..", ".", "../../etc", "/etc/passwd", "a/../b"])
+def test_traversal_stays_inside(store, vol):
+    store.volume(vol, create=True)
+    root = os.path.realpath(store.path)
+    for dirpath, dirnames, _ in os.walk(root):
+        assert os.path.realpath(dirpath).startswith(root)
+    assert vol in store.volumes()
+
+
+@pytest.mark.parametrize("vol, error", [("", BadRequest), ("a\x00b", BadRequest), (7, TypeError),
+                                        ("x" * 300, BadRequest)])
+def test_bad_volume_ids(store, vol, error):
+    with pytest.raises(error):
+        store.volume(vol, create=True)
+    assert store.volumes() == []
+
+
+def test_unknown_volume_and_service_type(store):
+    with pytest.raises(NotFound, match="DB not found"):
+        store.volume("absent")
+    with pytest.raises(BadRequest, match="unknown service type"):
+        store.volume("v", "rdir", create=True)
+
+
+def test_listing_and_open_count(tmp_path):
+    with Store(tmp_path) as store:
+        store.volume("127.0.0.1:6004", create=True)
+        store.volume("b", create=True)
+        store.volume("127.0.0.1:6120", "meta2", create=True)
+        assert store.opened_count == 3
+    with Store(tmp_path) as store:
+        assert store.opened_count == 0
+        assert store.volumes() == ["127.0.0.1:6004", "b"]
+        assert store.volumes("meta2") == ["127.0.0.1:6120"]
+
+
+def test_closed_store(tmp_path):
+    store = Store(tmp_path)
+    store.close()
+    store.close()
+    with pytest.raises(ClosedError):
+        store.volume("v", create=True)
+
+
+def test_admin_keys_and_lock(volume):
+    assert volume.admin_show() == {}
+    assert volume.incident == 0
+    volume.admin_set("incident_date", "1234")
+    volume.lock("rebuilder on host")
+    volume.lock("rebuilder on host")  # idempotent for the same owner
+    with pytest.raises(Forbidden, match="Already locked by rebuilder on host"):
+        volume.lock("someone else")
+    assert volume.admin_show() == {"incident_date": "1234", "lock": "rebuilder on host"}
+    assert volume.incident == 1234
+    volume.unlock()
+    volume.lock("someone else")
+
+
+def _race_for_lock(path, who, results):
+    with Store(path) as store:
+        vol = store.volume("v")
+        try:
+            vol.lock(who)
+            results.put(who)
+        except Forbidden:
+            results.put(None)
+
+
+def test_lock_is_atomic_across_processes(tmp_path):
+    Store(tmp_path).volume("v", create=True).env.close()
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_race_for_lock, args=(tmp_path, f"p{i}", results)) for i in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    winners = [w for w in (results.get(timeout=10) for _ in procs) if w]
+    assert len(winners) == 1
+    with Store(tmp_path) as store:
+        assert store.volume("v").admin_get("lock") == winners[0]
+
+
+def test_meta2_index(store):
+    meta2 = store.volume("127.0.0.1:6120", "meta2", create=True).meta2
+    urls = [f"NS/acct/c{i}" for i in range(5)] + ["NS/other/x", "NS/" + "u" * 600]
+    assert meta2.put_batch([{"container_url": u, "container_id": "%064X" % i, "mtime": i}
+                            for i, u in enumerate(urls)]) == 7
+    assert meta2.count() == 7 and meta2.count("NS/acct/") == 5
+    page, truncated = meta2.fetch(prefix="NS/acct/", limit=2)
+    assert [r["container_url"] for r in page] == ["NS/acct/c0", "NS/acct/c1"] and truncated
+    page, truncated = meta2.fetch(prefix="NS/acct/", marker="NS/acct/c1", limit=3)
+    assert [r["container_url"] for r in page] == ["NS/acct/c2", "NS/acct/c3", "NS/acct/c4"]
+    assert not truncated  # exact: no record after the page
+    # A marker that no longer exists skips nothing.
+    page, _ = meta2.fetch(marker="NS/acct/c1x")
+    assert page[0]["container_url"] == "NS/acct/c2"
+    long_rec = meta2.fetch(prefix="NS/uu")[0][0]
+    assert long_rec == {"container_id": "%064X" % 6, "container_url": urls[6], "extra_data": None, "mtime": 6}
+    assert meta2.delete_batch(["NS/acct/c0", urls[6], "absent"]) == 2
+    assert meta2.count() == 5
+    with pytest.raises(BadRequest, match=r"missing field \[container_id\]"):
+        meta2.put_batch([{"container_url": "NS/a/b", "container_id": "x"}, {"container_url": "NS/a/c"}])
+    assert meta2.count() == 5
