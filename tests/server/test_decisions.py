@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from conftest import chunk_record, fetch_item, meta2_record, new_volume, random_hex
+from tests.server.helpers import chunk_record, fetch_item, meta2_record, new_volume, random_hex
 
 VOLUME_ROUTES = [
     ("GET", "/v1/status"),

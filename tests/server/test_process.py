@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import chunk_record, fetch_item, new_volume
+from tests.server.helpers import chunk_record, fetch_item, new_volume
 
 
 def raw_exchange(server, data: bytes, timeout: float = 5.0) -> bytes:
@@ -62,7 +62,7 @@ def test_missing_db_path_argument_fails(tmp_path):
     import subprocess
     import sys
 
-    from conftest import SRC
+    from tests.server.helpers import SRC
 
     env = dict(os.environ, PYTHONPATH=SRC)
     proc = subprocess.run(
@@ -211,3 +211,36 @@ def test_sigterm_loses_no_acknowledged_write(start_server):
     stored = {item[0] for item in items}
     missing = [r for r in acked if fetch_item(r)[0] not in stored]
     assert not missing
+
+
+def test_head_config_and_info(small):
+    raw = raw_exchange(small, b"HEAD /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 405 ") and b"Content-Length: 37" in head and body == b""
+    config = small.request("GET", "/config").json
+    assert config["namespace"] == "OPENIO" and config["server.max_body_size"] == 2000
+    assert small.request("GET", "/info").body.startswith(b"namespace OPENIO\npath ")
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+@pytest.mark.skipif(not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"), reason="no /proc")
+def test_dead_worker_is_replaced(start_server):
+    srv = start_server(workers=2)
+    time.sleep(1.2)  # older than the respawn guard
+    workers = _children(srv.proc.pid)
+    assert len(workers) == 2
+    os.kill(workers[0], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        now = _children(srv.proc.pid)
+        if len(now) == 2 and workers[0] not in now:
+            break
+        time.sleep(0.05)
+    assert len(now) == 2 and workers[0] not in now
+    for _ in range(4):
+        assert srv.request("GET", "/status").status == 200
+    assert srv.stop() == 0

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import chunk_record, fetch_item, meta2_record, new_volume, random_hex
+from tests.server.helpers import chunk_record, fetch_item, meta2_record, new_volume, random_hex
 
 ALL_ROUTES = [
     "/status", "/config", "/v1/status",
