@@ -244,3 +244,4 @@ def test_dead_worker_is_replaced(start_server):
     for _ in range(4):
         assert srv.request("GET", "/status").status == 200
     assert srv.stop() == 0
+

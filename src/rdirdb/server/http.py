@@ -204,8 +204,8 @@ class HttpProtocol(asyncio.Protocol):
         req_id = self.req_id or new_request_id()
         method = self.parser.get_method().decode("latin-1")
         url = httptools.parse_url(self.url)
-        path = url.path.decode("latin-1")
-        query = url.query.decode("latin-1") if url.query else ""
+        path = url.path.decode("utf-8", "surrogateescape")
+        query = url.query.decode("utf-8", "surrogateescape") if url.query else ""
         response = self.state.handler(method, path, query, b"".join(self.body))
         keep_alive = self.parser.should_keep_alive() and not self.state.closing
         self.transport.write(render(response, req_id, keep_alive, head=method == "HEAD"))
