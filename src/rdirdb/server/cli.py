@@ -11,14 +11,17 @@ from rdirdb.server.serve import Settings, StartupError, parse_bind, serve
 
 
 def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """Add the ``serve`` subcommand; its ``func(args)`` returns the exit code."""
+    """Add the ``serve`` subcommand; its ``handler(args)`` returns the exit code."""
     parser = subparsers.add_parser(
         "serve",
         help="serve rdir volumes over HTTP (the OpenIO rdir wire protocol)",
         description="Serve the rawx and meta2 volumes stored under --db-path over HTTP.",
     )
     add_arguments(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(handler=run)
+
+
+add_parser = register  # the name rdirdb.cli looks for in its command modules
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,13 +54,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="flush every commit to disk (survives power loss); by default, like the "
         "reference, a commit survives the process but not the machine",
     )
-    parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
+    parser.add_argument(
+        "--log-level", default="INFO", type=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="DEBUG logs every request (default %(default)s)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(),
+    logging.basicConfig(  # force: the server's own --log-level wins over rdirdb's default
+        level=args.log_level,
         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
+        force=True,
     )
     log = logging.getLogger("rdirdb.server")
     try:
