@@ -245,3 +245,16 @@ def test_dead_worker_is_replaced(start_server):
         assert srv.request("GET", "/status").status == 200
     assert srv.stop() == 0
 
+
+
+def test_debug_logs_every_request_with_its_id(start_server):
+    srv = start_server("--log-level", "debug")
+    reply = srv.request("GET", "/status", headers={"x-oio-req-id": "trace-123"})
+    assert reply.headers["x-oio-req-id"] == "trace-123"
+    generated = srv.request("GET", "/info").headers["x-oio-req-id"]
+    assert generated.startswith("rdir-") and generated != srv.request("GET", "/info").headers["x-oio-req-id"]
+    deadline = time.monotonic() + 5
+    while ("trace-123 GET /status" not in srv.output() or generated not in srv.output()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "trace-123 GET /status? 200" in srv.output()
+    assert f"{generated} GET /info? 200" in srv.output()
