@@ -226,6 +226,19 @@ def test_fresh_status(start_server):
     assert info.headers["content-type"] == "text/plain"
     assert info.body.decode() == f"namespace OPENIO\npath {srv.db_path}\nservice_id rdir-7\n"
 
+    # after a restart nothing is open; prometheus details open the meta2 volumes to count them
+    srv.stop()
+    srv = start_server("--service-id", "rdir-7", db_path=srv.db_path)
+    assert srv.request("GET", "/status").json == dict(expected, opened_db_count=0)
+    text = srv.request("GET", "/status", {"format": "prometheus", "details": "1"}).body.decode()
+    assert text.splitlines() == [
+        'rdir_opened_db{namespace="OPENIO", service_id="rdir-7"} 0',
+        'rdir_db_count{namespace="OPENIO", service_id="rdir-7", type="meta2"} 1',
+        'rdir_db_count{namespace="OPENIO", service_id="rdir-7", type="rawx"} 1',
+        'meta2_db_count{namespace="OPENIO", rdir_service_id="rdir-7", service_id="10.0.0.1-6120"} 0',
+    ]
+    assert srv.request("GET", "/status").json["opened_db_count"] == 1
+
 
 def test_bad_routes(server):
     x = random_hex(4)

@@ -310,8 +310,11 @@ class RdirApp:
     # -- volumes --
 
     def _volume(self, req: Request, service_type: str = "rawx", *, create: bool = False) -> Volume:
+        """The volume of the query's ``vol`` (400 if bad, 404 if absent and not ``create``)."""
         what = "volume" if service_type == "rawx" else "meta2"
-        vol = check_volume_id(req.query.get("vol"), what)
+        return self._open(check_volume_id(req.query.get("vol"), what), service_type, create)
+
+    def _open(self, vol: str, service_type: str, create: bool = False) -> Volume:
         before = self.store.opened_count
         volume = self.store.volume(vol, service_type, create=create)
         if self._on_open is not None and self.store.opened_count != before:
@@ -351,7 +354,7 @@ class RdirApp:
         if parse_bool(req.query.get("details")):
             for vol in meta2:
                 try:
-                    count = self.store.volume(vol, "meta2").meta2.count()
+                    count = self._open(vol, "meta2").meta2.count()
                 except Exception as exc:  # a broken volume must not hide the others
                     log.warning("cannot count meta2 volume %r: %s", vol, exc)
                     continue
