@@ -258,3 +258,30 @@ def test_debug_logs_every_request_with_its_id(start_server):
         time.sleep(0.05)
     assert "trace-123 GET /status? 200" in srv.output()
     assert f"{generated} GET /info? 200" in srv.output()
+
+
+@pytest.mark.skipif(not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"), reason="no /proc")
+def test_connections_spread_over_workers(start_server):
+    srv = start_server(workers=2)
+    time.sleep(0.3)  # workers up
+
+    def sockets() -> list[int]:
+        counts = []
+        for pid in _children(srv.proc.pid):
+            fds = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+            counts.append(sum(fd.startswith("socket:") for fd in fds))
+        return counts
+
+    idle = sockets()
+    # a burst, like wrk's: all 8 wait in the accept queue at once
+    conns = [socket.create_connection((srv.host, srv.port), timeout=10) for _ in range(8)]
+    try:
+        for conn in conns:
+            conn.sendall(b"GET /info HTTP/1.1\r\nHost: x\r\n\r\n")
+        for conn in conns:
+            assert conn.recv(65536).startswith(b"HTTP/1.1 200 ")
+        served = [n - i for n, i in zip(sockets(), idle)]
+        assert sum(served) == 8 and min(served) >= 2, served
+    finally:
+        for conn in conns:
+            conn.close()

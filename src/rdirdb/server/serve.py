@@ -35,6 +35,8 @@ log = logging.getLogger("rdirdb.server")
 
 IDENTITY_FILE = ".rdir-identity"
 RESPAWN_MIN_LIFETIME = 1.0  # a worker dying younger than this stops the server
+ACCEPT_PAUSE = 0.0005  # seconds per connection served before accepting another
+MAX_ACCEPT_PAUSE = 0.005
 GC_THRESHOLD = 100_000  # allocations between two young-generation collections
 
 
@@ -160,6 +162,27 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+async def _accept(sock: socket.socket, state: ServerState) -> None:
+    """Accept connections one at a time on the shared socket.
+
+    ``loop.create_server`` accepts every pending connection at each wake-up, so
+    one worker took all of wrk's 8 connections and the others idled. Taking one
+    at a time, and pausing a little longer the more connections this worker
+    already serves, lets the other workers take their share.
+    """
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            conn, _ = await loop.sock_accept(sock)
+        except OSError as exc:  # e.g. EMFILE: keep serving the open connections
+            log.warning("accept failed: %s", exc)
+            await asyncio.sleep(0.1)
+            continue
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        await loop.connect_accepted_socket(lambda: HttpProtocol(state), conn)
+        await asyncio.sleep(min(ACCEPT_PAUSE * len(state.connections), MAX_ACCEPT_PAUSE))
+
+
 async def _serve(sock: socket.socket, settings: Settings, opened: OpenedVolumes) -> None:
     loop = asyncio.get_running_loop()
     store = Store(settings.db_path, sync=settings.fsync)
@@ -177,14 +200,14 @@ async def _serve(sock: socket.socket, settings: Settings, opened: OpenedVolumes)
         request_timeout=settings.request_timeout,
         keepalive_timeout=settings.keepalive_timeout,
     )
-    server = await loop.create_server(lambda: HttpProtocol(state), sock=sock)
+    acceptor = loop.create_task(_accept(sock, state))
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
 
     state.closing = True
-    server.close()
+    acceptor.cancel()
     for conn in list(state.connections):
         conn.shutdown()
     deadline = loop.time() + settings.shutdown_timeout
