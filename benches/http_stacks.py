@@ -26,7 +26,9 @@ import sys
 
 import orjson
 
-from server_bench_util import FETCH_LUA, PUSH_LUA, BenchServer, batch_push, call, chunk_batch, lua, wrk
+from server_bench_util import (
+    FETCH_LUA, PUSH_LUA, BenchServer, batch_push, call, chunk_batch, cpu_seconds, lua, wrk,
+)
 
 STACKS = ("httptools-uvloop", "httptools-asyncio", "aiohttp")
 FETCH_CONTAINERS = 1000  # chunk_batch spreads the fetch volume over this many
@@ -79,17 +81,25 @@ def measure(stack: str, seconds: float, batches: int) -> dict[str, float]:
         call(conn, "POST", "/v1/rdir/create?vol=push")
         conn.close()
         bodies = [orjson.dumps(chunk_batch(i * 1000, 1000, FETCH_CONTAINERS)) for i in range(batches)]
+        cpu = cpu_seconds(server.proc.pid)
         batch_s = batch_push(server, "fetch", bodies)
-        push = wrk(server.port, lua(PUSH_LUA, vol="push"), seconds)
-        fetch = wrk(server.port, lua(FETCH_LUA, vol="fetch", max=1000, cids=FETCH_CONTAINERS - 10), seconds)
+        batch_cpu = cpu_seconds(server.proc.pid) - cpu
+        push = wrk(server.port, lua(PUSH_LUA, vol="push"), seconds, server_pid=server.proc.pid)
+        fetch = wrk(
+            server.port, lua(FETCH_LUA, vol="fetch", max=1000, cids=FETCH_CONTAINERS - 10), seconds,
+            server_pid=server.proc.pid,
+        )
     finally:
         server.stop()
     if push["errors"] or fetch["errors"]:
         raise RuntimeError(f"{stack}: non-2xx answers: {push['errors']} push, {fetch['errors']} fetch")
     return {
         "push_rps": push["rate"],
+        "push_cpu_us": push["cpu_us"],
         "batch_records_s": batches * 1000 / batch_s,
+        "batch_cpu_us": batch_cpu / batches * 1e6,
         "fetch_pages_s": fetch["rate"],
+        "fetch_cpu_us": fetch["cpu_us"],
     }
 
 
@@ -110,10 +120,14 @@ def main() -> None:
     for _ in range(args.rounds):  # interleaved, so a noisy moment hits every stack
         for stack in stacks:
             runs[stack].append(measure(stack, args.seconds, args.batches))
-    print(f"{'stack':<20}{'push req/s':>12}{'batch rec/s':>13}{'fetch pages/s':>15}   (median of {args.rounds})")
+    print(f"medians of {args.rounds} round(s); cpu = server CPU microseconds per request")
+    print(f"{'stack':<20}{'push req/s':>11}{'cpu':>7}{'batch rec/s':>13}{'cpu':>8}{'pages/s':>9}{'cpu':>7}")
     for stack, results in runs.items():
-        median = {k: statistics.median(r[k] for r in results) for k in ("push_rps", "batch_records_s", "fetch_pages_s")}
-        print(f"{stack:<20}{median['push_rps']:>12,.0f}{median['batch_records_s']:>13,.0f}{median['fetch_pages_s']:>15,.0f}")
+        m = {k: statistics.median(r[k] for r in results) for k in results[0]}
+        print(
+            f"{stack:<20}{m['push_rps']:>11,.0f}{m['push_cpu_us']:>7.0f}{m['batch_records_s']:>13,.0f}"
+            f"{m['batch_cpu_us']:>8.0f}{m['fetch_pages_s']:>9,.0f}{m['fetch_cpu_us']:>7.0f}"
+        )
 
 
 if __name__ == "__main__":

@@ -107,6 +107,29 @@ class BenchServer:
             shutil.rmtree(self.db, ignore_errors=True)
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of ``pid`` and its live children, from /proc.
+
+    On a shared machine throughput follows the neighbours' load; CPU time per
+    request is a much steadier measure of a stack's own cost.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            pids = [pid, *map(int, f.read().split())]
+    except OSError:
+        pids = [pid]
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / tick
+
+
 def call(conn: http.client.HTTPConnection, method: str, url: str, body: bytes | None = None):
     conn.request(method, url, body=body, headers={"Content-Type": "application/json"} if body else {})
     resp = conn.getresponse()
@@ -168,12 +191,16 @@ _WRK_ERRORS = re.compile(r"Non-2xx or 3xx responses: (\d+)")
 _WRK_LATENCY = re.compile(r"Latency\s+([\d.]+\w+)")
 
 
-def wrk(port: int, lua: str, seconds: float, connections: int = 8, threads: int = 1) -> dict[str, Any]:
-    """Run wrk against 127.0.0.1:port; returns requests/s, total, errors, mean latency."""
+def wrk(
+    port: int, lua: str, seconds: float, connections: int = 8, threads: int = 1, server_pid: int | None = None
+) -> dict[str, Any]:
+    """Run wrk against 127.0.0.1:port; returns requests/s, total, errors, mean latency,
+    and with ``server_pid`` the server's CPU microseconds per request."""
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed (Debian: apt-get install -y wrk)")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(lua)
+    cpu_before = cpu_seconds(server_pid) if server_pid else 0.0
     try:
         out = subprocess.run(
             ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s", "-s", f.name,
@@ -183,9 +210,11 @@ def wrk(port: int, lua: str, seconds: float, connections: int = 8, threads: int 
     finally:
         os.unlink(f.name)
     errors = _WRK_ERRORS.search(out)
+    total = int(_WRK_TOTAL.search(out).group(1))
     return {
         "rate": float(_WRK_RATE.search(out).group(1)),
-        "total": int(_WRK_TOTAL.search(out).group(1)),
+        "total": total,
         "errors": int(errors.group(1)) if errors else 0,
         "latency": _WRK_LATENCY.search(out).group(1),
+        "cpu_us": (cpu_seconds(server_pid) - cpu_before) / max(total, 1) * 1e6 if server_pid else None,
     }

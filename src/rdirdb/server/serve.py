@@ -208,6 +208,7 @@ async def _serve(sock: socket.socket, settings: Settings, opened: OpenedVolumes)
 
     state.closing = True
     acceptor.cancel()
+    await asyncio.gather(acceptor, return_exceptions=True)
     for conn in list(state.connections):
         conn.shutdown()
     deadline = loop.time() + settings.shutdown_timeout
