@@ -54,9 +54,9 @@ def bench_http(workers: int, seconds: float, records: int) -> None:
         conn.close()
 
         section(f"single-record pushes: wrk, 8 connections, {seconds:.0f} s, {workers} worker(s)")
-        push = wrk(server.port, lua(PUSH_LUA, vol="wrk"), seconds)
-        print(f"{push['rate']:>12,.0f} records/s  (mean latency {push['latency']}, "
-              f"{push['errors']} errors)   reference {REFERENCE['push']}")
+        push = wrk(server.port, lua(PUSH_LUA, vol="wrk"), seconds, server_pid=server.proc.pid)
+        print(f"{push['rate']:>12,.0f} records/s  (mean latency {push['latency']}, {push['errors']} errors, "
+              f"server CPU {push['cpu_us']:.0f} us/request)   reference {REFERENCE['push']}")
 
         section(f"batch pushes: {records // 1000} bodies of 1,000 records, one connection")
         bodies = [orjson.dumps(chunk_batch(i * 1000, 1000, CONTAINERS)) for i in range(records // 1000)]
@@ -71,9 +71,13 @@ def bench_http(workers: int, seconds: float, records: int) -> None:
               f"   reference {REFERENCE['full']}")
 
         section(f"1,000-record page fetches: wrk, 8 connections, {seconds:.0f} s")
-        fetch = wrk(server.port, lua(FETCH_LUA, vol="full", max=1000, cids=CONTAINERS - 10), seconds)
+        fetch = wrk(
+            server.port, lua(FETCH_LUA, vol="full", max=1000, cids=CONTAINERS - 10), seconds,
+            server_pid=server.proc.pid,
+        )
         print(f"{fetch['rate']:>12,.0f} pages/s = {fetch['rate'] * 1000:,.0f} records/s  "
-              f"(mean latency {fetch['latency']}, {fetch['errors']} errors)   reference {REFERENCE['pages']}")
+              f"(mean latency {fetch['latency']}, {fetch['errors']} errors, "
+              f"server CPU {fetch['cpu_us']:.0f} us/page)   reference {REFERENCE['pages']}")
         if push["errors"] or fetch["errors"]:
             raise SystemExit("some requests failed")
     finally:

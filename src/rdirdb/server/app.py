@@ -73,12 +73,18 @@ def error_response(exc: HttpError) -> Response:
 
 
 def parse_query(query: str) -> dict[str, str]:
-    """Query parameters: the first ``name=value`` wins, a bare ``name`` is absent."""
+    """Query parameters: the first ``name=value`` wins, a bare ``name`` is absent.
+
+    Each ``&``-separated token is unescaped whole (``+`` is a space) before it is
+    split at its first ``=``, as the reference does.
+    """
     params: dict[str, str] = {}
     for token in query.split("&"):
+        if "%" in token or "+" in token:  # like the reference: unescape, then split
+            token = unquote_plus(token)
         name, sep, value = token.partition("=")
         if sep:
-            params.setdefault(unquote_plus(name), unquote_plus(value))
+            params.setdefault(name, value)
     return params
 
 

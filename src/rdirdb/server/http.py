@@ -8,6 +8,7 @@ release nothing to wait for), so pipelined requests need no queue.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import time
@@ -26,8 +27,19 @@ Handler = Callable[[str, str, str, bytes], Response]
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 
 
+def _new_id_prefix() -> None:
+    global _id_prefix, _id_counter
+    _id_prefix = "rdir-" + os.urandom(8).hex()
+    _id_counter = itertools.count()
+
+
+_new_id_prefix()
+os.register_at_fork(after_in_child=_new_id_prefix)  # each worker its own prefix
+
+
 def new_request_id() -> str:
-    return "rdir-" + os.urandom(12).hex()
+    """A random per-process prefix and a counter: unique, with no syscall per request."""
+    return f"{_id_prefix}{next(_id_counter):08x}"
 
 
 def render(response: Response, req_id: str, keep_alive: bool, head: bool = False) -> bytes:
@@ -66,6 +78,21 @@ class ServerState:
         self.keepalive_timeout = keepalive_timeout
         self.connections: set[HttpProtocol] = set()
         self.closing = False
+        self._sweeper: asyncio.TimerHandle | None = None
+        # Deadlines are checked by one periodic sweep rather than by a timer per
+        # request (two timers per request cost more than the request's routing).
+        self.sweep_interval = min(1.0, request_timeout / 4, keepalive_timeout / 4)
+
+    def add(self, conn: "HttpProtocol") -> None:
+        self.connections.add(conn)
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(self.sweep_interval, self._sweep)
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for conn in [c for c in self.connections if c.deadline <= now]:
+            conn.timed_out()
+        self._sweeper = asyncio.get_running_loop().call_later(self.sweep_interval, self._sweep)
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -73,7 +100,7 @@ class HttpProtocol(asyncio.Protocol):
         self.state = state
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0  # time.monotonic() after which the connection times out
         self.in_request = False
         self._reset()
 
@@ -89,12 +116,11 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.state.connections.add(self)
-        self._arm(self.state.keepalive_timeout)
+        self.deadline = time.monotonic() + self.state.keepalive_timeout
+        self.state.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state.connections.discard(self)
-        self._disarm()
         self.transport = None
 
     # A client that sends without reading answers must not grow our buffers.
@@ -115,18 +141,8 @@ class HttpProtocol(asyncio.Protocol):
             if self.transport is not None and not self.too_large:
                 self._fail(HttpError(400, f"Malformed HTTP request: {exc}"))
 
-    def _arm(self, delay: float) -> None:
-        self._disarm()
-        loop = asyncio.get_running_loop()
-        self.timer = loop.call_later(delay, self._timed_out)
-
-    def _disarm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-    def _timed_out(self) -> None:
-        self.timer = None
+    def timed_out(self) -> None:
+        self.deadline = float("inf")
         if self.in_request and not self.too_large:
             self._fail(HttpError(408, "Request timeout"))
         elif self.transport is not None:
@@ -161,7 +177,7 @@ class HttpProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.in_request = True
         self._reset()
-        self._arm(self.state.request_timeout)
+        self.deadline = time.monotonic() + self.state.request_timeout
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -200,7 +216,7 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.close()
             self.transport = None
             return
-        started = time.perf_counter()
+        started = time.monotonic()
         req_id = self.req_id or new_request_id()
         method = self.parser.get_method().decode("latin-1")
         url = httptools.parse_url(self.url)
@@ -214,11 +230,11 @@ class HttpProtocol(asyncio.Protocol):
         if access_log.isEnabledFor(logging.DEBUG):
             access_log.debug(
                 "%s %s %s?%s %d %.3fms", req_id, method, path, query, response.status,
-                (time.perf_counter() - started) * 1000,
+                (time.monotonic() - started) * 1000,
             )
         self.in_request = False
         if keep_alive:
-            self._arm(self.state.keepalive_timeout)
+            self.deadline = time.monotonic() + self.state.keepalive_timeout
         else:
             self.transport.close()
             self.transport = None
