@@ -109,7 +109,7 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="per wrk run (default %(default)s)")
-    parser.add_argument("--batches", type=int, default=50, help="1,000-record bodies pushed (default %(default)s)")
+    parser.add_argument("--batches", type=int, default=100, help="1,000-record bodies pushed (default %(default)s)")
     parser.add_argument("--stacks", default=",".join(STACKS))
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds; medians are shown")
     args = parser.parse_args()
