@@ -436,8 +436,8 @@ class RdirApp:
             volume.chunks.delete_batch(keys)
         return NO_CONTENT
 
-    def _listing(self, req: Request, legacy_body: bool) -> tuple[Volume, dict[str, Any]]:
-        """The volume and the chunk listing parameters (query first, then legacy body)."""
+    def _listing(self, req: Request, legacy_body: bool) -> tuple[Volume, dict[str, Any], bool]:
+        """The volume, the scan parameters and ``rebuild`` (query first, then legacy body)."""
         check_volume_id(req.query.get("vol"))
         body = req.body if legacy_body else None
         if body is not None and type(body) is not dict:
@@ -460,12 +460,12 @@ class RdirApp:
         volume = self._volume(req)
         # An empty marker or prefix means none (the reference skipped the first record).
         params = {"prefix": prefix or None, "marker": marker or None, "limit": parse_limit(limit)}
-        return volume, {**params, "rebuild": rebuild}
+        return volume, params, rebuild
 
     def fetch(self, req: Request) -> Response:
-        volume, params = self._listing(req, legacy_body=True)
+        volume, params, rebuild = self._listing(req, legacy_body=True)
         incident = volume.incident
-        if params.pop("rebuild"):
+        if rebuild:
             if incident <= 0:
                 return json_response([], headers=_listing_headers(False, None))
         else:
@@ -478,8 +478,7 @@ class RdirApp:
         return json_response(items, headers=_listing_headers(truncated, marker))
 
     def vol_status(self, req: Request) -> Response:
-        volume, params = self._listing(req, legacy_body=False)
-        del params["rebuild"]
+        volume, params, _ = self._listing(req, legacy_body=False)  # rebuild is ignored
         incident = volume.incident
         total, to_rebuild, containers, truncated, marker = volume.chunks.status(
             **params, incident=incident
