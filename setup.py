@@ -11,7 +11,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 EXT_DIR = "ext"
-MODULES = ["_lmdb", "_rdir"]
+MODULES = ["_lmdb", "_rdir", "_shardmap"]
 
 
 def _lmdb_paths():

@@ -274,7 +274,7 @@ cdef int _check_text(const uint8_t *s, Py_ssize_t n, Py_ssize_t limit, str field
 
 
 cdef int64_t _int64(object value, str field, Py_ssize_t index) except? -1:
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
+    if type(value) is not int and (isinstance(value, bool) or not hasattr(value, "__index__")):
         raise TypeError(f"{_where(index)}{field} must be an int, not {type(value).__name__}")
     try:
         return value

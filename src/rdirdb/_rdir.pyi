@@ -103,8 +103,10 @@ class Meta2Index:
     ) -> tuple[list[Meta2Record], bool]: ...
     def count(self, prefix: str | None = None) -> int: ...
 
-def raw_insert(env: Environment, keys: Sequence[bytes], values: Sequence[bytes], batch: int) -> None:
+def raw_insert(
+    env: Environment, keys: Sequence[bytes], values: Sequence[bytes], batch: int = 10000, db: str = "chunk_bin"
+) -> None:
     """Benchmark ceiling: insert pre-encoded pairs in a C loop, ``batch`` per transaction."""
 
-def raw_scan(env: Environment) -> int:
+def raw_scan(env: Environment, db: str = "chunk_bin") -> int:
     """Benchmark ceiling: walk every record in a C loop; returns the count."""

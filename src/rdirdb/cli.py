@@ -14,7 +14,13 @@ from rdirdb._version import __version__
 from rdirdb.errors import RdirdbError
 
 # Modules that add subcommands through ``add_parser(subparsers)``.
-_COMMAND_MODULES = ("rdirdb.demo",)
+_COMMAND_MODULES = (
+    "rdirdb.demo",
+    "rdirdb.tools.leveldb",
+    "rdirdb.tools.dump",
+    "rdirdb.tools.stats",
+    "rdirdb.sharedbase.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.handler(args)
-    except RdirdbError as exc:
+    except (RdirdbError, OSError) as exc:
         print(f"rdirdb {args.command}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

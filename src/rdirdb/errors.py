@@ -254,3 +254,35 @@ def from_status(status: int, message: str) -> ClientException:
     if cls is None:
         return ClientException(message, http_status=status)
     return cls(message)
+
+
+# --------------------------------------------------------------------------
+# SharedBase (winery's shard catalogue)
+# --------------------------------------------------------------------------
+#
+# They are ValueErrors, as winery raises ValueError in the same places, so
+# code written against winery keeps catching them.
+
+
+class ShardNotFound(RdirdbError, ValueError):
+    """No shard has this name (or id)."""
+
+
+class ShardBusy(RdirdbError, ValueError):
+    """The shard exists but another transaction holds its row; retry later."""
+
+
+class ShardExists(RdirdbError, ValueError):
+    """A shard with this name already exists."""
+
+
+class FencingError(RdirdbError, ValueError):
+    """This SharedBase no longer holds the shard it was acting on.
+
+    Raised instead of writing into (or releasing) a shard that another
+    process has taken over; nothing was written.
+    """
+
+
+class SchemaVersionError(RdirdbError):
+    """The database was not created for this version of the SharedBase schema."""

@@ -1,0 +1,225 @@
+"""What the store subcommands share: flags, output, volume scans and the staging area.
+
+Output: a human table on stdout by default, one JSON document with ``--json``.
+Errors raise :class:`CommandError`; ``rdirdb.cli`` prints it and exits with 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import shutil
+import sys
+import tempfile
+from typing import Any, Callable, Iterator, Sequence, TextIO
+
+from rdirdb.errors import RdirdbError
+from rdirdb.store import SERVICE_TYPES, Store, Volume, volume_file_name
+
+BATCH = 10_000  # records per write transaction
+PAGE = 10_000  # records per read page
+
+
+class CommandError(RdirdbError):
+    """A subcommand failed; the message says why (exit code 1)."""
+
+
+class VolumeExists(CommandError):
+    """An import would overwrite a volume of the target store."""
+
+
+def handler(main: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A subcommand's handler, with OS errors (disk full, permission denied) as clear failures."""
+
+    @functools.wraps(main)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return main(args)
+        except OSError as exc:
+            raise CommandError(str(exc)) from exc
+
+    return run
+
+
+# -- flags ----------------------------------------------------------------------
+
+
+def add_store_flag(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    parser.add_argument(
+        "--db-path", metavar="STORE", required=required, help="the rdirdb store directory"
+    )
+
+
+def add_filter_flags(parser: argparse.ArgumentParser) -> None:
+    """``--volume`` and ``--type``, as :func:`select_volumes` applies them."""
+    parser.add_argument("--volume", metavar="ID", help="only this volume (default: all)")
+    parser.add_argument("--type", choices=SERVICE_TYPES, help="only volumes of this type (default: both)")
+
+
+def add_json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the report as JSON, for scripts")
+
+
+def open_store(path: str, *, readonly: bool) -> Store:
+    """An existing store (``CommandError`` when ``path`` is not a directory)."""
+    if not os.path.isdir(path):
+        raise CommandError(f"no store at {path!r}")
+    return Store(path, readonly=readonly)
+
+
+# -- output -------------------------------------------------------------------
+
+
+def human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO | None = None) -> None:
+    """Columns sized to their content; numbers right-aligned with thousands separators."""
+    out = out or sys.stdout
+    cells = [[f"{c:,}" if isinstance(c, int) and not isinstance(c, bool) else str(c) for c in row] for row in rows]
+    numeric = [bool(rows) and all(isinstance(r[i], int) for r in rows) for i in range(len(headers))]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
+
+    print(line(headers), file=out)
+    for row in cells:
+        print(line(row), file=out)
+
+
+def format_admin(admin: dict[str, str]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in admin.items())
+
+
+def print_json(data: Any, out: TextIO | None = None) -> None:
+    print(json.dumps(data, indent=2, sort_keys=False), file=out or sys.stdout)
+
+
+# -- volumes ----------------------------------------------------------------------
+
+
+def select_volumes(store: Store, volume_id: str | None, service_type: str | None) -> list[tuple[str, str]]:
+    """``(service_type, volume_id)`` of the stored volumes that match the filters."""
+    types = [service_type] if service_type else list(SERVICE_TYPES)
+    selected = [(t, v) for t in types for v in store.volumes(t) if volume_id in (None, v)]
+    if not selected:
+        kind = f"{service_type} volume" if service_type else "volume"
+        what = f"{kind} {volume_id!r}" if volume_id else kind
+        raise CommandError(f"no {what} in the store {store.path!r}")
+    return selected
+
+
+def record_count(vol: Volume) -> int:
+    return vol.chunks.count() if vol.service_type == "rawx" else vol.meta2.count()
+
+
+def scan(vol: Volume) -> Iterator[list[dict[str, Any]]]:
+    """Every record of a volume, page by page, as the dicts ``put_batch`` accepts."""
+    marker = None
+    while True:
+        if vol.service_type == "meta2":
+            records, truncated = vol.meta2.fetch(marker=marker, limit=PAGE)
+            if records:
+                marker = records[-1]["container_url"]
+            yield records
+        else:
+            page, truncated, marker = vol.chunks.fetch(marker=marker, limit=PAGE)
+            yield [
+                {"container_id": cid, "content_id": content, "chunk_id": chunk,
+                 "mtime": mtime, "path": path, "version": version}
+                for cid, chunk, content, mtime, path, version in page
+            ]
+        if not truncated:
+            return
+
+
+def put(vol: Volume, records: list) -> None:
+    (vol.chunks if vol.service_type == "rawx" else vol.meta2).put_batch(records)
+
+
+# -- staging ----------------------------------------------------------------------
+
+
+class Staging:
+    """Volumes built in a private store under the target's root, moved in once complete.
+
+    An import writes every volume into ``<root>/.staging-XXXX/`` (invisible to
+    the store, on the same file system) and :meth:`publish` renames each
+    finished volume directory into place, so a failed or interrupted import
+    leaves the target store as it was: ``close()`` (or leaving the ``with``
+    block) removes whatever was staged. Imports only create volumes: a volume
+    that already exists in the target store is an error, found before writing.
+    """
+
+    def __init__(self, root: str) -> None:
+        os.makedirs(root, exist_ok=True)
+        self.root = root
+        self.path = tempfile.mkdtemp(prefix=".staging-", dir=root)
+        self.store = Store(self.path, sync=False)  # synced once, in publish()
+        self.staged: list[Volume] = []
+
+    def target(self, volume_id: str, service_type: str) -> str:
+        return os.path.join(self.root, service_type, volume_file_name(volume_id))
+
+    def check_absent(self, volume_id: str, service_type: str) -> None:
+        if os.path.exists(os.path.join(self.target(volume_id, service_type), "data.mdb")):
+            raise VolumeExists(
+                f"{service_type} volume {volume_id!r} already exists in {self.root!r}; "
+                "imports only create volumes (remove it first, or import into another store)"
+            )
+
+    def volume(self, volume_id: str, service_type: str) -> Volume:
+        self.check_absent(volume_id, service_type)
+        if self.store.exists(volume_id, service_type):
+            raise CommandError(f"{service_type} volume {volume_id!r} appears twice in the input")
+        vol = self.store.volume(volume_id, service_type, create=True)
+        self.staged.append(vol)
+        return vol
+
+    def publish(self) -> None:
+        """Flush the staged volumes and rename them into the store, all or none."""
+        for vol in self.staged:
+            vol.env.sync(True)
+        self.store.close()
+        moved: list[tuple[str, str]] = []
+        try:
+            for vol in self.staged:
+                self.check_absent(vol.volume_id, vol.service_type)
+                src = os.path.join(self.path, vol.service_type, volume_file_name(vol.volume_id))
+                dst = self.target(vol.volume_id, vol.service_type)
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                os.rename(src, dst)
+                moved.append((src, dst))
+        except BaseException:
+            for src, dst in reversed(moved):
+                os.rename(dst, src)
+            raise
+        for service_type in {vol.service_type for vol in self.staged}:
+            _fsync_dir(os.path.join(self.root, service_type))
+
+    def close(self) -> None:
+        self.store.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def __enter__(self) -> "Staging":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
