@@ -290,3 +290,18 @@ def test_connections_spread_over_workers(start_server):
     finally:
         for conn in conns:
             conn.close()
+
+
+def test_register_adds_the_serve_subcommand():
+    import argparse
+
+    from rdirdb.server import cli
+
+    parser = argparse.ArgumentParser(prog="rdirdb")
+    cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["serve", "--db-path", "/nonexistent/rdir"])
+    assert (args.bind, args.namespace, args.service_id, args.max_body_size) == (
+        "127.0.0.1:6300", "OPENIO", None, 32 << 20,
+    )
+    assert args.handler(args) == 1  # the directory does not exist
+    assert cli.add_parser is cli.register  # the name rdirdb.cli uses

@@ -7,8 +7,6 @@ import logging
 import os
 from typing import Sequence
 
-from rdirdb.server.serve import Settings, StartupError, parse_bind, serve
-
 
 def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add the ``serve`` subcommand; its ``handler(args)`` returns the exit code."""
@@ -67,6 +65,11 @@ def run(args: argparse.Namespace) -> int:
         force=True,
     )
     log = logging.getLogger("rdirdb.server")
+    try:  # imported here: `rdirdb` itself must work without the server extra
+        from rdirdb.server.serve import Settings, StartupError, parse_bind, serve
+    except ImportError as exc:
+        log.error("rdirdb serve needs the server extra (pip install 'rdirdb[server]'): %s", exc)
+        return 1
     try:
         host, port = parse_bind(args.bind)
         if args.workers < 1:
