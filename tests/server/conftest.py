@@ -27,7 +27,10 @@ def start_server(tmp_path):
 
     yield start
     for server in servers:
-        server.stop(signal.SIGKILL)
+        try:
+            server.stop(signal.SIGTERM, timeout=10)
+        except Exception:
+            server.stop(signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")

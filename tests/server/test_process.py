@@ -305,3 +305,25 @@ def test_register_adds_the_serve_subcommand():
     )
     assert args.handler is cli.run  # run in a subprocess by the other tests (it sets up logging)
     assert cli.add_parser is cli.register  # the name rdirdb.cli uses
+
+
+@pytest.mark.skipif(not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"), reason="no /proc")
+def test_workers_stop_when_the_master_is_killed(start_server):
+    srv = start_server(workers=2)
+    time.sleep(0.3)
+    workers = _children(srv.proc.pid)
+    assert len(workers) == 2
+    srv.proc.kill()
+    srv.proc.wait()
+
+    def alive(pid: int) -> bool:  # a zombie waiting for a reaper is not alive
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rpartition(")")[2].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while any(map(alive, workers)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(alive, workers))

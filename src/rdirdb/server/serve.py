@@ -183,6 +183,15 @@ async def _accept(sock: socket.socket, state: ServerState) -> None:
         await asyncio.sleep(min(ACCEPT_PAUSE * len(state.connections), MAX_ACCEPT_PAUSE))
 
 
+async def _stop_when_orphaned(stop: asyncio.Event) -> None:
+    """A worker whose master died (SIGKILL) shuts down instead of serving alone forever."""
+    master = os.getppid()
+    while os.getppid() == master:
+        await asyncio.sleep(1.0)
+    log.warning("worker %d: the master %d is gone, stopping", os.getpid(), master)
+    stop.set()
+
+
 async def _serve(sock: socket.socket, settings: Settings, opened: OpenedVolumes) -> None:
     loop = asyncio.get_running_loop()
     store = Store(settings.db_path, sync=settings.fsync)
@@ -204,7 +213,9 @@ async def _serve(sock: socket.socket, settings: Settings, opened: OpenedVolumes)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    orphan_watch = loop.create_task(_stop_when_orphaned(stop))
     await stop.wait()
+    orphan_watch.cancel()
 
     state.closing = True
     acceptor.cancel()
