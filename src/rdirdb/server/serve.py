@@ -145,7 +145,10 @@ class OpenedVolumes:
 
     def add(self, service_type: str, volume_id: str) -> None:
         name = os.path.join(self.run_dir, f"{service_type}-{volume_file_name(volume_id)}")
-        open(name, "a").close()
+        try:
+            open(name, "a").close()
+        except FileNotFoundError:  # the server is going away
+            pass
 
     def count(self) -> int:
         try:
@@ -183,12 +186,14 @@ async def _accept(sock: socket.socket, state: ServerState) -> None:
         await asyncio.sleep(min(ACCEPT_PAUSE * len(state.connections), MAX_ACCEPT_PAUSE))
 
 
-async def _stop_when_orphaned(stop: asyncio.Event) -> None:
-    """A worker whose master died (SIGKILL) shuts down instead of serving alone forever."""
+async def _stop_when_orphaned(stop: asyncio.Event, opened: OpenedVolumes) -> None:
+    """A worker whose master died (SIGKILL) shuts down instead of serving alone
+    forever, and removes the run directory the master could not."""
     master = os.getppid()
     while os.getppid() == master:
         await asyncio.sleep(1.0)
     log.warning("worker %d: the master %d is gone, stopping", os.getpid(), master)
+    shutil.rmtree(opened.run_dir, ignore_errors=True)
     stop.set()
 
 
@@ -213,7 +218,7 @@ async def _serve(sock: socket.socket, settings: Settings, opened: OpenedVolumes)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    orphan_watch = loop.create_task(_stop_when_orphaned(stop))
+    orphan_watch = loop.create_task(_stop_when_orphaned(stop, opened))
     await stop.wait()
     orphan_watch.cancel()
 
