@@ -199,11 +199,13 @@ def test_sigterm_loses_no_acknowledged_write(start_server):
     sock.sendall(b"POST /v1/rdir/push?vol=%s HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (vol.encode(), len(body), body[:10]))
     time.sleep(0.2)
     srv.proc.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
     time.sleep(0.3)
     sock.sendall(body[10:])
     answer = sock.recv(65536)
     sock.close()
     assert srv.wait_exit() == 0
+    assert time.monotonic() - signalled < 5  # no connection kept it waiting (the limit is 10 s)
     stop.set()
     for t in threads:
         t.join(10)

@@ -118,6 +118,8 @@ class HttpProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.deadline = time.monotonic() + self.state.keepalive_timeout
         self.state.add(self)
+        if self.state.closing:  # accepted while shutting down
+            self.shutdown()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state.connections.discard(self)

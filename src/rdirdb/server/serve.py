@@ -182,7 +182,8 @@ async def _accept(sock: socket.socket, state: ServerState) -> None:
             await asyncio.sleep(0.1)
             continue
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        await loop.connect_accepted_socket(lambda: HttpProtocol(state), conn)
+        # shielded: cancelled halfway (at shutdown), the transport was left unclosable
+        await asyncio.shield(loop.connect_accepted_socket(lambda: HttpProtocol(state), conn))
         await asyncio.sleep(min(ACCEPT_PAUSE * len(state.connections), MAX_ACCEPT_PAUSE))
 
 
@@ -225,10 +226,10 @@ async def _serve(sock: socket.socket, settings: Settings, opened: OpenedVolumes)
     state.closing = True
     acceptor.cancel()
     await asyncio.gather(acceptor, return_exceptions=True)
-    for conn in list(state.connections):
-        conn.shutdown()
     deadline = loop.time() + settings.shutdown_timeout
     while state.connections and loop.time() < deadline:
+        for conn in list(state.connections):  # again each time: a request may have ended
+            conn.shutdown()
         await asyncio.sleep(0.01)
     for conn in list(state.connections):  # stuck clients: their requests never completed
         if conn.transport is not None:
