@@ -108,6 +108,19 @@ cdef _closed(str what):
     raise errors.ClosedError(f"{what} is closed")
 
 
+# Below this much free space, a failed write is blamed on a full disk.
+DEF DISK_FULL_MARGIN = 1 << 20
+
+
+def _disk_full(path):
+    """Whether the file system of ``path`` has (almost) no room left."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < DISK_FULL_MARGIN
+
+
 # The longest a resize waits for this process's other transactions to end.
 DEF RESIZE_WAIT_SECONDS = 30
 
@@ -245,6 +258,10 @@ cdef class Environment:
             else:
                 mdb_txn_abort(txn)
             pthread_rwlock_unlock(&self._resize_lock)
+        if rc == EIO and _disk_full(self.path):
+            # liblmdb reports a short write as EIO: name the real cause.
+            raise errors.DiskFullError("mdb_txn_commit", ENOSPC,
+                                       f"no space left on the device of {self.path}")
         check(rc, b"mdb_txn_commit")
         return 0
 

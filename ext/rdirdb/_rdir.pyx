@@ -593,44 +593,47 @@ cdef struct ChunkValue:
     Py_ssize_t tail_n
 
 
+cdef inline const uint8_t *_get_field(const uint8_t *p, const uint8_t *end, const uint8_t **data,
+                                      Py_ssize_t *n) noexcept nogil:
+    """Read a varint length and that many bytes; NULL if they run past ``end``."""
+    cdef uint64_t size
+    if p == NULL:
+        return NULL
+    p = _get_varint(p, end, &size)
+    if p == NULL or size > <uint64_t>(end - p):
+        return NULL
+    data[0] = p
+    n[0] = <Py_ssize_t>size
+    return p + size
+
+
+cdef inline const uint8_t *_get_tail(const uint8_t *p, const uint8_t *end, uint8_t flags,
+                                     const uint8_t **tail, Py_ssize_t *n) noexcept nogil:
+    """The tail of a long key, when the value has one (flag V_KEY_TAIL)."""
+    tail[0] = NULL
+    n[0] = 0
+    if p == NULL or not flags & V_KEY_TAIL:
+        return p
+    return _get_field(p, end, tail, n)
+
+
 cdef bint _parse_chunk_value(const uint8_t *p, size_t size, ChunkValue *out) noexcept nogil:
     """Parse a stored chunk value; False when it is malformed."""
     cdef const uint8_t *end = p + size
-    cdef uint64_t n, v
+    cdef uint64_t v
     cdef uint8_t flags
     if size < 1:
         return False
     flags = p[0]
-    p += 1
-    p = _get_varint(p, end, &out.mtime)
+    p = _get_varint(p + 1, end, &out.mtime)
     if p == NULL:
         return False
     p = _get_varint(p, end, &v)
-    if p == NULL:
-        return False
     out.version = _unzigzag(v)
-    p = _get_varint(p, end, &n)
-    if p == NULL or n > <uint64_t>(end - p):
-        return False
     out.content_hex = (flags & V_CONTENT_HEX) != 0
-    out.content = p
-    out.content_n = <Py_ssize_t>n
-    p += n
-    p = _get_varint(p, end, &n)
-    if p == NULL or n > <uint64_t>(end - p):
-        return False
-    out.path = p
-    out.path_n = <Py_ssize_t>n
-    p += n
-    out.tail = NULL
-    out.tail_n = 0
-    if flags & V_KEY_TAIL:
-        p = _get_varint(p, end, &n)
-        if p == NULL or n > <uint64_t>(end - p):
-            return False
-        out.tail = p
-        out.tail_n = <Py_ssize_t>n
-    return True
+    p = _get_field(p, end, &out.content, &out.content_n)
+    p = _get_field(p, end, &out.path, &out.path_n)
+    return _get_tail(p, end, flags, &out.tail, &out.tail_n) != NULL
 
 
 cdef inline bint _value_mtime(const MDB_val *val, uint64_t *mtime) noexcept nogil:
@@ -767,12 +770,12 @@ cdef class _Reader:
         cdef MDB_cursor_op op
         self.env = env
         self.prefix_b = b""
-        if prefix:
+        if prefix is not None:
             self.prefix_b = _arg_text(prefix, "prefix")
             if len(self.prefix_b) > TEXT_PREFIX:
                 raise BadRequest(f"prefix is {len(self.prefix_b)} bytes long, the limit is {TEXT_PREFIX}")
-        if marker:
-            marker_b = _arg_text(marker, "marker")
+        if marker is not None:
+            marker_b = _arg_text(marker, "marker") or None  # an empty marker is no marker
         # Start at the later of the prefix (inclusive) and the marker (exclusive).
         start = self.prefix_b
         if marker_b is not None and _order_key(marker_b) >= start:
@@ -840,8 +843,6 @@ cdef class _Reader:
 
 
 cdef bytes _arg_text(object value, str name):
-    if isinstance(value, bytes):
-        return value
     if not isinstance(value, str):
         raise TypeError(f"{name} must be str, not {type(value).__name__}")
     try:
@@ -850,16 +851,19 @@ cdef bytes _arg_text(object value, str name):
         raise BadRequest(f"{name} is not valid UTF-8 text") from None
 
 
-cdef Py_ssize_t _collect(Scan *scan, Hit *hits, Py_ssize_t limit, uint64_t incident,
-                         Hit *prev, bint *truncated) noexcept nogil:
+cdef Py_ssize_t _collect(Scan *scan, Hit **hits, Py_ssize_t *cap, Py_ssize_t limit, uint64_t incident,
+                         Hit *prev, bint *truncated, bint *failed) noexcept nogil:
     """Collect up to ``limit`` matches; ``truncated`` if one more exists.
 
-    ``prev`` ends on the last key visited before the next match (the marker).
+    ``*hits`` grows with the matches found (a huge limit costs nothing on a
+    small volume); ``prev`` ends on the last key visited before the next match
+    (the marker).
     """
-    cdef Py_ssize_t count = 0
+    cdef Py_ssize_t count = 0, grown_cap
     cdef int i
     cdef Source *s
     cdef uint64_t mtime
+    cdef Hit *grown
     truncated[0] = False
     while True:
         i = _scan_current(scan)
@@ -876,10 +880,18 @@ cdef Py_ssize_t _collect(Scan *scan, Hit *hits, Py_ssize_t limit, uint64_t incid
         if count == limit:
             truncated[0] = True
             break
-        hits[count].key = s.key
-        hits[count].val = s.val
-        hits[count].canonical = s.canonical
-        prev[0] = hits[count]
+        if count == cap[0]:
+            grown_cap = min(cap[0] * 2 if cap[0] else 256, limit)
+            grown = <Hit *>realloc(hits[0], grown_cap * sizeof(Hit))
+            if grown == NULL:
+                failed[0] = True
+                break
+            hits[0] = grown
+            cap[0] = grown_cap
+        hits[0][count].key = s.key
+        hits[0][count].val = s.val
+        hits[0][count].canonical = s.canonical
+        prev[0] = hits[0][count]
         count += 1
         _src_next(scan, s)
     return count
@@ -919,10 +931,59 @@ cdef int _open_chunk_dbis(Environment env, MDB_dbi *dbis, bint *canonical) excep
     return 0
 
 
-cdef Py_ssize_t _check_limit(Py_ssize_t limit) except -1:
-    if limit < 1:
-        raise BadRequest(f"limit must be at least 1, not {limit}")
-    return limit
+DEF MAX_LIMIT_ARG = 0x7FFFFFFF
+
+
+cdef int64_t _int_arg(object value, str name, int64_t low, int64_t high) except? -1:
+    """An int argument within [low, high]: TypeError or BadRequest otherwise."""
+    cdef int64_t v = _int64(value, name, -1)
+    if not low <= v <= high:
+        raise BadRequest(f"{name} must be between {low} and {high}, not {v}")
+    return v
+
+
+cdef inline uint64_t _incident_arg(object incident) except? 0:
+    cdef int64_t v = _int64(incident, "incident", -1)
+    return <uint64_t>v if v > 0 else 0
+
+
+@cython.final
+cdef class _Page:
+    """The hits of one page, collected by a scan; they point into the map until close()."""
+    cdef _Reader reader
+    cdef Hit *hits
+    cdef Py_ssize_t count, cap
+    cdef Hit prev
+    cdef bint truncated
+
+    def __cinit__(self):
+        self.reader = _Reader()
+        self.hits = NULL
+        self.count = self.cap = 0
+        self.truncated = False
+
+    def __dealloc__(self):
+        free(self.hits)
+
+    cdef int collect(self, Environment env, MDB_dbi *dbis, bint *canonical, int nsrc,
+                     object prefix, object marker, object limit, object incident) except -1:
+        cdef Py_ssize_t lim = _int_arg(limit, "limit", 1, MAX_LIMIT_ARG)
+        cdef uint64_t inc = _incident_arg(incident)
+        cdef bint failed = False
+        self.reader.open(env, dbis, canonical, nsrc, prefix, marker)
+        with nogil:
+            self.count = _collect(&self.reader.scan, &self.hits, &self.cap, lim, inc, &self.prev,
+                                  &self.truncated, &failed)
+        self.reader.raise_error()
+        if failed:
+            raise MemoryError("no memory for the page's records")
+        return 0
+
+    cdef object next_marker(self, bint meta2):
+        return _key_text_of(&self.prev, meta2) if self.truncated else None
+
+    cdef int close(self) except -1:
+        return self.reader.close()
 
 
 # ===========================================================================
@@ -950,8 +1011,7 @@ cdef class ChunkIndex:
         cdef Py_ssize_t i, n
         if _is_ndarray(records):
             return _encode_chunk_array(records, key_only)
-        if not isinstance(records, (list, tuple)):
-            records = list(records)
+        records = _as_list(records)
         n = len(records)
         batch = _Batch(n)
         for i in range(n):
@@ -1007,8 +1067,7 @@ cdef class ChunkIndex:
         finally:
             self.env.end_raw(txn, False)
 
-    def fetch(self, *, prefix=None, marker=None, Py_ssize_t limit=1000, int64_t incident=0,
-              int fields=ALL_FIELDS):
+    def fetch(self, *, prefix=None, marker=None, limit=1000, incident=0, fields=ALL_FIELDS):
         """One page of records in listing order: ``(records, truncated, next_marker)``.
 
         ``marker`` (``cid|chunk``) is an exclusive start; ``prefix`` a text prefix of
@@ -1016,56 +1075,27 @@ cdef class ChunkIndex:
         A record is ``(container_id, chunk_id, content_id, mtime, path, version)``
         with None for the fields not asked for.
         """
-        cdef _Reader reader = _Reader()
-        cdef Hit *hits
-        cdef Hit prev
-        cdef bint truncated = False
-        cdef Py_ssize_t count, i
-        cdef uint64_t inc = <uint64_t>incident if incident > 0 else 0
-        _check_limit(limit)
-        hits = <Hit *>malloc(limit * sizeof(Hit))
-        if hits == NULL:
-            raise MemoryError()
+        cdef _Page page = _Page()
+        cdef _CidCache cache = _CidCache()
+        cdef int field_mask = _int_arg(fields, "fields", 0, ALL_FIELDS)
+        cdef Py_ssize_t i
         try:
-            reader.open(self.env, self.dbis, self.canonical, 2, prefix, marker)
-            with nogil:
-                count = _collect(&reader.scan, hits, limit, inc, &prev, &truncated)
-            reader.raise_error()
-            records = []
-            cache = _CidCache()
-            for i in range(count):
-                records.append(_chunk_record(&hits[i], fields, cache))
-            next_marker = _key_text_of(&prev, False) if truncated else None
-            return records, truncated, next_marker
+            page.collect(self.env, self.dbis, self.canonical, 2, prefix, marker, limit, incident)
+            records = [_chunk_record(&page.hits[i], field_mask, cache) for i in range(page.count)]
+            return records, page.truncated, page.next_marker(False)
         finally:
-            reader.close()
-            free(hits)
+            page.close()
 
-    def fetch_arrays(self, *, prefix=None, marker=None, Py_ssize_t limit=1000, int64_t incident=0):
+    def fetch_arrays(self, *, prefix=None, marker=None, limit=1000, incident=0):
         """Like :meth:`fetch`, as one numpy structured array (bytes fields)."""
-        cdef _Reader reader = _Reader()
-        cdef Hit *hits
-        cdef Hit prev
-        cdef bint truncated = False
-        cdef Py_ssize_t count
-        cdef uint64_t inc = <uint64_t>incident if incident > 0 else 0
-        _check_limit(limit)
-        hits = <Hit *>malloc(limit * sizeof(Hit))
-        if hits == NULL:
-            raise MemoryError()
+        cdef _Page page = _Page()
         try:
-            reader.open(self.env, self.dbis, self.canonical, 2, prefix, marker)
-            with nogil:
-                count = _collect(&reader.scan, hits, limit, inc, &prev, &truncated)
-            reader.raise_error()
-            array = _chunk_array(hits, count)
-            next_marker = _key_text_of(&prev, False) if truncated else None
-            return array, truncated, next_marker
+            page.collect(self.env, self.dbis, self.canonical, 2, prefix, marker, limit, incident)
+            return _chunk_array(page.hits, page.count), page.truncated, page.next_marker(False)
         finally:
-            reader.close()
-            free(hits)
+            page.close()
 
-    def status(self, *, prefix=None, marker=None, Py_ssize_t limit=1000, int64_t incident=0):
+    def status(self, *, prefix=None, marker=None, limit=1000, incident=0):
         """Counts of one page: ``(total, to_rebuild, {cid: (total, to_rebuild)},
         truncated, next_marker)``; a record is to rebuild when incident > 0 and
         its mtime <= incident. Counting makes no Python object per record."""
@@ -1075,13 +1105,13 @@ cdef class ChunkIndex:
         cdef Py_ssize_t i
         cdef Hit prev
         cdef bint truncated = False
-        cdef uint64_t inc = <uint64_t>incident if incident > 0 else 0
-        _check_limit(limit)
+        cdef Py_ssize_t lim = _int_arg(limit, "limit", 1, MAX_LIMIT_ARG)
+        cdef uint64_t inc = _incident_arg(incident)
         memset(&counts, 0, sizeof(Counts))
         try:
             reader.open(self.env, self.dbis, self.canonical, 2, prefix, marker)
             with nogil:
-                _count(&reader.scan, &counts, limit, inc, &prev, &truncated)
+                _count(&reader.scan, &counts, lim, inc, &prev, &truncated)
             reader.raise_error()
             if counts.failed:
                 raise MemoryError()
@@ -1102,7 +1132,7 @@ cdef class ChunkIndex:
         """How many chunk records the volume holds (from LMDB's page statistics)."""
         return self.env.stat("chunk_bin")["entries"] + self.env.stat("chunk_text")["entries"]
 
-    def clear(self, *, bint all=False, int64_t before=0, bint repair=False):
+    def clear(self, *, bint all=False, before=0, bint repair=False):
         """Remove records and/or rewrite them in the current encoding, in one transaction.
 
         ``all`` removes every record; ``before`` > 0 removes those with
@@ -1110,7 +1140,7 @@ cdef class ChunkIndex:
         value cannot be parsed counts as an error and is left as is).
         Returns ``(removed, repaired, errors)``.
         """
-        cdef uint64_t cutoff = <uint64_t>before if before > 0 else 0
+        cdef uint64_t cutoff = _incident_arg(before)
         cdef uint8_t *buf
         if not (all or cutoff or repair):
             return 0, 0, 0
@@ -1354,6 +1384,13 @@ cdef void _count(Scan *scan, Counts *counts, Py_ssize_t limit, uint64_t incident
 
 # -- input decoding ------------------------------------------------------------
 
+cdef list _as_list(object records):
+    """A batch as a list; text is refused (iterating it would give characters)."""
+    if isinstance(records, (str, bytes, dict)):
+        raise TypeError(f"a batch must be a list of records, not {type(records).__name__}")
+    return records if isinstance(records, list) else list(records)
+
+
 cdef bint _is_ndarray(object obj):
     return type(obj).__name__ == "ndarray" and hasattr(obj, "dtype")
 
@@ -1548,39 +1585,18 @@ cdef struct Meta2Value:
 
 
 cdef bint _parse_meta2_value(const uint8_t *p, size_t size, Meta2Value *out) noexcept nogil:
+    """Parse a stored meta2 value; False when it is malformed."""
     cdef const uint8_t *end = p + size
-    cdef uint64_t n
     cdef uint8_t flags
     if size < 1:
         return False
     flags = p[0]
-    p += 1
-    p = _get_varint(p, end, &out.mtime)
-    if p == NULL:
-        return False
-    p = _get_varint(p, end, &n)
-    if p == NULL or n > <uint64_t>(end - p):
-        return False
+    p = _get_varint(p + 1, end, &out.mtime)
     out.cid_hex = (flags & M_CID_HEX) != 0
-    out.cid = p
-    out.cid_n = <Py_ssize_t>n
-    p += n
     out.extra_null = (flags & M_EXTRA_NULL) != 0
-    p = _get_varint(p, end, &n)
-    if p == NULL or n > <uint64_t>(end - p):
-        return False
-    out.extra = p
-    out.extra_n = <Py_ssize_t>n
-    p += n
-    out.tail = NULL
-    out.tail_n = 0
-    if flags & V_KEY_TAIL:
-        p = _get_varint(p, end, &n)
-        if p == NULL or n > <uint64_t>(end - p):
-            return False
-        out.tail = p
-        out.tail_n = <Py_ssize_t>n
-    return True
+    p = _get_field(p, end, &out.cid, &out.cid_n)
+    p = _get_field(p, end, &out.extra, &out.extra_n)
+    return _get_tail(p, end, flags, &out.tail, &out.tail_n) != NULL
 
 
 @cython.final
@@ -1599,7 +1615,7 @@ cdef class Meta2Index:
     cdef _Batch _encode(self, object records, bint key_only):
         cdef _Batch batch
         cdef Py_ssize_t i, n
-        records = list(records)
+        records = _as_list(records)
         n = len(records)
         batch = _Batch(n)
         for i in range(n):
@@ -1624,27 +1640,16 @@ cdef class Meta2Index:
             _write_batch(self.env, self.dbis, batch, True, &deleted)
         return deleted
 
-    def fetch(self, *, prefix=None, marker=None, Py_ssize_t limit=1000):
+    def fetch(self, *, prefix=None, marker=None, limit=1000):
         """One page of records in url order: ``(records, truncated)``; ``truncated``
         is true only when one more record exists; ``marker`` is exclusive."""
-        cdef _Reader reader = _Reader()
-        cdef Hit *hits
-        cdef Hit prev
-        cdef bint truncated = False
-        cdef Py_ssize_t count, i
-        _check_limit(limit)
-        hits = <Hit *>malloc(limit * sizeof(Hit))
-        if hits == NULL:
-            raise MemoryError()
+        cdef _Page page = _Page()
+        cdef Py_ssize_t i
         try:
-            reader.open(self.env, self.dbis, self.canonical, 1, prefix, marker)
-            with nogil:
-                count = _collect(&reader.scan, hits, limit, 0, &prev, &truncated)
-            reader.raise_error()
-            return [_meta2_record(&hits[i]) for i in range(count)], truncated
+            page.collect(self.env, self.dbis, self.canonical, 1, prefix, marker, limit, 0)
+            return [_meta2_record(&page.hits[i]) for i in range(page.count)], page.truncated
         finally:
-            reader.close()
-            free(hits)
+            page.close()
 
     def count(self, prefix=None):
         """How many records (whose url starts with ``prefix``)."""
@@ -1694,6 +1699,8 @@ cdef int _add_meta2(_Batch batch, object rec, Py_ssize_t i, bint key_only) excep
             extra = _utf8(rec["extra_data"], &extra_n, "extra_data", i)
             _check_text(extra, extra_n, C_MAX_EXTRA_DATA, "extra_data", i)
     _check_text(url, url_n, C_MAX_CONTAINER_URL, "container_url", i)
+    if url_n == 0:
+        raise BadRequest(f"{_where(i)}container_url is empty")
     e = batch.add(0, i)
     if url_n <= TEXT_PREFIX:
         e.koff = batch.used

@@ -19,7 +19,7 @@ from urllib.parse import quote, unquote
 
 from rdirdb._lmdb import Environment
 from rdirdb._rdir import CHUNK_DATABASES, META2_DATABASES, ChunkIndex, Meta2Index
-from rdirdb.errors import BadRequest, ClosedError, Forbidden, NotFound
+from rdirdb.errors import BadRequest, ClosedError, Forbidden, LmdbFileNotFoundError, NotFound
 
 SERVICE_TYPES = ("rawx", "meta2")
 DEFAULT_MAP_SIZE = 64 << 20  # grows on its own; only the address space is reserved
@@ -51,6 +51,12 @@ def volume_id_from_file_name(name: str) -> str:
     return unquote(name)
 
 
+def _admin_key(key: str) -> bytes:
+    if not isinstance(key, str):
+        raise TypeError(f"admin key must be str, not {type(key).__name__}")
+    return key.encode()
+
+
 def _check_service_type(service_type: str) -> None:
     if service_type not in SERVICE_TYPES:
         raise BadRequest(f"unknown service type {service_type!r} (expected one of {SERVICE_TYPES})")
@@ -77,16 +83,18 @@ class Volume:
 
     def admin_get(self, key: str) -> str | None:
         with self.env.begin() as txn:
-            value = txn.get(key.encode(), db=ADMIN_DB)
+            value = txn.get(_admin_key(key), db=ADMIN_DB)
         return None if value is None else value.decode("utf-8", "replace")
 
     def admin_set(self, key: str, value: str) -> None:
+        if not isinstance(value, str):
+            raise TypeError(f"admin value must be str, not {type(value).__name__}")
         with self.env.begin(write=True) as txn:
-            txn.put(key.encode(), value.encode(), db=ADMIN_DB)
+            txn.put(_admin_key(key), value.encode(), db=ADMIN_DB)
 
     def admin_delete(self, key: str) -> None:
         with self.env.begin(write=True) as txn:
-            txn.delete(key.encode(), db=ADMIN_DB)
+            txn.delete(_admin_key(key), db=ADMIN_DB)
 
     @property
     def incident(self) -> int:
@@ -167,13 +175,17 @@ class Store:
                 if self.readonly:
                     raise BadRequest(f"cannot create volume {volume_id!r}: the store is read-only")
             databases = CHUNK_DATABASES if service_type == "rawx" else META2_DATABASES
-            env = Environment(
-                path,
-                databases=databases,
-                map_size=self.map_size,
-                sync=self.sync,
-                readonly=self.readonly,
-            )
+            try:
+                env = Environment(
+                    path,
+                    databases=databases,
+                    map_size=self.map_size,
+                    sync=self.sync,
+                    readonly=self.readonly,
+                )
+            except LmdbFileNotFoundError:
+                # Read-only, while its creator has not yet made its databases.
+                raise NotFound(f"DB not found: {service_type} volume {volume_id!r}") from None
             vol = Volume(volume_id, service_type, env)
             self._volumes[key] = vol
             return vol

@@ -1,0 +1,154 @@
+"""The embedded rdir backend: each request served from the LMDB store, in process."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from rdirdb.client import ChunkEntry, RdirBackend, listing_limit
+from rdirdb.store import INCIDENT_KEY, Store, Volume
+
+CLEAR_LOCK_OWNER = "admin_clear"
+
+
+class EmbeddedBackend(RdirBackend):
+    """Serves every volume from a :class:`rdirdb.store.Store` under ``path``."""
+
+    def __init__(self, path: str | os.PathLike[str], **store_options: Any) -> None:
+        self.store = Store(path, **store_options)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def _rawx(self, volume: str, create: bool = False) -> Volume:
+        return self.store.volume(volume, "rawx", create=create)
+
+    def _meta2(self, volume: str, create: bool = False) -> Volume:
+        return self.store.volume(volume, "meta2", create=create)
+
+    def _incident(self, vol: Volume, rebuild: bool) -> int | None:
+        """The incident filter of a listing; None when a rebuild listing is empty."""
+        if not rebuild:
+            return 0
+        incident = vol.incident
+        return incident if incident > 0 else None
+
+    def create(self, volume: str, service_type: str) -> None:
+        self.store.volume(volume, service_type, create=True)
+
+    # -- chunks -------------------------------------------------------------
+
+    def chunk_push(self, volume: str, records: Any, *, create: bool) -> None:
+        self._rawx(volume, create).chunks.put_batch(records)
+
+    def chunk_delete(self, volume: str, keys: Any) -> None:
+        self._rawx(volume).chunks.delete_batch(keys)
+
+    def chunk_page(
+        self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None, rebuild: bool
+    ) -> tuple[Iterable[ChunkEntry], bool, str | None]:
+        vol = self._rawx(volume)
+        incident = self._incident(vol, rebuild)
+        if incident is None:
+            return [], False, None
+        records, truncated, marker = vol.chunks.fetch(
+            prefix=prefix, marker=marker, limit=listing_limit(limit), incident=incident
+        )
+        # A generator rather than a list: each entry can die as soon as the caller
+        # is done with it, which spares the garbage collector a page of survivors.
+        page = (
+            (cid, chunk, {"content_id": content, "mtime": mtime, "path": path, "version": version})
+            for cid, chunk, content, mtime, path, version in records
+        )
+        return page, truncated, marker
+
+    def chunk_array_page(
+        self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None, rebuild: bool
+    ) -> tuple[np.ndarray, bool, str | None]:
+        vol = self._rawx(volume)
+        incident = self._incident(vol, rebuild)
+        if incident is None:
+            array, _, _ = vol.chunks.fetch_arrays(limit=1)  # for its dtype
+            return array[:0], False, None
+        return vol.chunks.fetch_arrays(
+            prefix=prefix, marker=marker, limit=listing_limit(limit), incident=incident
+        )
+
+    def status_page(
+        self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None
+    ) -> tuple[dict[str, Any], bool, str | None]:
+        vol = self._rawx(volume)
+        incident = vol.incident
+        total, to_rebuild, containers, truncated, marker = vol.chunks.status(
+            prefix=prefix, marker=marker, limit=listing_limit(limit), incident=incident
+        )
+        body: dict[str, Any] = {"chunk": {"total": total}, "container": {}}
+        for cid, (count, count_to_rebuild) in containers.items():
+            body["container"][cid] = {"total": count}
+            if count_to_rebuild:
+                body["container"][cid]["to_rebuild"] = count_to_rebuild
+        if incident > 0:
+            body["chunk"]["to_rebuild"] = to_rebuild
+            body["rebuild"] = {"incident_date": incident}
+        return body, truncated, marker
+
+    # -- admin --------------------------------------------------------------
+
+    def incident_set(self, volume: str, date: int, *, create: bool) -> None:
+        self._rawx(volume, create).admin_set(INCIDENT_KEY, str(date))
+
+    def incident_get(self, volume: str) -> int:
+        return self._rawx(volume).incident
+
+    def lock(self, volume: str, who: str, *, create: bool) -> None:
+        self._rawx(volume, create).lock(who)
+
+    def unlock(self, volume: str) -> None:
+        self._rawx(volume).unlock()
+
+    def show(self, volume: str) -> dict[str, str]:
+        return self._rawx(volume).admin_show()
+
+    def clear(self, volume: str, *, all: bool, before_incident: bool, repair: bool) -> dict[str, int]:
+        vol = self._rawx(volume)
+        vol.lock(CLEAR_LOCK_OWNER)  # atomic check-and-set: Forbidden if someone else holds it
+        try:
+            before = vol.incident if before_incident else 0
+            removed, repaired, errors = vol.chunks.clear(all=all, before=before, repair=repair)
+            vol.admin_delete(INCIDENT_KEY)
+        finally:
+            # As the reference: a clear always ends with the volume unlocked.
+            vol.unlock()
+        return {"removed": removed, "repaired": repaired, "errors": errors}
+
+    # -- meta2 --------------------------------------------------------------
+
+    def meta2_push(self, volume: str, records: list[dict[str, Any]]) -> None:
+        # meta2 pushes create the volume, as the reference server does by default.
+        self._meta2(volume, create=True).meta2.put_batch(records)
+
+    def meta2_delete(self, volume: str, records: list[dict[str, Any]]) -> None:
+        self._meta2(volume).meta2.delete_batch([r["container_url"] for r in records])
+
+    def meta2_page(
+        self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None
+    ) -> dict[str, Any]:
+        records, truncated = self._meta2(volume).meta2.fetch(
+            prefix=prefix, marker=marker, limit=listing_limit(limit)
+        )
+        return {"records": records, "truncated": truncated}
+
+    def container_path(self, volume: str, container_id: str) -> str | None:
+        index = self._meta2(volume).meta2
+        marker = None
+        while True:
+            records, truncated = index.fetch(marker=marker, limit=listing_limit(None))
+            for record in records:
+                if record["container_id"] == container_id:
+                    return record["container_url"]
+            if not truncated:
+                return None
+            marker = records[-1]["container_url"]
