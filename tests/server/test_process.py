@@ -329,3 +329,33 @@ def test_workers_stop_when_the_master_is_killed(start_server):
     while any(map(alive, workers)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(map(alive, workers))
+
+
+def test_workers_write_one_volume_concurrently_past_map_growth(start_server):
+    """Two workers, four writers, one volume grown well past its first 64 MiB map."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    srv = start_server(workers=2)
+    vol = new_volume()
+    assert srv.request("POST", "/v1/rdir/create", {"vol": vol}).status == 201
+    path = "p" * 200  # bigger records: fewer of them fill the map
+
+    def push(batch: int) -> int:
+        recs = [
+            {"container_id": "%064X" % (batch * 7 + i % 7), "content_id": "C", "chunk_id": "%064X" % (batch * 10**6 + i),
+             "mtime": 1, "path": path, "version": 1}
+            for i in range(4000)
+        ]
+        return srv.request("POST", "/v1/rdir/push", {"vol": vol}, recs).status
+
+    with ThreadPoolExecutor(4) as pool:
+        statuses = list(pool.map(push, range(40)))
+    assert statuses == [204] * 40
+    count, params = 0, {"vol": vol, "max": 10000}
+    while True:
+        reply = srv.request("GET", "/v1/rdir/status", params)
+        count += reply.json["chunk"]["total"]
+        if reply.headers["x-oio-list-truncated"] != "true":
+            break
+        params["marker"] = reply.headers["x-oio-list-marker"]
+    assert count == 160000
