@@ -1,0 +1,3 @@
+from rdirdb.server.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,542 @@
+"""The rdir wire protocol, independent of the HTTP stack.
+
+``RdirApp.handle(method, path, query, body, req_id)`` returns a ``Response``;
+the HTTP layer (``rdirdb.server.http``) only parses bytes and writes them back.
+Route table, parameter parsing, validation and error bodies follow the OpenIO
+rdir server (docs/server.md lists where we deliberately differ).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from typing import Any, Callable, NamedTuple
+from urllib.parse import unquote_plus
+
+import orjson
+
+from rdirdb import errors
+from rdirdb.store import INCIDENT_KEY, LOCK_KEY, Store, Volume, volume_file_name
+
+log = logging.getLogger("rdirdb.server")
+
+DEFAULT_LIMIT = 1000
+MAX_LIMIT = 10000
+CLEAR_LOCK_OWNER = "admin_clear"
+JSON = "application/json"
+TEXT = "text/plain"
+
+_TRUE = frozenset(("yes", "true", "on", "enable", "enabled", "1", "yeah"))
+_FALSE = frozenset(("no", "false", "off", "disable", "disabled", "0", "nope"))
+_LEADING_INT = re.compile(r"\s*[+-]?\d+")
+
+
+class Response(NamedTuple):
+    status: int
+    body: bytes = b""
+    content_type: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+NO_CONTENT = Response(204)
+CREATED = Response(201)
+
+
+class HttpError(Exception):
+    """An error reply: HTTP ``status``, and ``code`` for the body's "status" field.
+
+    They differ only where the reference does it (unknown route, bad method).
+    """
+
+    def __init__(self, status: int, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = status if code is None else code
+
+
+def bad_request(message: str) -> HttpError:
+    return HttpError(400, message)
+
+
+def json_response(obj: Any, status: int = 200, headers: tuple = ()) -> Response:
+    return Response(status, orjson.dumps(obj), JSON, headers)
+
+
+def error_response(exc: HttpError) -> Response:
+    headers = (("Retry-After", "1"),) if exc.status == 503 else ()
+    return json_response({"status": exc.code, "message": exc.message}, exc.status, headers)
+
+
+# -- query string and body fields ---------------------------------------------
+
+
+def parse_query(query: str) -> dict[str, str]:
+    """Query parameters: the first ``name=value`` wins, a bare ``name`` is absent.
+
+    Each ``&``-separated token is unescaped whole (``+`` is a space) before it is
+    split at its first ``=``, as the reference does.
+    """
+    params: dict[str, str] = {}
+    for token in query.split("&"):
+        if "%" in token or "+" in token:  # like the reference: unescape, then split
+            token = unquote_plus(token)
+        name, sep, value = token.partition("=")
+        if sep:
+            params.setdefault(name, value)
+    return params
+
+
+def parse_bool(value: str | None, default: bool = False) -> bool:
+    if value is None:
+        return default
+    value = value.lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    return default
+
+
+def parse_limit(value: Any) -> int:
+    """A listing limit: a non-positive or unparsable one means the default (like strtoll)."""
+    if isinstance(value, str):
+        match = _LEADING_INT.match(value)
+        value = int(match.group()) if match else 0
+    if value is None or value <= 0:
+        return DEFAULT_LIMIT
+    return min(value, MAX_LIMIT)
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int  # JSON true/false are bools, which must not pass as ints
+
+
+_TYPES: dict[type, Callable[[Any], bool]] = {
+    str: lambda v: type(v) is str,
+    int: _is_int,
+    bool: lambda v: type(v) is bool,
+}
+
+
+def field(obj: Any, name: str, kind: type, *, mandatory: bool = True) -> Any:
+    """One typed field of a JSON object; absent or null is "missing"."""
+    if type(obj) is not dict:
+        raise bad_request("Not an object")
+    value = obj.get(name)
+    if value is None:
+        if mandatory:
+            raise bad_request(f"Missing field [{name}]")
+        return None
+    if not _TYPES[kind](value):
+        raise bad_request(f"Invalid type for field [{name}]")
+    return value
+
+
+def records_of(body: Any) -> list:
+    """The records of a push/delete body: an object is a batch of one."""
+    if body is None:
+        raise bad_request("null body")
+    if type(body) is dict:
+        return [body]
+    if type(body) is list:
+        return body
+    raise bad_request("Body must be a JSON array or object")
+
+
+@functools.lru_cache(maxsize=4096)  # only valid ids are cached: a rejection raises
+def check_volume_id(vol: str | None, what: str = "volume") -> str:
+    """The volume id of the query: present, non-empty and safe (400 otherwise)."""
+    if vol is None or not vol:
+        raise bad_request(f"no {what} id")
+    if vol in (".", "..") or "/" in vol or any(ord(c) < 0x20 or c == "\x7f" for c in vol):
+        raise bad_request(f"invalid {what} id {vol!r}")
+    try:
+        volume_file_name(vol)
+    except errors.BadRequest as exc:
+        raise bad_request(exc.message) from None
+    return vol
+
+
+def _chunk_record(obj: Any) -> tuple[str, str, str, int, str, int]:
+    """(container_id, content_id, chunk_id, mtime, path, version): put_batch's tuple."""
+    if type(obj) is dict:  # the fast path (a batch push is 1,000 of these)
+        try:
+            cid, content, chunk = obj["container_id"], obj["content_id"], obj["chunk_id"]
+            mtime, path, version = obj["mtime"], obj["path"], obj["version"]
+        except KeyError:
+            pass
+        else:
+            if (
+                type(cid) is str and type(content) is str and type(chunk) is str
+                and type(mtime) is int and type(path) is str and type(version) is int
+                and _header_safe(cid) and _header_safe(chunk)
+            ):
+                return cid, content, chunk, max(mtime, 0), path, version
+    # the slow path finds the reference's error message
+    return (
+        _key_part(obj, "container_id"),
+        field(obj, "content_id", str),
+        _key_part(obj, "chunk_id"),
+        max(field(obj, "mtime", int), 0),  # mtime <= 0 means "none", read back as 0
+        field(obj, "path", str),
+        field(obj, "version", int),
+    )
+
+
+def _header_safe(text: str) -> bool:
+    return "\n" not in text and "\r" not in text
+
+
+def _key_part(obj: Any, name: str) -> str:
+    """A container or chunk id: it may come back in the x-oio-list-marker header."""
+    value = field(obj, name, str)
+    if not _header_safe(value):
+        raise bad_request(f"Invalid value for field [{name}]: line breaks are not allowed")
+    return value
+
+
+def _chunk_key(obj: Any) -> tuple[str, str]:
+    key = (field(obj, "container_id", str), field(obj, "chunk_id", str))
+    for name, kind in (("content_id", str), ("mtime", int), ("path", str), ("version", int)):
+        field(obj, name, kind, mandatory=False)  # optional, but type-checked when present
+    return key
+
+
+def _meta2_record(obj: Any) -> dict[str, Any]:
+    return {
+        "container_id": field(obj, "container_id", str),
+        "container_url": field(obj, "container_url", str),
+        "mtime": field(obj, "mtime", int, mandatory=False) or 0,
+        "extra_data": field(obj, "extra_data", str, mandatory=False),
+    }
+
+
+def _meta2_url(obj: Any) -> str:
+    field(obj, "container_id", str)
+    return field(obj, "container_url", str)
+
+
+def _listing_headers(truncated: bool, marker: str | None) -> tuple[tuple[str, str], ...]:
+    if truncated and marker is not None:
+        return (("x-oio-list-truncated", "true"), ("x-oio-list-marker", marker))
+    return (("x-oio-list-truncated", "false"),)
+
+
+def meta2_volume_name(volume_id: str) -> str:
+    """How /status names a meta2 volume: the first ':' becomes '-' (ip-port)."""
+    return volume_id.replace(":", "-", 1)
+
+
+# -- the application ------------------------------------------------------------
+
+
+class Request(NamedTuple):
+    method: str
+    query: dict[str, str]
+    body: Any  # the decoded JSON body, None when empty or null
+
+
+class RdirApp:
+    """Every route of the rdir server over one ``Store``.
+
+    ``on_open(service_type, volume_id)`` is called when this process opens a
+    volume for the first time (the server counts open volumes across workers).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        namespace: str = "OPENIO",
+        service_id: str | None = None,
+        config: dict[str, Any] | None = None,
+        opened_count: Callable[[], int] | None = None,
+        on_open: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.namespace = namespace
+        self.service_id = service_id
+        self.config = config or {}
+        self._opened_count = opened_count or (lambda: store.opened_count)
+        self._on_open = on_open
+        get, post, delete = "GET", "POST", "DELETE"
+        # path -> {method: handler}; everything else is 404 / 405.
+        self.routes: dict[str, dict[str, Callable[[Request], Response]]] = {
+            "/info": {get: self.info},
+            "/status": {get: self.status},
+            "/config": {get: self.show_config},
+            "/v1/status": {get: self.admin_show},
+            "/v1/rdir/admin/show": {get: self.admin_show},
+            "/v1/rdir/admin/lock": {post: self.admin_lock},
+            "/v1/rdir/admin/unlock": {post: self.admin_unlock},
+            "/v1/rdir/admin/incident": {get: self.incident_get, post: self.incident_set},
+            "/v1/rdir/admin/clear": {post: self.admin_clear},
+            "/v1/rdir/create": {post: self.create},
+            "/v1/rdir/push": {post: self.push},
+            "/v1/rdir/delete": {delete: self.delete},
+            "/v1/rdir/fetch": {get: self.fetch, post: self.fetch},
+            "/v1/rdir/status": {get: self.vol_status, post: self.vol_status},
+            "/v1/rdir/meta2/count": {get: self.meta2_count},
+            "/v1/rdir/meta2/create": {post: self.meta2_create},
+            "/v1/rdir/meta2/push": {post: self.meta2_push},
+            "/v1/rdir/meta2/delete": {post: self.meta2_delete},
+            "/v1/rdir/meta2/fetch": {get: self.meta2_fetch, post: self.meta2_fetch},
+        }
+
+    def handle(self, method: str, path: str, query: str, body: bytes) -> Response:
+        """Answer one request; never raises."""
+        try:
+            methods = self.routes.get(path)
+            if methods is None:
+                raise HttpError(404, "Route not managed", code=400)
+            # Like the reference: the body must be valid JSON whatever the method.
+            try:
+                payload = orjson.loads(body) if body else None
+            except orjson.JSONDecodeError:
+                raise bad_request("Invalid JSON") from None
+            handler = methods.get(method)
+            if handler is None:
+                raise HttpError(405, "Bad method", code=400)
+            return handler(Request(method, parse_query(query), payload))
+        except HttpError as exc:
+            return error_response(exc)
+        except errors.ClientException as exc:
+            return error_response(HttpError(exc.http_status, exc.message))
+        except (ValueError, TypeError, errors.BadValSizeError) as exc:  # the engine's verdict
+            return error_response(bad_request(str(exc)))
+        except (errors.ReadersFullError, errors.LmdbBusyError) as exc:
+            log.warning("busy: %s", exc)
+            return error_response(HttpError(503, str(exc)))
+        except Exception as exc:  # a bug or a storage failure, never the client's
+            log.exception("%s %s failed", method, path)
+            return error_response(HttpError(500, f"Backend error: {exc}"))
+
+    # -- volumes --
+
+    def _volume(self, req: Request, service_type: str = "rawx", *, create: bool = False) -> Volume:
+        """The volume of the query's ``vol`` (400 if bad, 404 if absent and not ``create``)."""
+        what = "volume" if service_type == "rawx" else "meta2"
+        return self._open(check_volume_id(req.query.get("vol"), what), service_type, create)
+
+    def _open(self, vol: str, service_type: str, create: bool = False) -> Volume:
+        before = self.store.opened_count
+        volume = self.store.volume(vol, service_type, create=create)
+        if self._on_open is not None and self.store.opened_count != before:
+            self._on_open(service_type, vol)
+        return volume
+
+    # -- service --
+
+    def info(self, req: Request) -> Response:
+        text = f"namespace {self.namespace}\npath {self.store.path}\n"
+        if self.service_id:
+            text += f"service_id {self.service_id}\n"
+        return Response(200, text.encode(), TEXT)
+
+    def show_config(self, req: Request) -> Response:
+        return json_response(self.config)
+
+    def status(self, req: Request) -> Response:
+        fmt = req.query.get("format") or "json"
+        if fmt not in ("json", "prometheus"):
+            raise bad_request(f"Unknown format: {fmt}")
+        rawx = self.store.volumes("rawx")
+        meta2 = self.store.volumes("meta2")
+        if fmt == "json":
+            body: dict[str, Any] = {"opened_db_count": self._opened_count()}
+            if self.service_id:
+                body["service_id"] = self.service_id
+            body["meta2_volumes"] = [meta2_volume_name(v) for v in meta2]
+            body["rawx_volumes"] = rawx
+            return json_response(body)
+        labels = f'namespace="{self.namespace}", service_id="{self.service_id or ""}"'
+        lines = [
+            f"rdir_opened_db{{{labels}}} {self._opened_count()}",
+            f'rdir_db_count{{{labels}, type="meta2"}} {len(meta2)}',
+            f'rdir_db_count{{{labels}, type="rawx"}} {len(rawx)}',
+        ]
+        if parse_bool(req.query.get("details")):
+            for vol in meta2:
+                try:
+                    count = self._open(vol, "meta2").meta2.count()
+                except Exception as exc:  # a broken volume must not hide the others
+                    log.warning("cannot count meta2 volume %r: %s", vol, exc)
+                    continue
+                lines.append(
+                    f'meta2_db_count{{namespace="{self.namespace}", '
+                    f'rdir_service_id="{self.service_id or ""}", '
+                    f'service_id="{meta2_volume_name(vol)}"}} {count}'
+                )
+        return Response(200, ("\n".join(lines) + "\n").encode(), TEXT)
+
+    # -- admin (rawx volumes) --
+
+    def admin_show(self, req: Request) -> Response:
+        return json_response(self._volume(req).admin_show())
+
+    def admin_lock(self, req: Request) -> Response:
+        who = field(req.body, "who", str)  # the body is checked before the volume
+        volume = self._volume(req, create=parse_bool(req.query.get("create")))
+        volume.lock(who)
+        return NO_CONTENT
+
+    def admin_unlock(self, req: Request) -> Response:
+        self._volume(req).unlock()
+        return NO_CONTENT
+
+    def incident_get(self, req: Request) -> Response:
+        return json_response({"date": self._volume(req).incident})
+
+    def incident_set(self, req: Request) -> Response:
+        date = field(req.body, "date", int)
+        volume = self._volume(req, create=parse_bool(req.query.get("create")))
+        volume.admin_set(INCIDENT_KEY, str(date))
+        volume.env.sync()  # the reference's only synchronous write
+        return NO_CONTENT
+
+    def admin_clear(self, req: Request) -> Response:
+        volume = self._volume(req)
+        q = req.query
+        # Take the lock atomically (403 if someone else holds it); release it
+        # afterwards only if we took it, so a clear never drops a lock it found.
+        held_before = volume.admin_get(LOCK_KEY) == CLEAR_LOCK_OWNER
+        volume.lock(CLEAR_LOCK_OWNER)
+        try:
+            before = volume.incident if parse_bool(q.get("before_incident")) else 0
+            removed, repaired, failed = volume.chunks.clear(
+                all=parse_bool(q.get("all")), before=before, repair=parse_bool(q.get("repair"))
+            )
+            volume.admin_delete(INCIDENT_KEY)  # every clear erases the incident
+        finally:
+            if not held_before:
+                volume.unlock()
+        return json_response({"removed": removed, "repaired": repaired, "errors": failed})
+
+    # -- chunks --
+
+    def create(self, req: Request) -> Response:
+        self._volume(req, create=True)
+        return CREATED
+
+    def push(self, req: Request) -> Response:
+        check_volume_id(req.query.get("vol"))
+        records = [_chunk_record(r) for r in records_of(req.body)]  # validate before opening
+        volume = self._volume(req, create=parse_bool(req.query.get("create")))
+        if records:
+            volume.chunks.put_batch(records)
+        return NO_CONTENT
+
+    def delete(self, req: Request) -> Response:
+        check_volume_id(req.query.get("vol"))
+        keys = [_chunk_key(r) for r in records_of(req.body)]
+        volume = self._volume(req)
+        if keys:
+            volume.chunks.delete_batch(keys)
+        return NO_CONTENT
+
+    def _listing(self, req: Request, legacy_body: bool) -> tuple[Volume, dict[str, Any], bool]:
+        """The volume, the scan parameters and ``rebuild`` (query first, then legacy body)."""
+        check_volume_id(req.query.get("vol"))
+        body = req.body if legacy_body else None
+        if body is not None and type(body) is not dict:
+            raise bad_request("null body")
+        body = body or {}
+        q = req.query
+        marker = q.get("marker")
+        if marker is None:
+            marker = field(body, "start_after", str, mandatory=False)
+        prefix = q.get("prefix")
+        if prefix is None:
+            prefix = field(body, "container_id", str, mandatory=False)
+        limit = q.get("max", q.get("limit"))
+        if limit is None:
+            limit = field(body, "limit", int, mandatory=False)
+        rebuild = q.get("rebuild")
+        rebuild = parse_bool(rebuild) if rebuild is not None else bool(
+            field(body, "rebuild", bool, mandatory=False)
+        )
+        volume = self._volume(req)
+        # An empty marker or prefix means none (the reference skipped the first record).
+        params = {"prefix": prefix or None, "marker": marker or None, "limit": parse_limit(limit)}
+        return volume, params, rebuild
+
+    def fetch(self, req: Request) -> Response:
+        volume, params, rebuild = self._listing(req, legacy_body=True)
+        incident = volume.incident
+        if rebuild:
+            if incident <= 0:
+                return json_response([], headers=_listing_headers(False, None))
+        else:
+            incident = 0
+        records, truncated, marker = volume.chunks.fetch(**params, incident=incident)
+        items = [
+            [cid + "|" + chunk, {"content_id": content, "mtime": mtime, "path": path, "version": version}]
+            for cid, chunk, content, mtime, path, version in records
+        ]
+        return json_response(items, headers=_listing_headers(truncated, marker))
+
+    def vol_status(self, req: Request) -> Response:
+        volume, params, _ = self._listing(req, legacy_body=False)  # rebuild is ignored
+        incident = volume.incident
+        total, to_rebuild, containers, truncated, marker = volume.chunks.status(
+            **params, incident=incident
+        )
+        chunk: dict[str, int] = {"total": total}
+        if incident > 0:
+            chunk["to_rebuild"] = to_rebuild
+        per_container = {}
+        for cid in sorted(containers):
+            ctotal, crebuild = containers[cid]
+            per_container[cid] = {"total": ctotal, "to_rebuild": crebuild} if crebuild else {"total": ctotal}
+        body: dict[str, Any] = {"chunk": chunk, "container": per_container}
+        if incident > 0:
+            body["rebuild"] = {"incident_date": incident}
+        return json_response(body, headers=_listing_headers(truncated, marker))
+
+    # -- meta2 --
+
+    def meta2_create(self, req: Request) -> Response:
+        self._volume(req, "meta2", create=True)
+        return CREATED
+
+    def meta2_push(self, req: Request) -> Response:
+        check_volume_id(req.query.get("vol"), "meta2")
+        records = [_meta2_record(r) for r in records_of(req.body)]
+        volume = self._volume(req, "meta2", create=parse_bool(req.query.get("create"), True))
+        if records:
+            volume.meta2.put_batch(records)
+        return NO_CONTENT
+
+    def meta2_delete(self, req: Request) -> Response:
+        urls = [_meta2_url(r) for r in records_of(req.body)]  # "null body" before the volume
+        volume = self._volume(req, "meta2")
+        if urls:
+            volume.meta2.delete_batch(urls)
+        return NO_CONTENT
+
+    def _meta2_params(self, req: Request) -> dict[str, Any]:
+        """prefix/marker/limit: from the body when there is one, else from the query."""
+        check_volume_id(req.query.get("vol"), "meta2")
+        if req.body is None:
+            q = req.query
+            prefix, marker, limit = q.get("prefix"), q.get("marker"), q.get("max", q.get("limit"))
+        else:
+            if type(req.body) is not dict:
+                raise bad_request("null body")
+            prefix = field(req.body, "prefix", str, mandatory=False)
+            marker = field(req.body, "marker", str, mandatory=False)
+            limit = field(req.body, "limit", int, mandatory=False)
+        return {"prefix": prefix or None, "marker": marker or None, "limit": parse_limit(limit)}
+
+    def meta2_fetch(self, req: Request) -> Response:
+        params = self._meta2_params(req)
+        records, truncated = self._volume(req, "meta2").meta2.fetch(**params)
+        return json_response({"records": records, "truncated": truncated})
+
+    def meta2_count(self, req: Request) -> Response:
+        prefix = self._meta2_params(req)["prefix"]
+        count = self._volume(req, "meta2").meta2.count(prefix)
+        return json_response({"count": count, "prefix": prefix} if prefix else {"count": count})
+

@@ -1,0 +1,102 @@
+"""``rdirdb serve``: the command line of the rdir HTTP server."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Sequence
+
+
+def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Add the ``serve`` subcommand; its ``handler(args)`` returns the exit code."""
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve rdir volumes over HTTP (the OpenIO rdir wire protocol)",
+        description="Serve the rawx and meta2 volumes stored under --db-path over HTTP.",
+    )
+    add_arguments(parser)
+    parser.set_defaults(handler=run)
+
+
+add_parser = register  # the name rdirdb.cli looks for in its command modules
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db-path", required=True, help="directory of the volumes (must exist)")
+    parser.add_argument("--bind", default="127.0.0.1:6300", help="HOST:PORT (default %(default)s)")
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1,
+        help="worker processes (default: one per CPU, %(default)s)",
+    )
+    parser.add_argument("--service-id", help="service id (default: the bound HOST:PORT)")
+    parser.add_argument("--namespace", default="OPENIO", help="namespace (default %(default)s)")
+    parser.add_argument(
+        "--max-body-size", type=int, default=32 << 20,
+        help="largest request body in bytes; larger ones get 413 (default %(default)s)",
+    )
+    parser.add_argument(
+        "--request-timeout", type=float, default=30.0,
+        help="seconds to receive a whole request (default %(default)s)",
+    )
+    parser.add_argument(
+        "--keepalive-timeout", type=float, default=60.0,
+        help="seconds an idle connection stays open (default %(default)s)",
+    )
+    parser.add_argument(
+        "--shutdown-timeout", type=float, default=10.0,
+        help="seconds SIGTERM waits for requests in progress (default %(default)s)",
+    )
+    parser.add_argument(
+        "--fsync", action="store_true",
+        help="flush every commit to disk (survives power loss); by default, like the "
+        "reference, a commit survives the process but not the machine",
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", type=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="DEBUG logs every request (default %(default)s)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(  # force: the server's own --log-level wins over rdirdb's default
+        level=args.log_level,
+        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+    log = logging.getLogger("rdirdb.server")
+    try:  # imported here: `rdirdb` itself must work without the server extra
+        from rdirdb.server.serve import Settings, StartupError, parse_bind, serve
+    except ImportError as exc:
+        log.error("rdirdb serve needs the server extra (pip install 'rdirdb[server]'): %s", exc)
+        return 1
+    try:
+        host, port = parse_bind(args.bind)
+        if args.workers < 1:
+            raise StartupError("--workers must be at least 1")
+        if args.max_body_size < 1:
+            raise StartupError("--max-body-size must be positive")
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    settings = Settings(
+        db_path=args.db_path,
+        host=host,
+        port=port,
+        workers=args.workers,
+        namespace=args.namespace,
+        service_id=args.service_id,
+        max_body=args.max_body_size,
+        request_timeout=args.request_timeout,
+        keepalive_timeout=args.keepalive_timeout,
+        shutdown_timeout=args.shutdown_timeout,
+        fsync=args.fsync,
+    )
+    return serve(settings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m rdirdb.server --db-path DIR ...``: the same as ``rdirdb serve``."""
+    parser = argparse.ArgumentParser(prog="python -m rdirdb.server", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
