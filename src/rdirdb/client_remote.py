@@ -58,7 +58,12 @@ class _Pool:
     def request(self, method: str, url: str, body: bytes | None, headers: dict[str, str]):
         """``(status, headers, body)``; a stale pooled connection is retried once."""
         for attempt in range(2):
-            conn, reused = self._get()
+            try:
+                conn, reused = self._get()
+            except socket.timeout as exc:
+                raise OioTimeout(f"{self.host}: connect timed out") from exc
+            except OSError as exc:
+                raise OioConnectionException(f"{self.host}: {exc}") from exc
             try:
                 conn.request(method, url, body=body, headers=headers)
                 resp = conn.getresponse()
