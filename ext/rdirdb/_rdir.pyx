@@ -564,22 +564,28 @@ cdef uint8_t *_write_chunk_value(uint8_t *p, const uint8_t *content, Py_ssize_t 
     p[0] = flags
     p = _put_varint(p + 1, <uint64_t>(mtime if mtime > 0 else 0))
     p = _put_varint(p, _zigzag(version))
-    if flags & V_CONTENT_HEX:
-        p = _put_varint(p, <uint64_t>(content_n // 2))
-        _pack_hex(content, content_n // 2, p)
-        p += content_n // 2
-    else:
-        p = _put_varint(p, <uint64_t>content_n)
-        memcpy(p, content, content_n)
-        p += content_n
-    p = _put_varint(p, <uint64_t>path_n)
-    memcpy(p, path, path_n)
-    p += path_n
+    p = _put_id(p, content, content_n, flags & V_CONTENT_HEX)
+    p = _put_field(p, path, path_n)
     if tail_n:
-        p = _put_varint(p, <uint64_t>tail_n)
-        memcpy(p, tail, tail_n)
-        p += tail_n
+        p = _put_field(p, tail, tail_n)
     return p
+
+
+cdef inline uint8_t *_put_field(uint8_t *p, const uint8_t *data, Py_ssize_t n) noexcept nogil:
+    """A varint length and the bytes (the reader is _get_field)."""
+    p = _put_varint(p, <uint64_t>n)
+    if n:
+        memcpy(p, data, n)
+    return p + n
+
+
+cdef inline uint8_t *_put_id(uint8_t *p, const uint8_t *text, Py_ssize_t n, bint packed) noexcept nogil:
+    """An id as a field: packed to binary when it is uppercase hex of even length."""
+    if not packed:
+        return _put_field(p, text, n)
+    p = _put_varint(p, <uint64_t>(n // 2))
+    _pack_hex(text, n // 2, p)
+    return p + n // 2
 
 
 cdef struct ChunkValue:
@@ -1754,22 +1760,10 @@ cdef int _add_meta2(_Batch batch, object rec, Py_ssize_t i, bint key_only) excep
     p = start
     p[0] = flags
     p = _put_varint(p + 1, <uint64_t>mtime)
-    if flags & M_CID_HEX:
-        p = _put_varint(p, <uint64_t>(cid_n // 2))
-        _pack_hex(cid, cid_n // 2, p)
-        p += cid_n // 2
-    else:
-        p = _put_varint(p, <uint64_t>cid_n)
-        memcpy(p, cid, cid_n)
-        p += cid_n
-    p = _put_varint(p, <uint64_t>extra_n)
-    if extra_n:
-        memcpy(p, extra, extra_n)
-    p += extra_n
+    p = _put_id(p, cid, cid_n, flags & M_CID_HEX)
+    p = _put_field(p, extra, extra_n)
     if tail_n:
-        p = _put_varint(p, <uint64_t>tail_n)
-        memcpy(p, url + TEXT_PREFIX, tail_n)
-        p += tail_n
+        p = _put_field(p, url + TEXT_PREFIX, tail_n)
     e.voff = <size_t>(start - batch.arena)
     e.vlen = <uint32_t>(p - start)
     batch.used = e.voff + e.vlen

@@ -563,20 +563,14 @@ class RdirClient:
         if "lock" in admin:
             self.admin_lock(volume_id, admin["lock"], create=True, rdir_hosts=dests)
         self.create(volume_id, rdir_hosts=dests)
-        copied = 0
-        for page in self._pages(
+        pages = self._pages(
             self.backend.chunk_page, volume_id, 3, None,
             prefix=None, limit=batch_size, rebuild=False, rdir_hosts=sources,
-        ):
-            batch = [
-                {"container_id": cid, "chunk_id": chunk, **value} for cid, chunk, value in page
-            ]
-            if batch:
-                self.backend.chunk_push(volume_id, batch, create=True, rdir_hosts=dests)
-                copied += len(batch)
-                if progress is not None:
-                    progress(len(batch))
-        return copied
+        )
+        batches = ([{"container_id": cid, "chunk_id": chunk, **value} for cid, chunk, value in page]
+                   for page in pages)
+        return _copy(batches, lambda batch: self.backend.chunk_push(
+            volume_id, batch, create=True, rdir_hosts=dests), progress)
 
     def meta2_copy_vol(
         self,
@@ -589,17 +583,28 @@ class RdirClient:
     ) -> int:
         """Copy a meta2 volume's index from ``sources`` to ``dests``; returns how many records."""
         sources, dests = self._copy_hosts(volume_id, "meta2", sources, dests)
-        copied = 0
-        marker = None
-        while True:
-            page = self.backend.meta2_page(
-                volume_id, prefix=None, marker=marker, limit=batch_size, rdir_hosts=sources
-            )
-            if page["records"]:
-                self.backend.meta2_push(volume_id, page["records"], rdir_hosts=dests)
-                copied += len(page["records"])
-                if progress is not None:
-                    progress(len(page["records"]))
-            if not page["truncated"]:
-                return copied
-            marker = page["records"][-1]["container_url"]
+
+        def batches() -> Iterator[list[dict[str, Any]]]:
+            marker = None
+            while True:
+                page = self.backend.meta2_page(
+                    volume_id, prefix=None, marker=marker, limit=batch_size, rdir_hosts=sources
+                )
+                yield page["records"]
+                if not page["truncated"]:
+                    return
+                marker = page["records"][-1]["container_url"]
+
+        return _copy(batches(), lambda batch: self.backend.meta2_push(volume_id, batch, rdir_hosts=dests), progress)
+
+
+def _copy(batches: Iterable[list], push: Callable[[list], None], progress: Callable[[int], None] | None) -> int:
+    """Push every non-empty batch; returns how many records were pushed."""
+    copied = 0
+    for batch in batches:
+        if batch:
+            push(batch)
+            copied += len(batch)
+            if progress is not None:
+                progress(len(batch))
+    return copied
