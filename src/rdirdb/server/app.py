@@ -453,10 +453,11 @@ class RdirApp:
         limit = q.get("max", q.get("limit"))
         if limit is None:
             limit = field(body, "limit", int, mandatory=False)
-        rebuild = q.get("rebuild")
-        rebuild = parse_bool(rebuild) if rebuild is not None else bool(
-            field(body, "rebuild", bool, mandatory=False)
-        )
+        rebuild_param = q.get("rebuild")
+        if rebuild_param is not None:
+            rebuild = parse_bool(rebuild_param)
+        else:
+            rebuild = bool(field(body, "rebuild", bool, mandatory=False))
         volume = self._volume(req)
         # An empty marker or prefix means none (the reference skipped the first record).
         params = {"prefix": prefix or None, "marker": marker or None, "limit": parse_limit(limit)}
