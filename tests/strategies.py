@@ -34,6 +34,8 @@ url_chunk_id = canonical_id.map(lambda h: f"http://127.0.0.1:6201/{h}")
 long_chunk_id = st.integers(430, 511).flatmap(
     lambda n: st.text("xy", min_size=8, max_size=8).map(lambda t: ("L" * (n - 8) + t))
 )
+# Two-byte characters across the 478-byte split of long keys.
+long_multibyte_id = st.integers(200, 255).map(lambda n: "é" * n)
 chunk_id = st.one_of(
     short_canonical_id,
     canonical_id,
@@ -41,6 +43,8 @@ chunk_id = st.one_of(
     url_chunk_id,
     free_text.filter(_fits(511)),
     long_chunk_id,
+    long_multibyte_id,
+    canonical_id.map(lambda h: h + "x"),
 )
 content_id = st.one_of(
     st.text(HEX_UPPER, min_size=32, max_size=32),

@@ -46,6 +46,7 @@ def _markers(records):
         st.sampled_from(keys) if keys else st.none(),
         st.sampled_from(keys).map(lambda k: k[:-1]) if keys else st.none(),
         st.sampled_from(keys).map(lambda k: k + "0") if keys else st.none(),
+        st.sampled_from(keys).map(lambda k: k + "x") if keys else st.none(),
         S.container_id.map(lambda c: c + "|"),
         st.sampled_from(["0", "A|", "~", "F" * 64 + "|" + "F" * 64]),
     )

@@ -211,10 +211,11 @@ cdef bint _canon_lower_bound(const uint8_t *t, Py_ssize_t tlen, uint8_t *key) no
         memcpy(s, t, p)
         j = p
     else:
-        # t[p] is not allowed (or t is longer than any canonical text): raise the
-        # first position from the right that can be raised, at or before p.
+        # t[p] is not allowed there, or t is a canonical text followed by more
+        # bytes: raise the rightmost position that can be raised, from p (or
+        # from the last position) leftwards.
         j = p if p < CANON_TEXT else CANON_TEXT - 1
-        c = _canon_next_char(j, t[j]) if p < CANON_TEXT else -1
+        c = _canon_next_char(j, t[j])
         while c < 0:
             j -= 1
             if j < 0:
@@ -907,20 +908,24 @@ cdef object _key_text_of(Hit *h, bint meta2):
         return PyUnicode_FromStringAndSize(<const char *>buf, CANON_TEXT)
     if h.key.mv_size <= TEXT_PREFIX:
         return _decode(p, h.key.mv_size)
-    tail = _long_key_tail(h, meta2)
-    return _decode(p, TEXT_PREFIX) + tail
+    return _decode_long(p, TEXT_PREFIX, _long_key_tail(h, meta2))
 
 
-cdef str _long_key_tail(Hit *h, bint meta2):
+cdef bytes _long_key_tail(Hit *h, bint meta2):
     cdef ChunkValue cv
     cdef Meta2Value mv
     if meta2:
         if not _parse_meta2_value(<const uint8_t *>h.val.mv_data, h.val.mv_size, &mv):
             raise BadRequest("corrupted meta2 record")
-        return _decode(mv.tail, mv.tail_n)
+        return PyBytes_FromStringAndSize(<const char *>mv.tail, mv.tail_n)
     if not _parse_chunk_value(<const uint8_t *>h.val.mv_data, h.val.mv_size, &cv):
         raise BadRequest("corrupted chunk record")
-    return _decode(cv.tail, cv.tail_n)
+    return PyBytes_FromStringAndSize(<const char *>cv.tail, cv.tail_n)
+
+
+cdef str _decode_long(const uint8_t *head, Py_ssize_t head_n, bytes tail):
+    """A long text stored in two parts; decoded whole, as a character may straddle them."""
+    return (PyBytes_FromStringAndSize(<const char *>head, head_n) + tail).decode("utf-8", "surrogatepass")
 
 
 cdef int _open_chunk_dbis(Environment env, MDB_dbi *dbis, bint *canonical) except -1:
@@ -997,27 +1002,16 @@ cdef class ChunkIndex:
     cdef readonly Environment env
     cdef MDB_dbi dbis[2]
     cdef bint canonical[2]
+    cdef MDB_dbi admin_dbi
 
     def __init__(self, Environment env):
         self.env = env
         if env.max_key_size < 511:
             raise RuntimeError(f"liblmdb was built with MDB_MAXKEYSIZE {env.max_key_size}, rdirdb needs 511")
         _open_chunk_dbis(env, self.dbis, self.canonical)
+        self.admin_dbi = env.dbi("admin")
 
     # -- writes ---------------------------------------------------------------
-
-    cdef _Batch _encode(self, object records, bint key_only):
-        cdef _Batch batch
-        cdef Py_ssize_t i, n
-        if _is_ndarray(records):
-            return _encode_chunk_array(records, key_only)
-        records = _as_list(records)
-        n = len(records)
-        batch = _Batch(n)
-        for i in range(n):
-            _encode_chunk_object(batch, records[i], i, key_only)
-        batch.sort_unique()
-        return batch
 
     def put_batch(self, records):
         """Validate every record, then write them all in one transaction.
@@ -1028,7 +1022,7 @@ cdef class ChunkIndex:
         the last record wins. Returns the number of records written.
         """
         cdef Py_ssize_t written = 0
-        cdef _Batch batch = self._encode(records, False)
+        cdef _Batch batch = _encode_chunks(records, False)
         if batch.n:
             _write_batch(self.env, self.dbis, batch, False, &written)
         return written
@@ -1037,7 +1031,7 @@ cdef class ChunkIndex:
         """Delete the records of ``keys`` (``(container_id, chunk_id)`` tuples or
         dicts) in one transaction. Returns how many existed."""
         cdef Py_ssize_t deleted = 0
-        cdef _Batch batch = self._encode(keys, True)
+        cdef _Batch batch = _encode_chunks(keys, True)
         if batch.n:
             _write_batch(self.env, self.dbis, batch, True, &deleted)
         return deleted
@@ -1067,13 +1061,15 @@ cdef class ChunkIndex:
         finally:
             self.env.end_raw(txn, False)
 
-    def fetch(self, *, prefix=None, marker=None, limit=1000, incident=0, fields=ALL_FIELDS):
+    def fetch(self, *, prefix=None, marker=None, limit=1000, incident=0, fields=ALL_FIELDS,
+              bint entries=False):
         """One page of records in listing order: ``(records, truncated, next_marker)``.
 
         ``marker`` (``cid|chunk``) is an exclusive start; ``prefix`` a text prefix of
         ``cid|chunk``; ``incident`` > 0 keeps only records with mtime <= incident.
         A record is ``(container_id, chunk_id, content_id, mtime, path, version)``
-        with None for the fields not asked for.
+        with None for the fields not asked for; with ``entries`` it is OpenIO's
+        ``(container_id, chunk_id, {"content_id", "mtime", "path", "version"})``.
         """
         cdef _Page page = _Page()
         cdef _CidCache cache = _CidCache()
@@ -1081,7 +1077,7 @@ cdef class ChunkIndex:
         cdef Py_ssize_t i
         try:
             page.collect(self.env, self.dbis, self.canonical, 2, prefix, marker, limit, incident)
-            records = [_chunk_record(&page.hits[i], field_mask, cache) for i in range(page.count)]
+            records = [_chunk_record(&page.hits[i], field_mask, cache, entries) for i in range(page.count)]
             return records, page.truncated, page.next_marker(False)
         finally:
             page.close()
@@ -1132,37 +1128,40 @@ cdef class ChunkIndex:
         """How many chunk records the volume holds (from LMDB's page statistics)."""
         return self.env.stat("chunk_bin")["entries"] + self.env.stat("chunk_text")["entries"]
 
-    def clear(self, *, bint all=False, before=0, bint repair=False):
+    def clear(self, *, bint all=False, before=0, bint repair=False, bint erase_incident=False):
         """Remove records and/or rewrite them in the current encoding, in one transaction.
 
         ``all`` removes every record; ``before`` > 0 removes those with
         mtime <= before; ``repair`` re-encodes every record kept (a record whose
-        value cannot be parsed counts as an error and is left as is).
+        value cannot be parsed counts as an error and is left as is);
+        ``erase_incident`` deletes the incident date in the same commit.
         Returns ``(removed, repaired, errors)``.
         """
         cdef uint64_t cutoff = _incident_arg(before)
         cdef uint8_t *buf
-        if not (all or cutoff or repair):
+        if not (all or cutoff or repair or erase_incident):
             return 0, 0, 0
         buf = <uint8_t *>malloc(_chunk_value_bound(C_MAX_CONTENT_ID, C_MAX_PATH, C_MAX_CHUNK_ID + C_MAX_CONTAINER_ID))
         if buf == NULL:
             raise MemoryError()
         try:
-            return self._clear(all, cutoff, repair, buf)
+            return self._clear(all, cutoff, repair, erase_incident, buf)
         finally:
             free(buf)
 
-    cdef tuple _clear(self, bint all, uint64_t cutoff, bint repair, uint8_t *buf):
+    cdef tuple _clear(self, bint all, uint64_t cutoff, bint repair, bint erase_incident, uint8_t *buf):
         cdef Py_ssize_t removed = 0, repaired = 0, errors = 0
         cdef MDB_txn *txn
         cdef MDB_cursor *cur
         cdef MDB_stat st
+        cdef MDB_val k
         cdef int rc, i
+        cdef bint walk = all or cutoff or repair
         while True:
             removed = repaired = errors = 0
             self.env.begin_raw(&txn, True)
             rc = MDB_SUCCESS
-            for i in range(2):
+            for i in range(2 if walk else 0):
                 if all:
                     rc = mdb_stat(txn, self.dbis[i], &st)
                     if rc == MDB_SUCCESS:
@@ -1176,6 +1175,12 @@ cdef class ChunkIndex:
                             mdb_cursor_close(cur)
                 if rc != MDB_SUCCESS:
                     break
+            if rc == MDB_SUCCESS and erase_incident:
+                k.mv_data = <void *><const char *>b"incident_date"
+                k.mv_size = 13
+                rc = mdb_del(txn, self.admin_dbi, &k, NULL)
+                if rc == MDB_NOTFOUND:
+                    rc = MDB_SUCCESS
             if rc == MDB_MAP_FULL:
                 self.env.end_raw(txn, False)
                 self.env.grow(<size_t>self.env.info()["map_size"] * 2)
@@ -1249,8 +1254,9 @@ cdef class _CidCache:
         return self.value
 
 
-cdef object _chunk_record(Hit *h, int fields, _CidCache cache):
-    """``(container_id, chunk_id, content_id, mtime, path, version)`` of a hit."""
+cdef object _chunk_record(Hit *h, int fields, _CidCache cache, bint entry=False):
+    """``(container_id, chunk_id, content_id, mtime, path, version)`` of a hit, or with
+    ``entry`` the client's ``(container_id, chunk_id, {content_id, mtime, path, version})``."""
     cdef ChunkValue cv
     cdef const uint8_t *k = <const uint8_t *>h.key.mv_data
     cdef const uint8_t *bar
@@ -1267,7 +1273,11 @@ cdef object _chunk_record(Hit *h, int fields, _CidCache cache):
         if h.key.mv_size <= TEXT_PREFIX:
             chunk = _decode(bar + 1, h.key.mv_size - cid_n - 1)
         else:
-            chunk = _decode(bar + 1, TEXT_PREFIX - cid_n - 1) + _decode(cv.tail, cv.tail_n)
+            chunk = _decode_long(bar + 1, TEXT_PREFIX - cid_n - 1,
+                                 PyBytes_FromStringAndSize(<const char *>cv.tail, cv.tail_n))
+    if entry:
+        return (cid, chunk, {"content_id": _content_str(&cv), "mtime": cv.mtime,
+                             "path": _decode(cv.path, cv.path_n), "version": cv.version})
     return (
         cid,
         chunk,
@@ -1383,6 +1393,27 @@ cdef void _count(Scan *scan, Counts *counts, Py_ssize_t limit, uint64_t incident
 
 
 # -- input decoding ------------------------------------------------------------
+
+cdef _Batch _encode_chunks(object records, bint key_only):
+    """Validate and encode a batch of chunk records (or keys), sorted, last duplicate kept."""
+    cdef _Batch batch
+    cdef Py_ssize_t i, n
+    if _is_ndarray(records):
+        return _encode_chunk_array(records, key_only)
+    records = _as_list(records)
+    n = len(records)
+    batch = _Batch(n)
+    for i in range(n):
+        _encode_chunk_object(batch, records[i], i, key_only)
+    batch.sort_unique()
+    return batch
+
+
+def check_chunks(records, *, bint key_only=False):
+    """Validate a batch exactly as put_batch (delete_batch with ``key_only``) would,
+    writing nothing; returns how many distinct keys it holds."""
+    return _encode_chunks(records, key_only).live()
+
 
 cdef list _as_list(object records):
     """A batch as a list; text is refused (iterating it would give characters)."""
@@ -1753,7 +1784,7 @@ cdef dict _meta2_record(Hit *h):
     if h.key.mv_size <= TEXT_PREFIX:
         url = _decode(k, h.key.mv_size)
     else:
-        url = _decode(k, TEXT_PREFIX) + _decode(mv.tail, mv.tail_n)
+        url = _decode_long(k, TEXT_PREFIX, PyBytes_FromStringAndSize(<const char *>mv.tail, mv.tail_n))
     return {
         "container_id": _hex_str(mv.cid, mv.cid_n) if mv.cid_hex else _decode(mv.cid, mv.cid_n),
         "container_url": url,

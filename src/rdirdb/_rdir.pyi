@@ -45,6 +45,8 @@ def order_key(container_id: str, chunk_id: str) -> bytes:
     """The sort key that defines the listing order (text order of ``cid|chunk``)."""
 
 def split_marker(marker: str) -> tuple[str, str]: ...
+def check_chunks(records: ChunkInput | KeyInput, *, key_only: bool = False) -> int:
+    """Validate a batch as put_batch/delete_batch would, writing nothing."""
 
 class ChunkIndex:
     """The chunk records of one rawx volume, stored in ``env``."""
@@ -64,7 +66,8 @@ class ChunkIndex:
         limit: int = 1000,
         incident: int = 0,
         fields: int = ...,
-    ) -> tuple[list[ChunkRecord], bool, str | None]:
+        entries: bool = False,
+    ) -> tuple[list[Any], bool, str | None]:
         """One page: (records, truncated, next marker)."""
     def fetch_arrays(
         self,
@@ -85,7 +88,7 @@ class ChunkIndex:
         """(total, to_rebuild, {container_id: (total, to_rebuild)}, truncated, marker)."""
     def count(self) -> int: ...
     def clear(
-        self, *, all: bool = False, before: int = 0, repair: bool = False
+        self, *, all: bool = False, before: int = 0, repair: bool = False, erase_incident: bool = False
     ) -> tuple[int, int, int]:
         """(removed, repaired, errors)."""
 

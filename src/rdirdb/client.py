@@ -93,72 +93,85 @@ class RdirBackend(ABC):
     """
 
     @abstractmethod
-    def create(self, volume: str, service_type: str) -> None: ...
+    def create(self, volume: str, service_type: str, **options: Any) -> None: ...
 
     @abstractmethod
-    def chunk_push(self, volume: str, records: Any, *, create: bool) -> None:
+    def chunk_push(self, volume: str, records: Any, *, create: bool, **options: Any) -> None:
         """Write records (complete dicts, tuples or a structured array), all or nothing."""
 
     @abstractmethod
-    def chunk_delete(self, volume: str, keys: Any) -> None: ...
+    def chunk_delete(self, volume: str, keys: Any, **options: Any) -> None: ...
 
     @abstractmethod
     def chunk_page(
-        self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None, rebuild: bool
+        self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None, rebuild: bool,
+        **options: Any,
     ) -> tuple[Iterable[ChunkEntry], bool, str | None]:
         """One page of ``(container_id, chunk_id, value)`` entries, to be iterated once."""
 
     @abstractmethod
     def chunk_array_page(
-        self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None, rebuild: bool
+        self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None, rebuild: bool,
+        **options: Any,
     ) -> tuple[np.ndarray, bool, str | None]: ...
 
     @abstractmethod
     def status_page(
-        self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None
+        self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None,
+        **options: Any,
     ) -> tuple[dict[str, Any], bool, str | None]:
         """The server's status body for one page (§5.3), truncated, marker."""
 
     @abstractmethod
-    def incident_set(self, volume: str, date: int, *, create: bool) -> None: ...
+    def incident_set(self, volume: str, date: int, *, create: bool, **options: Any) -> None: ...
 
     @abstractmethod
-    def incident_get(self, volume: str) -> int: ...
+    def incident_get(self, volume: str, **options: Any) -> int: ...
 
     @abstractmethod
-    def lock(self, volume: str, who: str, *, create: bool) -> None: ...
+    def lock(self, volume: str, who: str, *, create: bool, **options: Any) -> None: ...
 
     @abstractmethod
-    def unlock(self, volume: str) -> None: ...
+    def unlock(self, volume: str, **options: Any) -> None: ...
 
     @abstractmethod
-    def show(self, volume: str) -> dict[str, str]: ...
+    def show(self, volume: str, **options: Any) -> dict[str, str]: ...
 
     @abstractmethod
-    def clear(self, volume: str, *, all: bool, before_incident: bool, repair: bool) -> dict[str, int]: ...
+    def clear(self, volume: str, *, all: bool, before_incident: bool, repair: bool, **options: Any) -> dict[str, int]: ...
 
     @abstractmethod
-    def meta2_push(self, volume: str, records: list[dict[str, Any]]) -> None: ...
+    def meta2_push(self, volume: str, records: list[dict[str, Any]], **options: Any) -> None: ...
 
     @abstractmethod
-    def meta2_delete(self, volume: str, records: list[dict[str, Any]]) -> None: ...
+    def meta2_delete(self, volume: str, records: list[dict[str, Any]], **options: Any) -> None: ...
 
     @abstractmethod
     def meta2_page(
-        self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None
+        self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None,
+        **options: Any,
     ) -> dict[str, Any]:
         """``{"records": [...], "truncated": bool}``."""
 
     @abstractmethod
-    def container_path(self, volume: str, container_id: str) -> str | None:
+    def container_path(self, volume: str, container_id: str, **options: Any) -> str | None:
         """The container URL (``NS/account/container``) of a container id, if known."""
 
     def close(self) -> None:
         """Release what the backend holds. Idempotent."""
 
 
+# Keyword arguments of the client's methods that travel to a remote backend.
+TRANSPORT_OPTIONS = ("rdir_hosts", "write_quorum", "reqid", "shuffle_hosts")
+
+
+def _transport(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: kwargs[name] for name in TRANSPORT_OPTIONS if name in kwargs}
+
+
 class RdirClient:
-    """OpenIO's rdir client over a backend; ``conf["db_path"]`` selects the embedded one.
+    """OpenIO's rdir client over a backend; ``conf["db_path"]`` selects the embedded one,
+    ``conf["rdir_hosts"]`` (or a ``registry`` URL) rdir servers over HTTP.
 
     ``conf["db_sync"]`` (default true) makes every embedded commit durable on
     power loss; false keeps commits safe from a crash of the process only, as
@@ -182,11 +195,14 @@ class RdirClient:
     ) -> None:
         self.conf = dict(conf)
         if backend is None:
-            if not self.conf.get("db_path"):
-                raise ValueError("conf needs 'db_path' (the remote mode is not available yet)")
-            from rdirdb.client_embedded import EmbeddedBackend
+            if self.conf.get("db_path"):
+                from rdirdb.client_embedded import EmbeddedBackend
 
-            backend = EmbeddedBackend(self.conf["db_path"], sync=_flag(self.conf.get("db_sync", True)))
+                backend = EmbeddedBackend(self.conf["db_path"], sync=_flag(self.conf.get("db_sync", True)))
+            else:
+                from rdirdb.client_remote import remote_backend
+
+                backend = remote_backend(self.conf, **kwargs)
         self.backend = backend
 
     def close(self) -> None:
@@ -227,7 +243,7 @@ class RdirClient:
 
     def create(self, volume_id: str, service_type: str = "rawx", **kwargs: Any) -> None:
         """Create the volume's index (idempotent)."""
-        self.backend.create(volume_id, service_type)
+        self.backend.create(volume_id, service_type, **_transport(kwargs))
 
     def chunk_push(
         self,
@@ -255,7 +271,7 @@ class RdirClient:
             _field("path", content_path, data),
             _integer("version", _field("version", content_version, data)),
         )
-        self.backend.chunk_push(volume_id, [record], create=create)
+        self.backend.chunk_push(volume_id, [record], create=create, **_transport(data))
 
     def chunk_push_batch(
         self,
@@ -272,19 +288,19 @@ class RdirClient:
         version, as the reference server requires; a numpy structured array
         with those fields works too. An empty batch writes nothing.
         """
-        self.backend.chunk_push(volume_id, chunk_list, create=create)
+        self.backend.chunk_push(volume_id, chunk_list, create=create, **_transport(kwargs))
 
     def chunk_delete(
         self, volume_id: str, container_id: str, content_id: str, chunk_id: str, **kwargs: Any
     ) -> None:
         """Deindex one chunk (idempotent; only container_id and chunk_id form the key)."""
-        self.backend.chunk_delete(volume_id, [(container_id, chunk_id)])
+        self.backend.chunk_delete(volume_id, [(container_id, chunk_id)], **_transport(kwargs))
 
     def chunk_delete_batch(
         self, volume_id: str, chunk_list: Sequence[Mapping[str, Any]] | np.ndarray, **kwargs: Any
     ) -> None:
         """Deindex many chunks in one transaction."""
-        self.backend.chunk_delete(volume_id, chunk_list)
+        self.backend.chunk_delete(volume_id, chunk_list, **_transport(kwargs))
 
     def chunk_fetch(
         self,
@@ -310,7 +326,7 @@ class RdirClient:
         """
         pages = self._pages(
             self.backend.chunk_page, volume, max_attempts, start_after,
-            prefix=container_id, limit=limit, rebuild=rebuild,
+            prefix=container_id, limit=limit, rebuild=rebuild, **_transport(kwargs),
         )
         # chain() hands out the entries from C: no Python frame per entry here.
         return itertools.chain.from_iterable(
@@ -349,7 +365,7 @@ class RdirClient:
         """
         yield from self._pages(
             self.backend.chunk_array_page, volume, max_attempts, start_after,
-            prefix=container_id, limit=limit, rebuild=rebuild,
+            prefix=container_id, limit=limit, rebuild=rebuild, **_transport(kwargs),
         )
 
     def chunk_search(self, volume: str, chunk_id: str, **kwargs: Any) -> list[tuple[Any, ...]]:
@@ -374,7 +390,8 @@ class RdirClient:
         chunk: dict[str, int] = {}
         containers: dict[str, dict[str, int]] = {}
         for body in self._pages(
-            self.backend.status_page, volume, max_attempts, marker, prefix=prefix, limit=max
+            self.backend.status_page, volume, max_attempts, marker, prefix=prefix, limit=max,
+            **_transport(kwargs),
         ):
             for key, value in body.get("chunk", {}).items():
                 chunk[key] = chunk.get(key, 0) + value
@@ -395,11 +412,11 @@ class RdirClient:
             raise BadRequest(f"Invalid type for field [date]: {date!r}") from None
         if not INT64_MIN <= date <= INT64_MAX:  # the reference stores an int64
             raise BadRequest(f"incident date out of the 64-bit range: {date}")
-        self.backend.incident_set(volume, date, create=create)
+        self.backend.incident_set(volume, date, create=create, **_transport(kwargs))
 
     def admin_incident_get(self, volume: str, **kwargs: Any) -> int:
         """The incident date, 0 when none is set."""
-        return self.backend.incident_get(volume)
+        return self.backend.incident_get(volume, **_transport(kwargs))
 
     def admin_lock(self, volume: str, who: str, *, create: bool = False, **kwargs: Any) -> None:
         """Lock the volume for ``who``: idempotent for the same owner, Forbidden for another."""
@@ -407,15 +424,15 @@ class RdirClient:
             raise TypeError(f"lock owner must be str, not {type(who).__name__}")
         if not who:
             raise BadRequest("'who' not set")  # before create=True could create the volume
-        self.backend.lock(volume, who, create=create)
+        self.backend.lock(volume, who, create=create, **_transport(kwargs))
 
     def admin_unlock(self, volume: str, **kwargs: Any) -> None:
         """Drop the lock, whoever holds it."""
-        self.backend.unlock(volume)
+        self.backend.unlock(volume, **_transport(kwargs))
 
     def admin_show(self, volume: str, **kwargs: Any) -> dict[str, str]:
         """Every admin key with its value as a string, e.g. ``{"lock": "who"}``."""
-        return self.backend.show(volume)
+        return self.backend.show(volume, **_transport(kwargs))
 
     def admin_clear(
         self,
@@ -433,12 +450,14 @@ class RdirClient:
         the unreadable ones). Every call erases the incident date and ends
         with the volume unlocked. Forbidden while another owner holds the lock.
         """
-        return self.backend.clear(volume, all=clear_all, before_incident=before_incident, repair=repair)
+        return self.backend.clear(
+            volume, all=clear_all, before_incident=before_incident, repair=repair, **_transport(kwargs)
+        )
 
     # -- meta2 --------------------------------------------------------------
 
     def meta2_index_create(self, volume_id: str, **kwargs: Any) -> None:
-        self.create(volume_id, service_type="meta2")
+        self.create(volume_id, service_type="meta2", **kwargs)
 
     def meta2_index_push(
         self,
@@ -456,7 +475,7 @@ class RdirClient:
             "mtime": _integer("mtime", mtime),
             "extra_data": extra_data,
         }
-        self.backend.meta2_push(volume_id, [record])
+        self.backend.meta2_push(volume_id, [record], **_transport(kwargs))
 
     def meta2_index_delete(
         self,
@@ -474,7 +493,7 @@ class RdirClient:
         if container_path is None:
             if container_id is None:
                 raise ValueError("container_path or container_id is required")
-            container_path = self.backend.container_path(volume_id, container_id)
+            container_path = self.backend.container_path(volume_id, container_id, **_transport(kwargs))
             if container_path is None:
                 return
         elif container_id is None:
@@ -483,7 +502,8 @@ class RdirClient:
                 raise BadRequest(f"container path {container_path!r} is not NS/account/container")
             container_id = cid_from_name(parts[1], parts[2])
         self.backend.meta2_delete(
-            volume_id, [{"container_url": container_path, "container_id": container_id}]
+            volume_id, [{"container_url": container_path, "container_id": container_id}],
+            **_transport(kwargs),
         )
 
     def meta2_index_fetch(
@@ -496,7 +516,9 @@ class RdirClient:
     ) -> dict[str, Any]:
         """One page: ``{"records": [...], "truncated": bool}``, at most ``limit``
         records (capped at 10000) after the exclusive ``marker``."""
-        return self.backend.meta2_page(volume_id, prefix=prefix, marker=marker, limit=limit)
+        return self.backend.meta2_page(
+            volume_id, prefix=prefix, marker=marker, limit=limit, **_transport(kwargs)
+        )
 
     def meta2_index_fetch_all(self, volume_id: str, **kwargs: Any) -> list[dict[str, Any]]:
         """Every record of the volume (``prefix``/``limit`` pass through), page by page."""

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from rdirdb._rdir import check_chunks
 from rdirdb.client import ChunkEntry, RdirBackend, listing_limit
 from rdirdb.store import INCIDENT_KEY, Store, Volume
 
@@ -36,37 +37,37 @@ class EmbeddedBackend(RdirBackend):
         incident = vol.incident
         return incident if incident > 0 else None
 
-    def create(self, volume: str, service_type: str) -> None:
+    def create(self, volume: str, service_type: str, **options: Any) -> None:
         self.store.volume(volume, service_type, create=True)
 
     # -- chunks -------------------------------------------------------------
 
-    def chunk_push(self, volume: str, records: Any, *, create: bool) -> None:
+    def chunk_push(self, volume: str, records: Any, *, create: bool, **options: Any) -> None:
+        if not self.store.exists(volume):
+            # As the reference: a bad batch is a 400, even for a volume that does
+            # not exist, and it creates nothing.
+            check_chunks(records)
         self._rawx(volume, create).chunks.put_batch(records)
 
-    def chunk_delete(self, volume: str, keys: Any) -> None:
+    def chunk_delete(self, volume: str, keys: Any, **options: Any) -> None:
         self._rawx(volume).chunks.delete_batch(keys)
 
     def chunk_page(
-        self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None, rebuild: bool
+        self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None, rebuild: bool,
+        **options: Any,
     ) -> tuple[Iterable[ChunkEntry], bool, str | None]:
         vol = self._rawx(volume)
         incident = self._incident(vol, rebuild)
         if incident is None:
             return [], False, None
-        records, truncated, marker = vol.chunks.fetch(
-            prefix=prefix, marker=marker, limit=listing_limit(limit), incident=incident
+        # The engine builds OpenIO's (cid, chunk, value) entries itself.
+        return vol.chunks.fetch(
+            prefix=prefix, marker=marker, limit=listing_limit(limit), incident=incident, entries=True
         )
-        # A generator rather than a list: each entry can die as soon as the caller
-        # is done with it, which spares the garbage collector a page of survivors.
-        page = (
-            (cid, chunk, {"content_id": content, "mtime": mtime, "path": path, "version": version})
-            for cid, chunk, content, mtime, path, version in records
-        )
-        return page, truncated, marker
 
     def chunk_array_page(
-        self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None, rebuild: bool
+        self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None, rebuild: bool,
+        **options: Any,
     ) -> tuple[np.ndarray, bool, str | None]:
         vol = self._rawx(volume)
         incident = self._incident(vol, rebuild)
@@ -78,7 +79,8 @@ class EmbeddedBackend(RdirBackend):
         )
 
     def status_page(
-        self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None
+        self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None,
+        **options: Any,
     ) -> tuple[dict[str, Any], bool, str | None]:
         vol = self._rawx(volume)
         incident = vol.incident
@@ -97,28 +99,29 @@ class EmbeddedBackend(RdirBackend):
 
     # -- admin --------------------------------------------------------------
 
-    def incident_set(self, volume: str, date: int, *, create: bool) -> None:
+    def incident_set(self, volume: str, date: int, *, create: bool, **options: Any) -> None:
         self._rawx(volume, create).admin_set(INCIDENT_KEY, str(date))
 
-    def incident_get(self, volume: str) -> int:
+    def incident_get(self, volume: str, **options: Any) -> int:
         return self._rawx(volume).incident
 
-    def lock(self, volume: str, who: str, *, create: bool) -> None:
+    def lock(self, volume: str, who: str, *, create: bool, **options: Any) -> None:
         self._rawx(volume, create).lock(who)
 
-    def unlock(self, volume: str) -> None:
+    def unlock(self, volume: str, **options: Any) -> None:
         self._rawx(volume).unlock()
 
-    def show(self, volume: str) -> dict[str, str]:
+    def show(self, volume: str, **options: Any) -> dict[str, str]:
         return self._rawx(volume).admin_show()
 
-    def clear(self, volume: str, *, all: bool, before_incident: bool, repair: bool) -> dict[str, int]:
+    def clear(self, volume: str, *, all: bool, before_incident: bool, repair: bool, **options: Any) -> dict[str, int]:
         vol = self._rawx(volume)
         vol.lock(CLEAR_LOCK_OWNER)  # atomic check-and-set: Forbidden if someone else holds it
         try:
             before = vol.incident if before_incident else 0
-            removed, repaired, errors = vol.chunks.clear(all=all, before=before, repair=repair)
-            vol.admin_delete(INCIDENT_KEY)
+            removed, repaired, errors = vol.chunks.clear(
+                all=all, before=before, repair=repair, erase_incident=True
+            )
         finally:
             # As the reference: a clear always ends with the volume unlocked.
             vol.unlock()
@@ -126,22 +129,23 @@ class EmbeddedBackend(RdirBackend):
 
     # -- meta2 --------------------------------------------------------------
 
-    def meta2_push(self, volume: str, records: list[dict[str, Any]]) -> None:
+    def meta2_push(self, volume: str, records: list[dict[str, Any]], **options: Any) -> None:
         # meta2 pushes create the volume, as the reference server does by default.
         self._meta2(volume, create=True).meta2.put_batch(records)
 
-    def meta2_delete(self, volume: str, records: list[dict[str, Any]]) -> None:
+    def meta2_delete(self, volume: str, records: list[dict[str, Any]], **options: Any) -> None:
         self._meta2(volume).meta2.delete_batch([r["container_url"] for r in records])
 
     def meta2_page(
-        self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None
+        self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None,
+        **options: Any,
     ) -> dict[str, Any]:
         records, truncated = self._meta2(volume).meta2.fetch(
             prefix=prefix, marker=marker, limit=listing_limit(limit)
         )
         return {"records": records, "truncated": truncated}
 
-    def container_path(self, volume: str, container_id: str) -> str | None:
+    def container_path(self, volume: str, container_id: str, **options: Any) -> str | None:
         index = self._meta2(volume).meta2
         marker = None
         while True:

@@ -106,10 +106,10 @@ class Model:
         self.volume(volume, create=True)
 
     def chunk_push_batch(self, volume: str, records: list[dict[str, Any]], create: bool = False) -> None:
-        # The embedded store opens (or creates) the volume first, then checks every
-        # record: all or nothing.
-        vol = self.volume(volume, create)
-        vol.chunks.update([check_record(r) for r in records])
+        # As the reference server: every record is checked before the volume is
+        # opened (or created): all or nothing.
+        checked = [check_record(r) for r in records]
+        self.volume(volume, create).chunks.update(checked)
 
     def chunk_delete_batch(self, volume: str, keys: list[tuple[str, str]]) -> None:
         vol = self.volume(volume)
