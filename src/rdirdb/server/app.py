@@ -405,10 +405,10 @@ class RdirApp:
         volume.lock(CLEAR_LOCK_OWNER)
         try:
             before = volume.incident if parse_bool(q.get("before_incident")) else 0
-            removed, repaired, failed = volume.chunks.clear(
-                all=parse_bool(q.get("all")), before=before, repair=parse_bool(q.get("repair"))
+            removed, repaired, failed = volume.chunks.clear(  # every clear erases the incident
+                all=parse_bool(q.get("all")), before=before, repair=parse_bool(q.get("repair")),
+                erase_incident=True,
             )
-            volume.admin_delete(INCIDENT_KEY)  # every clear erases the incident
         finally:
             if not held_before:
                 volume.unlock()
@@ -471,11 +471,9 @@ class RdirApp:
                 return json_response([], headers=_listing_headers(False, None))
         else:
             incident = 0
-        records, truncated, marker = volume.chunks.fetch(**params, incident=incident)
-        items = [
-            [cid + "|" + chunk, {"content_id": content, "mtime": mtime, "path": path, "version": version}]
-            for cid, chunk, content, mtime, path, version in records
-        ]
+        entries, truncated, marker = volume.chunks.fetch(**params, incident=incident, entries=True)
+        # (cid, chunk, {content_id, mtime, path, version}) -> ["cid|chunk", {...}]
+        items = [(cid + "|" + chunk, value) for cid, chunk, value in entries]
         return json_response(items, headers=_listing_headers(truncated, marker))
 
     def vol_status(self, req: Request) -> Response:
