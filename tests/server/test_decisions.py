@@ -336,3 +336,15 @@ def test_listing_marker_header_with_unicode_and_no_line_breaks(server):
     bad = dict(chunk_record(), chunk_id="a\r\nx-injected: 1")
     reply = server.request("POST", "/v1/rdir/push", {"vol": vol}, bad)
     assert reply.status == 400 and "chunk_id" in reply.json["message"]
+
+
+@pytest.mark.parametrize("create", [False, True])
+def test_engine_invalid_batch_is_400_for_an_absent_volume_and_creates_nothing(server, create):
+    vol = new_volume()
+    bad = [chunk_record(), dict(chunk_record(), container_id="a|b")]
+    reply = server.request("POST", "/v1/rdir/push", {"vol": vol, "create": int(create)}, bad)
+    assert reply.status == 400 and "|" in reply.json["message"]
+    reply = server.request("DELETE", "/v1/rdir/delete", {"vol": vol}, [{"container_id": "C" * 65, "chunk_id": "x"}])
+    assert reply.status == 400
+    assert vol not in server.request("GET", "/status").json["rawx_volumes"]
+    assert server.request("DELETE", "/v1/rdir/delete", {"vol": vol}, [{"container_id": "C", "chunk_id": "x"}]).status == 404

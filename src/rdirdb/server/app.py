@@ -17,6 +17,7 @@ from urllib.parse import unquote_plus
 import orjson
 
 from rdirdb import errors
+from rdirdb._rdir import check_chunks
 from rdirdb.store import INCIDENT_KEY, LOCK_KEY, Store, Volume, volume_file_name
 
 log = logging.getLogger("rdirdb.server")
@@ -423,7 +424,7 @@ class RdirApp:
     def push(self, req: Request) -> Response:
         check_volume_id(req.query.get("vol"))
         records = [_chunk_record(r) for r in records_of(req.body)]  # validate before opening
-        volume = self._volume(req, create=parse_bool(req.query.get("create")))
+        volume = self._write_volume(req, records, create=parse_bool(req.query.get("create")), keys=False)
         if records:
             volume.chunks.put_batch(records)
         return NO_CONTENT
@@ -431,10 +432,21 @@ class RdirApp:
     def delete(self, req: Request) -> Response:
         check_volume_id(req.query.get("vol"))
         keys = [_chunk_key(r) for r in records_of(req.body)]
-        volume = self._volume(req)
+        volume = self._write_volume(req, keys, create=False, keys=True)
         if keys:
             volume.chunks.delete_batch(keys)
         return NO_CONTENT
+
+    def _write_volume(self, req: Request, batch: list[tuple], *, create: bool, keys: bool) -> Volume:
+        """The volume a chunk batch goes to. For an absent volume the engine's own checks
+        (lengths, separators) run first: a bad batch is 400, not 404, and creates nothing."""
+        try:
+            return self._volume(req)
+        except errors.NotFound:
+            check_chunks(batch, key_only=keys)
+            if not create:
+                raise
+            return self._volume(req, create=True)
 
     def _listing(self, req: Request, legacy_body: bool) -> tuple[Volume, dict[str, Any], bool]:
         """The volume, the scan parameters and ``rebuild`` (query first, then legacy body)."""
