@@ -20,6 +20,7 @@ _COMMAND_MODULES = (
     "rdirdb.tools.dump",
     "rdirdb.tools.stats",
     "rdirdb.sharedbase.cli",
+    "rdirdb.server.cli",
 )
 
 

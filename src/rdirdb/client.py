@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from rdirdb.errors import BadRequest, OioNetworkException
+from rdirdb.errors import BadRequest, OioException, OioNetworkException
 
 DEFAULT_LIMIT = 1000  # page size of chunk and meta2 listings when none is given
 MAX_LIMIT = 10000  # the server caps every page at this size
@@ -529,4 +529,77 @@ class RdirClient:
             records.extend(page["records"])
             if not page["truncated"]:
                 return records
+            marker = page["records"][-1]["container_url"]
+    # -- moving a volume's index to other rdir servers ------------------------
+
+    def _copy_hosts(self, volume_id: str, service_type: str, sources: Any, dests: Any) -> tuple[list, list]:
+        hosts = getattr(self.backend, "hosts", None)
+        if hosts is None:
+            raise OioException("copying a volume needs the remote mode (rdir servers)")
+        dests = list(dests or ())
+        sources = [h for h in (sources or hosts(volume_id, service_type, {})) if h not in dests]
+        if not sources:
+            raise OioException("No source available")
+        if not dests:
+            raise OioException("No destination available")
+        return sources, dests
+
+    def chunk_copy_vol(
+        self,
+        volume_id: str,
+        sources: Sequence[str] | None = None,
+        dests: Sequence[str] | None = None,
+        batch_size: int = 1000,
+        progress: Callable[[int], None] | None = None,
+        **kwargs: Any,
+    ) -> int:
+        """Copy a rawx volume's index (admin keys, then records in batches) from
+        ``sources`` (default: its current rdir servers) to the rdir servers
+        ``dests``, creating it there; returns how many records were copied."""
+        sources, dests = self._copy_hosts(volume_id, "rawx", sources, dests)
+        admin = self.admin_show(volume_id, rdir_hosts=sources)
+        if "incident_date" in admin:
+            self.admin_incident_set(volume_id, int(admin["incident_date"]), create=True, rdir_hosts=dests)
+        if "lock" in admin:
+            self.admin_lock(volume_id, admin["lock"], create=True, rdir_hosts=dests)
+        self.create(volume_id, rdir_hosts=dests)
+        copied = 0
+        for page in self._pages(
+            self.backend.chunk_page, volume_id, 3, None,
+            prefix=None, limit=batch_size, rebuild=False, rdir_hosts=sources,
+        ):
+            batch = [
+                {"container_id": cid, "chunk_id": chunk, **value} for cid, chunk, value in page
+            ]
+            if batch:
+                self.backend.chunk_push(volume_id, batch, create=True, rdir_hosts=dests)
+                copied += len(batch)
+                if progress is not None:
+                    progress(len(batch))
+        return copied
+
+    def meta2_copy_vol(
+        self,
+        volume_id: str,
+        sources: Sequence[str] | None = None,
+        dests: Sequence[str] | None = None,
+        batch_size: int = 1000,
+        progress: Callable[[int], None] | None = None,
+        **kwargs: Any,
+    ) -> int:
+        """Copy a meta2 volume's index from ``sources`` to ``dests``; returns how many records."""
+        sources, dests = self._copy_hosts(volume_id, "meta2", sources, dests)
+        copied = 0
+        marker = None
+        while True:
+            page = self.backend.meta2_page(
+                volume_id, prefix=None, marker=marker, limit=batch_size, rdir_hosts=sources
+            )
+            if page["records"]:
+                self.backend.meta2_push(volume_id, page["records"], rdir_hosts=dests)
+                copied += len(page["records"])
+                if progress is not None:
+                    progress(len(page["records"]))
+            if not page["truncated"]:
+                return copied
             marker = page["records"][-1]["container_url"]

@@ -10,9 +10,8 @@ import numpy as np
 
 from rdirdb._rdir import check_chunks
 from rdirdb.client import ChunkEntry, RdirBackend, listing_limit
-from rdirdb.store import INCIDENT_KEY, Store, Volume
+from rdirdb.store import Store, Volume
 
-CLEAR_LOCK_OWNER = "admin_clear"
 
 
 class EmbeddedBackend(RdirBackend):
@@ -29,13 +28,6 @@ class EmbeddedBackend(RdirBackend):
 
     def _meta2(self, volume: str, create: bool = False) -> Volume:
         return self.store.volume(volume, "meta2", create=create)
-
-    def _incident(self, vol: Volume, rebuild: bool) -> int | None:
-        """The incident filter of a listing; None when a rebuild listing is empty."""
-        if not rebuild:
-            return 0
-        incident = vol.incident
-        return incident if incident > 0 else None
 
     def create(self, volume: str, service_type: str, **options: Any) -> None:
         self.store.volume(volume, service_type, create=True)
@@ -57,7 +49,7 @@ class EmbeddedBackend(RdirBackend):
         **options: Any,
     ) -> tuple[Iterable[ChunkEntry], bool, str | None]:
         vol = self._rawx(volume)
-        incident = self._incident(vol, rebuild)
+        incident = vol.rebuild_incident(rebuild)
         if incident is None:
             return [], False, None
         # The engine builds OpenIO's (cid, chunk, value) entries itself.
@@ -70,7 +62,7 @@ class EmbeddedBackend(RdirBackend):
         **options: Any,
     ) -> tuple[np.ndarray, bool, str | None]:
         vol = self._rawx(volume)
-        incident = self._incident(vol, rebuild)
+        incident = vol.rebuild_incident(rebuild)
         if incident is None:
             array, _, _ = vol.chunks.fetch_arrays(limit=1)  # for its dtype
             return array[:0], False, None
@@ -82,25 +74,12 @@ class EmbeddedBackend(RdirBackend):
         self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None,
         **options: Any,
     ) -> tuple[dict[str, Any], bool, str | None]:
-        vol = self._rawx(volume)
-        incident = vol.incident
-        total, to_rebuild, containers, truncated, marker = vol.chunks.status(
-            prefix=prefix, marker=marker, limit=listing_limit(limit), incident=incident
-        )
-        body: dict[str, Any] = {"chunk": {"total": total}, "container": {}}
-        for cid, (count, count_to_rebuild) in containers.items():
-            body["container"][cid] = {"total": count}
-            if count_to_rebuild:
-                body["container"][cid]["to_rebuild"] = count_to_rebuild
-        if incident > 0:
-            body["chunk"]["to_rebuild"] = to_rebuild
-            body["rebuild"] = {"incident_date": incident}
-        return body, truncated, marker
+        return self._rawx(volume).status_page(prefix=prefix, marker=marker, limit=listing_limit(limit))
 
     # -- admin --------------------------------------------------------------
 
     def incident_set(self, volume: str, date: int, *, create: bool, **options: Any) -> None:
-        self._rawx(volume, create).admin_set(INCIDENT_KEY, str(date))
+        self._rawx(volume, create).set_incident(date)
 
     def incident_get(self, volume: str, **options: Any) -> int:
         return self._rawx(volume).incident
@@ -115,17 +94,7 @@ class EmbeddedBackend(RdirBackend):
         return self._rawx(volume).admin_show()
 
     def clear(self, volume: str, *, all: bool, before_incident: bool, repair: bool, **options: Any) -> dict[str, int]:
-        vol = self._rawx(volume)
-        vol.lock(CLEAR_LOCK_OWNER)  # atomic check-and-set: Forbidden if someone else holds it
-        try:
-            before = vol.incident if before_incident else 0
-            removed, repaired, errors = vol.chunks.clear(
-                all=all, before=before, repair=repair, erase_incident=True
-            )
-        finally:
-            # As the reference: a clear always ends with the volume unlocked.
-            vol.unlock()
-        return {"removed": removed, "repaired": repaired, "errors": errors}
+        return self._rawx(volume).clear(all=all, before_incident=before_incident, repair=repair)
 
     # -- meta2 --------------------------------------------------------------
 

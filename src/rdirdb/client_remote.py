@@ -58,7 +58,12 @@ class _Pool:
     def request(self, method: str, url: str, body: bytes | None, headers: dict[str, str]):
         """``(status, headers, body)``; a stale pooled connection is retried once."""
         for attempt in range(2):
-            conn, reused = self._get()
+            try:
+                conn, reused = self._get()
+            except socket.timeout as exc:
+                raise OioTimeout(f"{self.host}: connect timed out") from exc
+            except OSError as exc:
+                raise OioConnectionException(f"{self.host}: {exc}") from exc
             try:
                 conn.request(method, url, body=body, headers=headers)
                 resp = conn.getresponse()
@@ -180,6 +185,8 @@ class RemoteBackend(RdirBackend):
         **options: Any,
     ) -> tuple[int, Any, Any]:
         """One rdir request to the volume's replicas: ``(status, headers, decoded body)``."""
+        if not isinstance(volume, str):
+            raise TypeError(f"volume id must be str, not {type(volume).__name__}")
         query = {"vol": volume, **{k: v for k, v in (params or {}).items() if v is not None}}
         if create:
             query["create"] = "1"
@@ -196,7 +203,11 @@ class RemoteBackend(RdirBackend):
             decoded = _json_or_raw(status, resp_headers, data)
             if status >= 400:
                 message = decoded.get("message", "") if isinstance(decoded, dict) else str(decoded)
-                raise from_status(status, f"{host}: {message}")
+                # The server's message as is (the same as the embedded client's);
+                # which replica answered is kept aside.
+                exc = from_status(status, message)
+                exc.host = host
+                raise exc
             return status, resp_headers, decoded
 
         errors: list[tuple[str, Exception]] = []

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Iterator
+from typing import Any, Iterator
 from urllib.parse import quote, unquote
 
 from rdirdb._lmdb import Environment
@@ -29,6 +29,7 @@ _SAFE = "_.:-"
 ADMIN_DB = "admin"
 LOCK_KEY = "lock"
 INCIDENT_KEY = "incident_date"
+CLEAR_LOCK_OWNER = "admin_clear"
 
 
 def volume_file_name(volume_id: str) -> str:
@@ -123,6 +124,59 @@ class Volume:
 
     def unlock(self) -> None:
         self.admin_delete(LOCK_KEY)
+
+    # -- the rdir server's volume semantics, shared by the embedded client and
+    #    the HTTP server so both answer alike --------------------------------
+
+    def set_incident(self, date: int) -> None:
+        """Set the incident date, synchronously (the reference's only synced write)."""
+        self.admin_set(INCIDENT_KEY, str(date))
+        self.env.sync()
+
+    def rebuild_incident(self, rebuild: bool) -> int | None:
+        """The incident filter of a listing: 0 without ``rebuild``; None when a
+        rebuild listing is empty because no incident is set."""
+        if not rebuild:
+            return 0
+        incident = self.incident
+        return incident if incident > 0 else None
+
+    def status_page(
+        self, *, prefix: str | None, marker: str | None, limit: int
+    ) -> tuple[dict[str, Any], bool, str | None]:
+        """The reference's status body of one page (§5.3), truncated, next marker."""
+        incident = self.incident
+        total, to_rebuild, containers, truncated, marker = self.chunks.status(
+            prefix=prefix, marker=marker, limit=limit, incident=incident
+        )
+        per_container: dict[str, dict[str, int]] = {}
+        for cid in sorted(containers):
+            count, count_to_rebuild = containers[cid]
+            per_container[cid] = {"total": count}
+            if count_to_rebuild:
+                per_container[cid]["to_rebuild"] = count_to_rebuild
+        body: dict[str, Any] = {"chunk": {"total": total}, "container": per_container}
+        if incident > 0:
+            body["chunk"]["to_rebuild"] = to_rebuild
+            body["rebuild"] = {"incident_date": incident}
+        return body, truncated, marker
+
+    def clear(self, *, all: bool, before_incident: bool, repair: bool) -> dict[str, int]:
+        """Clear under the ``admin_clear`` lock: Forbidden while another owner holds it.
+
+        Removes records (``all``, or those with mtime <= the incident date),
+        rewrites the rest (``repair``) and erases the incident date, in one
+        commit; the volume ends unlocked, as the reference leaves it.
+        """
+        self.lock(CLEAR_LOCK_OWNER)  # atomic check-and-set
+        try:
+            before = self.incident if before_incident else 0
+            removed, repaired, errors = self.chunks.clear(
+                all=all, before=before, repair=repair, erase_incident=True
+            )
+        finally:
+            self.unlock()
+        return {"removed": removed, "repaired": repaired, "errors": errors}
 
 
 class Store:

@@ -49,10 +49,30 @@ def make_meta2_record() -> dict[str, Any]:
     return {"container_id": hexid(64), "container_url": url, "mtime": int(time.time())}
 
 
-@pytest.fixture
-def client(tmp_path):
-    # Durability on power loss is not under test: skip the fsyncs.
-    with RdirClient({"db_path": str(tmp_path / "rdir"), "db_sync": False}) as c:
+@pytest.fixture(scope="session")
+def rdir_server(tmp_path_factory):
+    """One rdir server (a subprocess on a free port) for the remote client."""
+    from tests.server.helpers import Server
+
+    db = tmp_path_factory.mktemp("remote") / "db"
+    db.mkdir()
+    server = Server(str(db), workers=1).wait_ready()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["embedded", "remote"])
+def client(request, tmp_path):
+    """The same scenarios against the embedded engine and through an rdir server."""
+    if request.param == "embedded":
+        # Durability on power loss is not under test: skip the fsyncs.
+        conf = {"db_path": str(tmp_path / "rdir"), "db_sync": False}
+    else:
+        if request.node.get_closest_marker("embedded_only"):
+            pytest.skip("looks inside the embedded store")
+        server = request.getfixturevalue("rdir_server")
+        conf = {"rdir_hosts": [f"{server.host}:{server.port}"]}
+    with RdirClient(conf) as c:
         yield c
 
 

@@ -34,6 +34,7 @@ def test_needs_a_db_path():
 
 
 @pytest.mark.parametrize("value, durable", [(None, True), (True, True), ("yes", True), ("false", False), (0, False)])
+@pytest.mark.embedded_only
 def test_db_sync(tmp_path, value, durable):
     conf = {"db_path": str(tmp_path)} if value is None else {"db_path": str(tmp_path), "db_sync": value}
     with RdirClient(conf) as client:
@@ -102,6 +103,7 @@ def test_duplicate_keys_in_a_batch_last_wins(client, vol):
     assert fetch(client, vol) == [entry(last)]
 
 
+@pytest.mark.embedded_only
 def test_lock_owner_is_checked_before_the_volume_is_created(client, vol):
     with pytest.raises(TypeError):
         client.admin_lock(vol, None, create=True)

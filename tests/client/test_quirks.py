@@ -38,6 +38,7 @@ EMPTY_VOLUME_CALLS = {
 
 
 @pytest.mark.parametrize("call", EMPTY_VOLUME_CALLS.values(), ids=EMPTY_VOLUME_CALLS)
+@pytest.mark.embedded_only
 def test_empty_volume_id_is_rejected(client, call):
     with pytest.raises(BadRequest):
         call(client)
@@ -45,6 +46,7 @@ def test_empty_volume_id_is_rejected(client, call):
 
 
 @pytest.mark.parametrize("volume", ["../escape", "/abs/path", ".hidden", "a/../../b"])
+@pytest.mark.embedded_only
 def test_volume_ids_stay_inside_the_store(client, tmp_path, volume):
     rec = make_record()
     client.chunk_push_batch(volume, [rec], create=True)
@@ -229,6 +231,7 @@ def test_clear_releases_even_its_own_earlier_lock(client, vol):
     assert client.admin_show(vol) == {}
 
 
+@pytest.mark.embedded_only
 def test_failed_clear_writes_nothing_and_unlocks(client, vol, monkeypatch):
     rec = make_record()
     client.chunk_push_batch(vol, [rec], create=True)
@@ -366,6 +369,7 @@ def test_long_keys_page_exactly_once(client, vol):
 # Order of checks: the records first, then the volume (as the reference server).
 
 
+@pytest.mark.embedded_only
 def test_invalid_batch_for_an_unknown_volume_is_a_bad_request(client, vol):
     with pytest.raises(BadRequest):
         client.chunk_push_batch(vol, [make_record(container_id="a|b")])

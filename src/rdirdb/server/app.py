@@ -18,13 +18,12 @@ import orjson
 
 from rdirdb import errors
 from rdirdb._rdir import check_chunks
-from rdirdb.store import INCIDENT_KEY, LOCK_KEY, Store, Volume, volume_file_name
+from rdirdb.store import Store, Volume, volume_file_name
 
 log = logging.getLogger("rdirdb.server")
 
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10000
-CLEAR_LOCK_OWNER = "admin_clear"
 JSON = "application/json"
 TEXT = "text/plain"
 
@@ -395,27 +394,17 @@ class RdirApp:
     def incident_set(self, req: Request) -> Response:
         date = field(req.body, "date", int)
         volume = self._volume(req, create=parse_bool(req.query.get("create")))
-        volume.admin_set(INCIDENT_KEY, str(date))
-        volume.env.sync()  # the reference's only synchronous write
+        volume.set_incident(date)
         return NO_CONTENT
 
     def admin_clear(self, req: Request) -> Response:
-        volume = self._volume(req)
         q = req.query
-        # Take the lock atomically (403 if someone else holds it); release it
-        # afterwards only if we took it, so a clear never drops a lock it found.
-        held_before = volume.admin_get(LOCK_KEY) == CLEAR_LOCK_OWNER
-        volume.lock(CLEAR_LOCK_OWNER)
-        try:
-            before = volume.incident if parse_bool(q.get("before_incident")) else 0
-            removed, repaired, failed = volume.chunks.clear(  # every clear erases the incident
-                all=parse_bool(q.get("all")), before=before, repair=parse_bool(q.get("repair")),
-                erase_incident=True,
-            )
-        finally:
-            if not held_before:
-                volume.unlock()
-        return json_response({"removed": removed, "repaired": repaired, "errors": failed})
+        result = self._volume(req).clear(
+            all=parse_bool(q.get("all")),
+            before_incident=parse_bool(q.get("before_incident")),
+            repair=parse_bool(q.get("repair")),
+        )
+        return json_response(result)
 
     # -- chunks --
 
@@ -479,12 +468,9 @@ class RdirApp:
 
     def fetch(self, req: Request) -> Response:
         volume, params, rebuild = self._listing(req, legacy_body=True)
-        incident = volume.incident
-        if rebuild:
-            if incident <= 0:
-                return json_response([], headers=_listing_headers(False, None))
-        else:
-            incident = 0
+        incident = volume.rebuild_incident(rebuild)
+        if incident is None:
+            return json_response([], headers=_listing_headers(False, None))
         entries, truncated, marker = volume.chunks.fetch(**params, incident=incident, entries=True)
         # (cid, chunk, {content_id, mtime, path, version}) -> ["cid|chunk", {...}]
         items = [(cid + "|" + chunk, value) for cid, chunk, value in entries]
@@ -492,20 +478,7 @@ class RdirApp:
 
     def vol_status(self, req: Request) -> Response:
         volume, params, _ = self._listing(req, legacy_body=False)  # rebuild is ignored
-        incident = volume.incident
-        total, to_rebuild, containers, truncated, marker = volume.chunks.status(
-            **params, incident=incident
-        )
-        chunk: dict[str, int] = {"total": total}
-        if incident > 0:
-            chunk["to_rebuild"] = to_rebuild
-        per_container = {}
-        for cid in sorted(containers):
-            ctotal, crebuild = containers[cid]
-            per_container[cid] = {"total": ctotal, "to_rebuild": crebuild} if crebuild else {"total": ctotal}
-        body: dict[str, Any] = {"chunk": chunk, "container": per_container}
-        if incident > 0:
-            body["rebuild"] = {"incident_date": incident}
+        body, truncated, marker = volume.status_page(**params)
         return json_response(body, headers=_listing_headers(truncated, marker))
 
     # -- meta2 --

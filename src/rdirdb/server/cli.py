@@ -52,6 +52,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="flush every commit to disk (survives power loss); by default, like the "
         "reference, a commit survives the process but not the machine",
     )
+    parser.add_argument("--registry", help="service registry URL (file:///path.json or a PostgreSQL DSN) to register in")
+    parser.add_argument("--location", default="", help="dc.rack.host.disk, for the dispatcher (default none)")
+    parser.add_argument(
+        "--heartbeat", type=float, default=5.0, help="seconds between registry refreshes (default %(default)s)"
+    )
     parser.add_argument(
         "--log-level", default="INFO", type=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR"),
         help="DEBUG logs every request (default %(default)s)",
@@ -91,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
         keepalive_timeout=args.keepalive_timeout,
         shutdown_timeout=args.shutdown_timeout,
         fsync=args.fsync,
+        registry=args.registry,
+        location=args.location,
+        heartbeat=args.heartbeat,
     )
     return serve(settings)
 

@@ -57,6 +57,9 @@ class Settings:
     keepalive_timeout: float = 60.0
     shutdown_timeout: float = 10.0
     fsync: bool = False
+    registry: str | None = None  # URL of the service registry to register in
+    location: str = ""  # dc.rack.host.disk, for the dispatcher's distance rules
+    heartbeat: float = 5.0
 
     def config(self) -> dict[str, object]:
         """The /config document (there is no central configuration)."""
@@ -280,6 +283,25 @@ def _fork_worker(sock: socket.socket, settings: Settings, opened: OpenedVolumes)
     return pid
 
 
+def _start_heartbeat(settings: Settings, identity: str, addr: str, opened: OpenedVolumes):
+    """Register in the service registry and keep the entry fresh (if one is configured)."""
+    if not settings.registry:
+        return None
+    from rdirdb.registry import Service
+    from rdirdb.server.registration import Heartbeat
+
+    store = Store(settings.db_path, readonly=True)
+
+    def stats() -> dict:
+        rawx, meta2 = store.volumes("rawx"), store.volumes("meta2")
+        return {"opened_db_count": opened.count(), "rawx_volumes": rawx, "meta2_volumes": meta2}
+
+    service = Service(type="rdir", id=identity, addr=addr, location=settings.location)
+    heartbeat = Heartbeat(settings.registry, service, stats, settings.heartbeat)
+    heartbeat.start()
+    return heartbeat
+
+
 def serve(settings: Settings) -> int:
     """Run the server until SIGTERM/SIGINT; returns the exit code."""
     try:
@@ -313,6 +335,7 @@ def serve(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     code = 0
+    heartbeat = None
     try:
         for _ in range(settings.workers):
             children[_fork_worker(sock, settings, opened)] = time.monotonic()
@@ -320,6 +343,7 @@ def serve(settings: Settings) -> int:
             "rdir %s serving %s on http://%s:%d with %d worker(s)",
             identity, settings.db_path, host, port, settings.workers,
         )
+        heartbeat = _start_heartbeat(settings, identity, f"{host}:{port}", opened)
         sys.stdout.flush()
         while children:
             try:
@@ -340,6 +364,8 @@ def serve(settings: Settings) -> int:
                 continue
             children[_fork_worker(sock, settings, opened)] = time.monotonic()
     finally:
+        if heartbeat is not None:
+            heartbeat.stop()
         sock.close()
         shutil.rmtree(run_dir, ignore_errors=True)
     log.info("rdir %s stopped", identity)
