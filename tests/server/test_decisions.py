@@ -49,7 +49,7 @@ def test_path_like_volume_ids_stay_inside_the_store(server, name):
     assert server.request("POST", "/v1/rdir/meta2/push", {"vol": vol}, meta2_record()).status == 204
     parent = os.path.dirname(server.db_path)
     assert [n for n in os.listdir(parent) if not n.endswith(".log")] == ["db"]  # nothing beside it
-    assert sorted(os.listdir(server.db_path)) == [".rdir-identity", "meta2", "rawx"]
+    assert sorted(os.listdir(server.db_path)) == [".rdir-identity", ".rdir-run", "meta2", "rawx"]
 
 
 def test_unknown_route_and_json_before_method(server):
