@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 
@@ -27,8 +28,8 @@ VOLUME_ROUTES = [
 ]
 
 
-@pytest.mark.parametrize("vol", ["", "..", ".", "a/b", "../../etc", "a\x00b", "a\nb", "x" * 300])
-def test_empty_or_unsafe_volume_is_400_everywhere(server, vol):
+@pytest.mark.parametrize("vol", ["", "a\x00b", "x" * 300])
+def test_empty_or_unstorable_volume_is_400_everywhere(server, vol):
     body = chunk_record() | meta2_record()
     for method, route in VOLUME_ROUTES:
         reply = server.request(method, route, {"vol": vol, "create": "1"}, body)
@@ -38,12 +39,17 @@ def test_empty_or_unsafe_volume_is_400_everywhere(server, vol):
     assert vol not in status["rawx_volumes"] and vol not in status["meta2_volumes"]
 
 
-def test_odd_but_safe_volume_ids_round_trip(server):
-    vol = "10.0.0.1:6201 é%2F." + random_hex(4)
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "../../escape", "/abs/path", ".hidden", "a\nb", "10.0.0.1:6201 é%2F."])
+def test_path_like_volume_ids_stay_inside_the_store(server, name):
+    vol = name + random_hex(4) if name not in (".", "..") else name
     rec = chunk_record()
     assert server.request("POST", "/v1/rdir/push", {"vol": vol, "create": 1}, rec).status == 204
     assert server.request("GET", "/v1/rdir/fetch", {"vol": vol}).json == [fetch_item(rec)]
     assert vol in server.request("GET", "/status").json["rawx_volumes"]
+    assert server.request("POST", "/v1/rdir/meta2/push", {"vol": vol}, meta2_record()).status == 204
+    parent = os.path.dirname(server.db_path)
+    assert [n for n in os.listdir(parent) if not n.endswith(".log")] == ["db"]  # nothing beside it
+    assert sorted(os.listdir(server.db_path)) == [".rdir-identity", ".rdir-run", "meta2", "rawx"]
 
 
 def test_unknown_route_and_json_before_method(server):
@@ -337,3 +343,15 @@ def test_listing_marker_header_with_unicode_and_no_line_breaks(server):
     bad = dict(chunk_record(), chunk_id="a\r\nx-injected: 1")
     reply = server.request("POST", "/v1/rdir/push", {"vol": vol}, bad)
     assert reply.status == 400 and "chunk_id" in reply.json["message"]
+
+
+@pytest.mark.parametrize("create", [False, True])
+def test_engine_invalid_batch_is_400_for_an_absent_volume_and_creates_nothing(server, create):
+    vol = new_volume()
+    bad = [chunk_record(), dict(chunk_record(), container_id="a|b")]
+    reply = server.request("POST", "/v1/rdir/push", {"vol": vol, "create": int(create)}, bad)
+    assert reply.status == 400 and "|" in reply.json["message"]
+    reply = server.request("DELETE", "/v1/rdir/delete", {"vol": vol}, [{"container_id": "C" * 65, "chunk_id": "x"}])
+    assert reply.status == 400
+    assert vol not in server.request("GET", "/status").json["rawx_volumes"]
+    assert server.request("DELETE", "/v1/rdir/delete", {"vol": vol}, [{"container_id": "C", "chunk_id": "x"}]).status == 404

@@ -17,6 +17,7 @@ from urllib.parse import unquote_plus
 import orjson
 
 from rdirdb import errors
+from rdirdb._rdir import check_chunks
 from rdirdb.store import Store, Volume, volume_file_name
 
 log = logging.getLogger("rdirdb.server")
@@ -146,11 +147,13 @@ def records_of(body: Any) -> list:
 
 @functools.lru_cache(maxsize=4096)  # only valid ids are cached: a rejection raises
 def check_volume_id(vol: str | None, what: str = "volume") -> str:
-    """The volume id of the query: present, non-empty and safe (400 otherwise)."""
+    """The volume id of the query: present, and one the store can hold (400 otherwise).
+
+    The store maps every other id (``..``, ``/``, ...) to a name inside its directory,
+    as the embedded client does.
+    """
     if vol is None or not vol:
         raise bad_request(f"no {what} id")
-    if vol in (".", "..") or "/" in vol or any(ord(c) < 0x20 or c == "\x7f" for c in vol):
-        raise bad_request(f"invalid {what} id {vol!r}")
     try:
         volume_file_name(vol)
     except errors.BadRequest as exc:
@@ -412,7 +415,7 @@ class RdirApp:
     def push(self, req: Request) -> Response:
         check_volume_id(req.query.get("vol"))
         records = [_chunk_record(r) for r in records_of(req.body)]  # validate before opening
-        volume = self._volume(req, create=parse_bool(req.query.get("create")))
+        volume = self._write_volume(req, records, create=parse_bool(req.query.get("create")), keys=False)
         if records:
             volume.chunks.put_batch(records)
         return NO_CONTENT
@@ -420,10 +423,21 @@ class RdirApp:
     def delete(self, req: Request) -> Response:
         check_volume_id(req.query.get("vol"))
         keys = [_chunk_key(r) for r in records_of(req.body)]
-        volume = self._volume(req)
+        volume = self._write_volume(req, keys, create=False, keys=True)
         if keys:
             volume.chunks.delete_batch(keys)
         return NO_CONTENT
+
+    def _write_volume(self, req: Request, batch: list[tuple], *, create: bool, keys: bool) -> Volume:
+        """The volume a chunk batch goes to. For an absent volume the engine's own checks
+        (lengths, separators) run first: a bad batch is 400, not 404, and creates nothing."""
+        try:
+            return self._volume(req)
+        except errors.NotFound:
+            check_chunks(batch, key_only=keys)
+            if not create:
+                raise
+            return self._volume(req, create=True)
 
     def _listing(self, req: Request, legacy_body: bool) -> tuple[Volume, dict[str, Any], bool]:
         """The volume, the scan parameters and ``rebuild`` (query first, then legacy body)."""
@@ -442,10 +456,11 @@ class RdirApp:
         limit = q.get("max", q.get("limit"))
         if limit is None:
             limit = field(body, "limit", int, mandatory=False)
-        rebuild = q.get("rebuild")
-        rebuild = parse_bool(rebuild) if rebuild is not None else bool(
-            field(body, "rebuild", bool, mandatory=False)
-        )
+        rebuild_param = q.get("rebuild")
+        if rebuild_param is not None:
+            rebuild = parse_bool(rebuild_param)
+        else:
+            rebuild = bool(field(body, "rebuild", bool, mandatory=False))
         volume = self._volume(req)
         # An empty marker or prefix means none (the reference skipped the first record).
         params = {"prefix": prefix or None, "marker": marker or None, "limit": parse_limit(limit)}
@@ -456,11 +471,9 @@ class RdirApp:
         incident = volume.rebuild_incident(rebuild)
         if incident is None:
             return json_response([], headers=_listing_headers(False, None))
-        records, truncated, marker = volume.chunks.fetch(**params, incident=incident)
-        items = [
-            [cid + "|" + chunk, {"content_id": content, "mtime": mtime, "path": path, "version": version}]
-            for cid, chunk, content, mtime, path, version in records
-        ]
+        entries, truncated, marker = volume.chunks.fetch(**params, incident=incident, entries=True)
+        # (cid, chunk, {content_id, mtime, path, version}) -> ["cid|chunk", {...}]
+        items = [(cid + "|" + chunk, value) for cid, chunk, value in entries]
         return json_response(items, headers=_listing_headers(truncated, marker))
 
     def vol_status(self, req: Request) -> Response:

@@ -27,6 +27,10 @@ Handler = Callable[[str, str, str, bytes], Response]
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 
 
+_id_prefix = ""
+_id_counter = itertools.count()
+
+
 def _new_id_prefix() -> None:
     global _id_prefix, _id_counter
     _id_prefix = "rdir-" + os.urandom(8).hex()

@@ -23,7 +23,6 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -34,6 +33,7 @@ from rdirdb.store import Store, volume_file_name
 log = logging.getLogger("rdirdb.server")
 
 IDENTITY_FILE = ".rdir-identity"
+RUN_DIR = ".rdir-run"  # one empty file per volume opened since start, by any worker
 RESPAWN_MIN_LIFETIME = 1.0  # a worker dying younger than this stops the server
 ACCEPT_PAUSE = 0.0005  # seconds per connection served before accepting another
 MAX_ACCEPT_PAUSE = 0.005
@@ -318,7 +318,11 @@ def serve(settings: Settings) -> int:
         log.error("cannot start: %s", exc)
         return 1
 
-    run_dir = tempfile.mkdtemp(prefix="rdirdb-serve-")
+    # Beside the volumes, so that a server killed outright (SIGKILL) leaks nothing
+    # elsewhere: the next start on this directory resets it.
+    run_dir = os.path.join(settings.db_path, RUN_DIR)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    os.makedirs(run_dir)
     opened = OpenedVolumes(run_dir)
     stopping = False
     children: dict[int, float] = {}
