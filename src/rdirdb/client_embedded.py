@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from rdirdb._rdir import check_chunks
+from rdirdb._rdir import Entries, check_chunks
 from rdirdb.client import ChunkEntry, RdirBackend, listing_limit
 from rdirdb.store import Store, Volume
 
@@ -52,10 +52,10 @@ class EmbeddedBackend(RdirBackend):
         incident = vol.rebuild_incident(rebuild)
         if incident is None:
             return [], False, None
-        # The engine builds OpenIO's (cid, chunk, value) entries itself.
-        return vol.chunks.fetch(
-            prefix=prefix, marker=marker, limit=listing_limit(limit), incident=incident, entries=True
+        records, truncated, marker = vol.chunks.fetch(
+            prefix=prefix, marker=marker, limit=listing_limit(limit), incident=incident
         )
+        return Entries(records), truncated, marker
 
     def chunk_array_page(
         self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None, rebuild: bool,
