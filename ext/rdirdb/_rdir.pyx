@@ -1649,22 +1649,11 @@ cdef class Meta2Index:
         self.dbis[0] = env.dbi("meta2")
         self.canonical[0] = False
 
-    cdef _Batch _encode(self, object records, bint key_only):
-        cdef _Batch batch
-        cdef Py_ssize_t i, n
-        records = _as_list(records)
-        n = len(records)
-        batch = _Batch(n)
-        for i in range(n):
-            _add_meta2(batch, records[i], i, key_only)
-        batch.sort_unique()
-        return batch
-
     def put_batch(self, records):
         """Write records (dicts with container_url, container_id, optional mtime and
         extra_data) in one transaction, all or nothing. Returns how many."""
         cdef Py_ssize_t written = 0
-        cdef _Batch batch = self._encode(records, False)
+        cdef _Batch batch = _encode_meta2(records, False)
         if batch.n:
             _write_batch(self.env, self.dbis, batch, False, &written)
         return written
@@ -1672,7 +1661,7 @@ cdef class Meta2Index:
     def delete_batch(self, container_urls):
         """Delete the records of ``container_urls`` in one transaction; returns how many existed."""
         cdef Py_ssize_t deleted = 0
-        cdef _Batch batch = self._encode(container_urls, True)
+        cdef _Batch batch = _encode_meta2(container_urls, True)
         if batch.n:
             _write_batch(self.env, self.dbis, batch, True, &deleted)
         return deleted
@@ -1707,6 +1696,24 @@ cdef class Meta2Index:
             return total
         finally:
             reader.close()
+
+
+cdef _Batch _encode_meta2(object records, bint key_only):
+    """Validate and encode meta2 records (or urls), sorted, last duplicate kept."""
+    cdef _Batch batch
+    cdef Py_ssize_t i, n
+    records = _as_list(records)
+    n = len(records)
+    batch = _Batch(n)
+    for i in range(n):
+        _add_meta2(batch, records[i], i, key_only)
+    batch.sort_unique()
+    return batch
+
+
+def check_meta2(records, *, bint key_only=False):
+    """Validate meta2 records (urls with ``key_only``) as put_batch would, writing nothing."""
+    return _encode_meta2(records, key_only).live()
 
 
 cdef int _add_meta2(_Batch batch, object rec, Py_ssize_t i, bint key_only) except -1:

@@ -45,6 +45,9 @@ def order_key(container_id: str, chunk_id: str) -> bytes:
     """The sort key that defines the listing order (text order of ``cid|chunk``)."""
 
 def split_marker(marker: str) -> tuple[str, str]: ...
+def check_meta2(records: Iterable[Mapping[str, Any]] | Iterable[str], *, key_only: bool = False) -> int:
+    """Validate meta2 records as Meta2Index.put_batch would, writing nothing."""
+
 def check_chunks(records: ChunkInput | KeyInput, *, key_only: bool = False) -> int:
     """Validate a batch as put_batch/delete_batch would, writing nothing."""
 

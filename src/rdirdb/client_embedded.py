@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from rdirdb._rdir import Entries, check_chunks
+from rdirdb._rdir import Entries, check_chunks, check_meta2
 from rdirdb.client import ChunkEntry, RdirBackend, listing_limit
 from rdirdb.store import Store, Volume
 
@@ -100,6 +100,8 @@ class EmbeddedBackend(RdirBackend):
 
     def meta2_push(self, volume: str, records: list[dict[str, Any]], **options: Any) -> None:
         # meta2 pushes create the volume, as the reference server does by default.
+        if not self.store.exists(volume, "meta2"):
+            check_meta2(records)  # a bad batch creates nothing
         self._meta2(volume, create=True).meta2.put_batch(records)
 
     def meta2_delete(self, volume: str, records: list[dict[str, Any]], **options: Any) -> None:

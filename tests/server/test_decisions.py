@@ -355,3 +355,10 @@ def test_engine_invalid_batch_is_400_for_an_absent_volume_and_creates_nothing(se
     assert reply.status == 400
     assert vol not in server.request("GET", "/status").json["rawx_volumes"]
     assert server.request("DELETE", "/v1/rdir/delete", {"vol": vol}, [{"container_id": "C", "chunk_id": "x"}]).status == 404
+
+
+def test_bad_meta2_batch_creates_nothing(server):
+    vol = "127.0.0.1:" + new_volume()
+    bad = {"container_url": "NS/a/" + "u" * 2000, "container_id": "X"}
+    assert server.request("POST", "/v1/rdir/meta2/push", {"vol": vol}, [bad]).status == 400
+    assert server.request("GET", "/v1/rdir/meta2/fetch", {"vol": vol}).status == 404

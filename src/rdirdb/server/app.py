@@ -17,7 +17,7 @@ from urllib.parse import unquote_plus
 import orjson
 
 from rdirdb import errors
-from rdirdb._rdir import check_chunks
+from rdirdb._rdir import check_chunks, check_meta2
 from rdirdb.store import Store, Volume, volume_file_name
 
 log = logging.getLogger("rdirdb.server")
@@ -490,6 +490,8 @@ class RdirApp:
     def meta2_push(self, req: Request) -> Response:
         check_volume_id(req.query.get("vol"), "meta2")
         records = [_meta2_record(r) for r in records_of(req.body)]
+        if not self.store.exists(req.query["vol"], "meta2"):
+            check_meta2(records)  # a bad batch is a 400 and creates nothing
         volume = self._volume(req, "meta2", create=parse_bool(req.query.get("create"), True))
         if records:
             volume.meta2.put_batch(records)

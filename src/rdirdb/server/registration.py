@@ -1,10 +1,16 @@
 """The server's entry in the service registry: registered at start, refreshed
-on a heartbeat with the stats the dispatcher balances on."""
+on a heartbeat with the stats the dispatcher balances on.
+
+The heartbeat is a child process, not a thread: the master forks replacement
+workers, and forking a process while another of its threads holds a lock is
+unsafe."""
 
 from __future__ import annotations
 
 import logging
-import threading
+import os
+import signal
+import time
 from typing import Callable
 
 from rdirdb.registry import Service, open_registry
@@ -12,33 +18,29 @@ from rdirdb.registry import Service, open_registry
 log = logging.getLogger("rdirdb.server")
 
 
-class Heartbeat(threading.Thread):
-    """Registers ``service`` in the registry at ``url`` and refreshes its stats
-    (``stats()``) every ``interval`` seconds until ``stop()``. A registry that
-    is down is retried at the next beat: serving never depends on it."""
+def beat(url: str, service: Service, stats: Callable[[], dict]) -> None:
+    """Register ``service`` (or refresh it) with its current ``stats()``."""
+    service.stats = stats()
+    with open_registry(url) as registry:
+        registry.register(service)
 
-    def __init__(
-        self, url: str, service: Service, stats: Callable[[], dict], interval: float = 5.0
-    ) -> None:
-        super().__init__(name="rdir-heartbeat", daemon=True)
-        self.url = url
-        self.service = service
-        self.stats = stats
-        self.interval = interval
-        self._stop = threading.Event()
 
-    def beat(self) -> None:
-        self.service.stats = self.stats()
-        with open_registry(self.url) as registry:
-            registry.register(self.service)
-
-    def run(self) -> None:
-        while not self._stop.is_set():
+def start_heartbeat(url: str, service: Service, stats: Callable[[], dict], interval: float) -> int:
+    """Fork the heartbeat process; returns its pid. It stops on SIGTERM or when
+    its parent dies. A registry that is down is retried at the next beat:
+    serving never depends on it."""
+    parent = os.getpid()
+    pid = os.fork()
+    if pid:
+        return pid
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        while os.getppid() == parent:
             try:
-                self.beat()
-            except Exception as exc:  # a registry outage must not stop the server
-                log.warning("cannot refresh %s in the registry: %s", self.service.id, exc)
-            self._stop.wait(self.interval)
-
-    def stop(self) -> None:
-        self._stop.set()
+                beat(url, service, stats)
+            except Exception as exc:
+                log.warning("cannot refresh %s in the registry: %s", service.id, exc)
+            time.sleep(interval)
+    finally:
+        os._exit(0)

@@ -288,7 +288,7 @@ def _start_heartbeat(settings: Settings, identity: str, addr: str, opened: Opene
     if not settings.registry:
         return None
     from rdirdb.registry import Service
-    from rdirdb.server.registration import Heartbeat
+    from rdirdb.server.registration import start_heartbeat
 
     store = Store(settings.db_path, readonly=True)
 
@@ -297,9 +297,7 @@ def _start_heartbeat(settings: Settings, identity: str, addr: str, opened: Opene
         return {"opened_db_count": opened.count(), "rawx_volumes": rawx, "meta2_volumes": meta2}
 
     service = Service(type="rdir", id=identity, addr=addr, location=settings.location)
-    heartbeat = Heartbeat(settings.registry, service, stats, settings.heartbeat)
-    heartbeat.start()
-    return heartbeat
+    return start_heartbeat(settings.registry, service, stats, settings.heartbeat)
 
 
 def serve(settings: Settings) -> int:
@@ -369,7 +367,11 @@ def serve(settings: Settings) -> int:
             children[_fork_worker(sock, settings, opened)] = time.monotonic()
     finally:
         if heartbeat is not None:
-            heartbeat.stop()
+            try:
+                os.kill(heartbeat, signal.SIGTERM)
+                os.waitpid(heartbeat, 0)
+            except (ProcessLookupError, ChildProcessError):  # already gone and reaped
+                pass
         sock.close()
         shutil.rmtree(run_dir, ignore_errors=True)
     log.info("rdir %s stopped", identity)
