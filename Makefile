@@ -8,7 +8,7 @@ APT_PACKAGES := liblmdb-dev
 STAMP := .make-installed
 DEMO_ARGS ?=
 
-.PHONY: all system-deps install compile debug test demo bench compare clean distclean
+.PHONY: all system-deps bench-deps install compile debug test demo bench compare clean distclean
 
 all: compile
 
@@ -29,6 +29,11 @@ $(STAMP): pyproject.toml setup.py | system-deps
 
 install: system-deps $(STAMP)
 
+# The HTTP load generator of the server benchmarks.
+bench-deps:
+	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk; }
+
 compile: install
 	$(PYTHON) setup.py -q build_ext --inplace
 
@@ -41,8 +46,9 @@ test: compile
 demo: compile
 	$(PYTHON) -m rdirdb demo $(DEMO_ARGS)
 
-bench: compile
+bench: compile bench-deps
 	$(PYTHON) -m pytest benches --benchmark-only $(PYTEST_ARGS)
+	$(PYTHON) benches/bench_server.py
 
 compare: compile
 	$(PYTHON) benches/compare.py
