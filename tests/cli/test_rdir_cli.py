@@ -150,7 +150,7 @@ def test_copy(cli, cluster):
     ok(cli("volume", "lock", vol, *reg, "--who", "rebuilder"))
 
     out = cli.json("rdir", "copy", "rawx", vol, *reg, "--dest", f"{cluster.rdir[1]},{cluster.addr[cluster.rdir[2]]}")
-    assert out["records"] == 2500 and out["sources"] is None
+    assert out["records"] == 2500 and out["sources"] == [cluster.addr[cluster.rdir[0]]]
     assert out["dests"] == [cluster.addr[cluster.rdir[1]], cluster.addr[cluster.rdir[2]]]
     assert fetch_all(cli, "--rdir-hosts", cluster.addr[cluster.rdir[1]], volume=vol) == sorted(records, key=key)
     for rid in cluster.rdir[1:3]:
@@ -172,6 +172,7 @@ def test_copy(cli, cluster):
     # failures: no assignment, no source left, usage
     assert "no rdir" in failed(cli("rdir", "copy", "rawx", cluster.rawx[1], *reg, "--dest", cluster.rdir[1])).lower()
     assert "No source" in failed(cli("rdir", "copy", "rawx", vol, *reg, "--dest", cluster.rdir[0]))
+    assert "not HOST:PORT" in failed(cli("rdir", "copy", "rawx", vol, *reg, "--dest", "unknown-rdir"))
     failed(cli("rdir", "copy", "rawx", vol, *reg), 2)
 
 

@@ -168,6 +168,10 @@ def test_targets_and_usage(cli, store, tmp_path):
     failed(cli("volume", "fetch", VOL), 2)  # no target
     failed(cli("volume", "fetch", VOL, *store, "--rdir-hosts", "127.0.0.1:1"), 2)  # two targets
     failed(cli("volume", "fetch", VOL, "--rdir-hosts", ","), 2)
+    assert "not HOST:PORT" in failed(cli("volume", "fetch", VOL, "--rdir-hosts", "localhost"))
+    # a volume of several that fails is named, with those done before it
+    err = failed(cli("volume", "lock", VOL, "nope", *store, "--who", "me"))
+    assert "'nope'" in err and f"done before: {VOL}" in err
     failed(cli("volume"), 2)
     failed(cli("volume", "incident"), 2)
     failed(cli("volume", "lock", VOL, *store), 2)  # no --who

@@ -89,6 +89,14 @@ def host_list(text: str) -> list[str]:
     return hosts
 
 
+def check_address(host: str) -> str:
+    """``host`` if it is ``HOST:PORT``, else a ``CommandError``."""
+    name, _, port = host.rpartition(":")
+    if not name or not port.isdigit():
+        raise CommandError(f"{host!r} is not HOST:PORT")
+    return host
+
+
 def add_target_flags(parser: argparse.ArgumentParser) -> None:
     """Where the volumes are, exactly one of: a store (embedded) or rdir servers (remote)."""
     group = parser.add_mutually_exclusive_group(required=True)
@@ -112,7 +120,7 @@ def open_client(args: argparse.Namespace, *, create: bool = False) -> RdirClient
             raise CommandError(f"no store at {args.db_path!r}")
         return RdirClient({"db_path": args.db_path})
     if args.rdir_hosts:
-        return RdirClient({"rdir_hosts": args.rdir_hosts})
+        return RdirClient({"rdir_hosts": [check_address(host) for host in args.rdir_hosts]})
     return RdirClient({"registry": args.registry})
 
 

@@ -30,6 +30,7 @@ from rdirdb.tools.common import (
     add_command,
     add_group,
     add_registry_flag,
+    check_address,
     host_list,
     print_json,
     print_table,
@@ -98,10 +99,13 @@ def _add_placement_flags(sub: argparse.ArgumentParser, *, min_dist: int | None) 
 # -- helpers ---------------------------------------------------------------------------
 
 
-def _addrs(registry: Registry, names: list[str]) -> list[str]:
-    """host:port of each name: a registered rdir service id or an address."""
+def _addrs(registry: Registry, names: list[str], *, registered: bool = False) -> list[str]:
+    """HOST:PORT of each name: a registered rdir service id or an address
+    (with ``registered``, the registered rdir services only)."""
     by_id = {s.id: s.addr for s in registry.services("rdir")}
-    return [by_id.get(name, name) for name in names]
+    if registered:
+        return [by_id[name] for name in names if name in by_id]
+    return [by_id[name] if name in by_id else check_address(name) for name in names]
 
 
 def _dispatcher(args: argparse.Namespace, registry: Registry) -> RdirDispatcher:
@@ -115,7 +119,7 @@ def _dispatcher(args: argparse.Namespace, registry: Registry) -> RdirDispatcher:
     client = RdirClient({"registry": args.registry})
 
     def create(volume_id: str, rdir_ids: list[str]) -> None:
-        client.create(volume_id, args.type, rdir_hosts=_addrs(registry, rdir_ids))
+        client.create(volume_id, args.type, rdir_hosts=_addrs(registry, rdir_ids, registered=True))
 
     return RdirDispatcher({"registry": args.registry}, registry=registry, on_assigned=create)
 
@@ -218,7 +222,8 @@ def _reassign_main(args: argparse.Namespace) -> int:
                     added = [r for r in row["new"] if r not in old]
                     if added and not (args.no_copy or args.dry_run):
                         # Read from the rdir services the volume keeps first, the one it leaves last.
-                        sources = _addrs(registry, [r for r in old if r != args.rdir_id] + [args.rdir_id])
+                        sources = _addrs(registry, [r for r in old if r != args.rdir_id] + [args.rdir_id],
+                                         registered=True)
                         row["copied"] = _copy(client, args.type, volume, sources, _addrs(registry, added), bar)
                 except RdirdbError as exc:
                     row["error"] = str(exc)
@@ -239,18 +244,19 @@ def _reassign_main(args: argparse.Namespace) -> int:
 def _copy_main(args: argparse.Namespace) -> int:
     with open_registry(args.registry) as registry:
         dests = _addrs(registry, args.dest)
-        sources = _addrs(registry, args.source) if args.source else None
+        if args.source:
+            sources = _addrs(registry, args.source)
+        else:
+            sources = _addrs(registry, registry.get_assignment(args.volume), registered=True)
+        sources = [host for host in sources if host not in dests]
     with RdirClient({"registry": args.registry}) as client:
         where = {"rdir_hosts": sources} if sources else {}
         total = client.status(args.volume, **where)["chunk"].get("total") if args.type == "rawx" else None
         with Progress(total, "copying") as bar:
             copied = _copy(client, args.type, args.volume, sources, dests, bar)
-    result = {"type": args.type, "volume": args.volume, "sources": sources, "dests": dests,
-              "records": copied}
     if args.json:
-        print_json(result)
+        print_json({"type": args.type, "volume": args.volume, "sources": sources, "dests": dests, "records": copied})
     else:
         print_table(("TYPE", "VOLUME", "SOURCES", "DESTS", "RECORDS"),
-                    [(args.type, args.volume, ",".join(sources) if sources else "(registry)", ",".join(dests),
-                      copied)])
+                    [(args.type, args.volume, ",".join(sources), ",".join(dests), copied)])
     return 0

@@ -134,8 +134,14 @@ def _headers(keys: Iterable[str]) -> list[str]:
 def _each(args: argparse.Namespace, action: Callable[[RdirClient, str], dict[str, Any]], *,
           create: bool = False) -> int:
     """Run ``action`` on every volume and report one row per volume."""
+    rows: list[dict[str, Any]] = []
     with open_client(args, create=create) as client:
-        rows = [{"volume": volume, **action(client, volume)} for volume in args.volumes]
+        for volume in args.volumes:
+            try:
+                rows.append({"volume": volume, **action(client, volume)})
+            except RdirdbError as exc:
+                done = f" (done before: {', '.join(r['volume'] for r in rows)})" if rows else ""
+                raise CommandError(f"volume {volume!r}: {exc}{done}") from exc
     if args.json:
         print_json({"volumes": rows})
     else:
