@@ -221,6 +221,16 @@ def test_reassign_no_copy_and_failure(cli, cluster):
     assert "1 of 1 volumes failed" in err and cluster.rawx[0] in proc.stdout.decode()
     assert second in cluster.assignments()[cluster.rawx[0]]
 
+    # an rdir service that is down: the volume moves, the copy fails, and the error says how to retry
+    with open_registry(cluster.url) as registry:
+        registry.register(Service("rdir", "rdir-down", "127.0.0.1:1", "dc1.rack9.h9.d0"))
+        registry.replace_assignment(cluster.rawx[1], ["rdir-down"])
+    proc = cli("rdir", "reassign", "rawx", "rdir-down", *reg, "--replicas", "1")
+    err = failed(proc)
+    (new,) = cluster.assignments()[cluster.rawx[1]]
+    assert new in cluster.rdir and f"rdirdb rdir copy rawx {cluster.rawx[1]} --dest {new}" in err
+    assert "reassigned, but the copy failed" in proc.stdout.decode()
+
 
 def test_help(cli, capsys):
     assert "reassign" in ok(cli("rdir", "--help"))

@@ -108,15 +108,14 @@ def _addrs(registry: Registry, names: list[str], *, registered: bool = False) ->
     return [by_id[name] if name in by_id else check_address(name) for name in names]
 
 
-def _dispatcher(args: argparse.Namespace, registry: Registry) -> RdirDispatcher:
-    """A dispatcher that creates each newly assigned volume on its rdir servers.
+def _dispatcher(args: argparse.Namespace, registry: Registry, client: RdirClient) -> RdirDispatcher:
+    """A dispatcher that creates each newly assigned volume on its rdir servers (through ``client``).
 
     Its per-volume warnings are shown with ``-v`` only: every failure it logs
     is also in the error it raises, which the command reports once.
     """
     if not args.verbose:
         logging.getLogger("rdirdb.dispatcher").setLevel(logging.ERROR)
-    client = RdirClient({"registry": args.registry})
 
     def create(volume_id: str, rdir_ids: list[str]) -> None:
         client.create(volume_id, args.type, rdir_hosts=_addrs(registry, rdir_ids, registered=True))
@@ -153,8 +152,8 @@ def _copy(client: RdirClient, service_type: str, volume: str, sources: list[str]
 
 
 def _bootstrap_main(args: argparse.Namespace) -> int:
-    with open_registry(args.registry) as registry:
-        dispatcher = _dispatcher(args, registry)
+    with open_registry(args.registry) as registry, RdirClient({"registry": args.registry}) as client:
+        dispatcher = _dispatcher(args, registry, client)
         try:
             services = dispatcher.assign_services(
                 args.type, max_per_rdir=args.max_per_rdir, min_dist=args.min_dist, replicas=args.replicas,
@@ -203,12 +202,12 @@ def _assignments_main(args: argparse.Namespace) -> int:
 def _reassign_main(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     failures: list[str] = []
-    with open_registry(args.registry) as registry:
-        dispatcher = _dispatcher(args, registry)
+    with open_registry(args.registry) as registry, RdirClient({"registry": args.registry}) as client:
+        dispatcher = _dispatcher(args, registry, client)
         aggregated = dispatcher.get_aggregated_assignments(args.type)
         if args.rdir_id not in aggregated or args.rdir_id == UNASSIGNED:
             raise CommandError(f"{args.rdir_id!r} is not a registered rdir service and holds no {args.type} volume")
-        with RdirClient({"registry": args.registry}) as client, Progress(None, "copying") as bar:
+        with Progress(None, "copying") as bar:
             for volume in aggregated[args.rdir_id]:
                 old = registry.get_assignment(volume)
                 row: dict[str, Any] = {"volume": volume, "old": old, "new": [], "copied": None, "error": None}
@@ -220,14 +219,20 @@ def _reassign_main(args: argparse.Namespace) -> int:
                     )[0]
                     row["new"] = [r["id"] for r in service.get("rdir", [])]
                     added = [r for r in row["new"] if r not in old]
-                    if added and not (args.no_copy or args.dry_run):
-                        # Read from the rdir services the volume keeps first, the one it leaves last.
-                        sources = _addrs(registry, [r for r in old if r != args.rdir_id] + [args.rdir_id],
-                                         registered=True)
-                        row["copied"] = _copy(client, args.type, volume, sources, _addrs(registry, added), bar)
                 except RdirdbError as exc:
                     row["error"] = str(exc)
                     failures.append(f"{volume}: {exc}")
+                    continue
+                if added and not (args.no_copy or args.dry_run):
+                    # Read from the rdir services the volume keeps first, the one it leaves last.
+                    sources = _addrs(registry, [r for r in old if r != args.rdir_id] + [args.rdir_id],
+                                     registered=True)
+                    try:
+                        row["copied"] = _copy(client, args.type, volume, sources, _addrs(registry, added), bar)
+                    except RdirdbError as exc:
+                        row["error"] = f"reassigned, but the copy failed: {exc}"
+                        failures.append(f"{volume}: {row['error']} (retry with 'rdirdb rdir copy {args.type} "
+                                        f"{volume} --dest {','.join(added)}')")
     if args.json:
         print_json({"rdir": args.rdir_id, "volumes": rows})
     else:
