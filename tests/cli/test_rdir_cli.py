@@ -137,6 +137,16 @@ def test_bootstrap_failures(cli, cluster):
     failed(cli("rdir", "assignments", "rawx", *reg, "--check", "--aggregated"), 2)
     assert "No rdir service" in failed(cli("rdir", "bootstrap", "rawx", "--registry", cluster.url + ".empty"))
 
+    # the only rdir service is down: assigned, not created, and the error says how to retry
+    url = cluster.url + ".down"
+    with open_registry(url) as registry:
+        registry.register(Service("rdir", "rdir-down", "127.0.0.1:1", "dc1.rack9.h9.d0"))
+        registry.register(Service("rawx", "rawx-lonely", "10.0.3.1:6200", "dc1.rawx.h1.d0"))
+    proc = cli("rdir", "bootstrap", "rawx", "--registry", url, "--replicas", "1")
+    assert "rdirdb volume create rawx-lonely --type rawx" in failed(proc) and "rdir-down" in proc.stdout.decode()
+    with open_registry(url) as registry:
+        assert registry.assignments() == {"rawx-lonely": ["rdir-down"]}
+
 
 def test_copy(cli, cluster):
     reg = ("--registry", cluster.url)

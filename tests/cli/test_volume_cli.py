@@ -158,6 +158,9 @@ def test_meta2(cli, store):
     table = ok(cli("volume", "meta2", "fetch", "m2", *store)).splitlines()
     assert len(table) == 11 and "NS/acct/c0 " not in "\n".join(table) and "NS/acct/c1 " not in "\n".join(table)
     failed(cli("volume", "meta2", "delete", "m2", *store), 2)
+    ok(cli("volume", "create", "empty", "--type", "meta2", *store))
+    assert ok(cli("volume", "meta2", "fetch", "empty", *store)).split() == ["CONTAINER", "URL", "CONTAINER", "ID",
+                                                                           "MTIME", "EXTRA", "DATA"]
     assert "line 1" in failed(cli("volume", "meta2", "push", "m2", *store, input=b'{"container_url": "bad"}\n'))
 
 

@@ -108,19 +108,25 @@ def _addrs(registry: Registry, names: list[str], *, registered: bool = False) ->
     return [by_id[name] if name in by_id else check_address(name) for name in names]
 
 
-def _dispatcher(args: argparse.Namespace, registry: Registry, client: RdirClient) -> RdirDispatcher:
-    """A dispatcher that creates each newly assigned volume on its rdir servers (through ``client``).
+def _dispatcher(args: argparse.Namespace, registry: Registry, client: RdirClient) -> tuple[RdirDispatcher, list[str]]:
+    """A dispatcher that creates each newly assigned volume on its rdir servers
+    (through ``client``), and the list where it says which volumes it could not create.
 
-    Its per-volume warnings are shown with ``-v`` only: every failure it logs
-    is also in the error it raises, which the command reports once.
+    The dispatcher's own warnings are shown with ``-v`` only: every failure it
+    logs is also in the error it raises, which the command reports once.
     """
     if not args.verbose:
         logging.getLogger("rdirdb.dispatcher").setLevel(logging.ERROR)
+    failures: list[str] = []
 
     def create(volume_id: str, rdir_ids: list[str]) -> None:
-        client.create(volume_id, args.type, rdir_hosts=_addrs(registry, rdir_ids, registered=True))
+        try:
+            client.create(volume_id, args.type, rdir_hosts=_addrs(registry, rdir_ids, registered=True))
+        except RdirdbError as exc:
+            failures.append(f"{volume_id}: assigned, but not created on its rdir services ({exc}); retry with "
+                            f"'rdirdb volume create {volume_id} --type {args.type} --registry {args.registry}'")
 
-    return RdirDispatcher({"registry": args.registry}, registry=registry, on_assigned=create)
+    return RdirDispatcher({"registry": args.registry}, registry=registry, on_assigned=create), failures
 
 
 def _print_assignments(args: argparse.Namespace, services: list[dict[str, Any]]) -> None:
@@ -153,7 +159,7 @@ def _copy(client: RdirClient, service_type: str, volume: str, sources: list[str]
 
 def _bootstrap_main(args: argparse.Namespace) -> int:
     with open_registry(args.registry) as registry, RdirClient({"registry": args.registry}) as client:
-        dispatcher = _dispatcher(args, registry, client)
+        dispatcher, not_created = _dispatcher(args, registry, client)
         try:
             services = dispatcher.assign_services(
                 args.type, max_per_rdir=args.max_per_rdir, min_dist=args.min_dist, replicas=args.replicas,
@@ -164,6 +170,8 @@ def _bootstrap_main(args: argparse.Namespace) -> int:
             _print_assignments(args, dispatcher.get_assignments(args.type)[0])
             raise CommandError(f"bootstrap failed: {exc}") from exc
     _print_assignments(args, services)
+    if not_created:
+        raise CommandError("; ".join(not_created))
     return 0
 
 
@@ -203,7 +211,7 @@ def _reassign_main(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     failures: list[str] = []
     with open_registry(args.registry) as registry, RdirClient({"registry": args.registry}) as client:
-        dispatcher = _dispatcher(args, registry, client)
+        dispatcher, not_created = _dispatcher(args, registry, client)
         aggregated = dispatcher.get_aggregated_assignments(args.type)
         if args.rdir_id not in aggregated or args.rdir_id == UNASSIGNED:
             raise CommandError(f"{args.rdir_id!r} is not a registered rdir service and holds no {args.type} volume")
@@ -241,6 +249,8 @@ def _reassign_main(args: argparse.Namespace) -> int:
             [(r["volume"], ",".join(r["old"]), ",".join(r["new"]) or "-",
               "-" if r["copied"] is None else r["copied"], r["error"] or "-") for r in rows],
         )
+    if args.no_copy:  # else the copy created the volumes, or says it failed
+        failures += not_created
     if failures:
         raise CommandError(f"{len(failures)} of {len(rows)} volumes failed: " + "; ".join(failures))
     return 0
