@@ -19,6 +19,8 @@ _COMMAND_MODULES = (
     "rdirdb.tools.leveldb",
     "rdirdb.tools.dump",
     "rdirdb.tools.stats",
+    "rdirdb.tools.volume",
+    "rdirdb.tools.rdir",
     "rdirdb.sharedbase.cli",
     "rdirdb.server.cli",
 )

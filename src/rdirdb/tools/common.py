@@ -15,11 +15,15 @@ import sys
 import tempfile
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
+from rdirdb.client import RdirClient
 from rdirdb.errors import RdirdbError
 from rdirdb.store import SERVICE_TYPES, Store, Volume, volume_file_name
 
 BATCH = 10_000  # records per write transaction
 PAGE = 10_000  # records per read page
+
+
+Main = Callable[[argparse.Namespace], int]  # a subcommand's handler: the exit code
 
 
 class CommandError(RdirdbError):
@@ -60,6 +64,64 @@ def add_filter_flags(parser: argparse.ArgumentParser) -> None:
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON, for scripts")
+
+
+def add_group(subparsers: argparse._SubParsersAction, name: str, help: str,
+              description: str) -> argparse._SubParsersAction:
+    """A command made of subcommands (``rdirdb volume ...``); add them to what it returns."""
+    parser = subparsers.add_parser(name, help=help, description=description)
+    return parser.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
+
+
+def add_command(commands: argparse._SubParsersAction, name: str, main: Main, help: str) -> argparse.ArgumentParser:
+    """A subcommand of a group: ``help`` as its description, ``--json``, ``main`` as its handler."""
+    sub = commands.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".")
+    add_json_flag(sub)
+    sub.set_defaults(handler=handler(main), parser=sub)
+    return sub
+
+
+def host_list(text: str) -> list[str]:
+    """An argparse type: ``host:port[,host:port...]`` (or rdir service ids) as a list."""
+    hosts = [h.strip() for h in text.split(",") if h.strip()]
+    if not hosts:
+        raise argparse.ArgumentTypeError("expected HOST[,HOST...]")
+    return hosts
+
+
+def check_address(host: str) -> str:
+    """``host`` if it is ``HOST:PORT``, else a ``CommandError``."""
+    name, _, port = host.rpartition(":")
+    if not name or not port.isdigit():
+        raise CommandError(f"{host!r} is not HOST:PORT")
+    return host
+
+
+def add_target_flags(parser: argparse.ArgumentParser) -> None:
+    """Where the volumes are, exactly one of: a store (embedded) or rdir servers (remote)."""
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--db-path", metavar="STORE", help="the rdirdb store directory (embedded)")
+    group.add_argument("--rdir-hosts", metavar="HOST[,HOST]", type=host_list,
+                       help="the rdir servers holding the volumes (host:port, comma-separated)")
+    add_registry_flag(group, required=False)
+
+
+def add_registry_flag(parser: Any, *, required: bool = True) -> None:
+    parser.add_argument("--registry", metavar="URL", required=required,
+                        help="the service registry (file:///path.json or postgresql://...): "
+                        "rdir services and their assignments")
+
+
+def open_client(args: argparse.Namespace, *, create: bool = False) -> RdirClient:
+    """The :class:`~rdirdb.client.RdirClient` of :func:`add_target_flags`; a missing
+    store is an error unless ``create``."""
+    if args.db_path is not None:
+        if not create and not os.path.isdir(args.db_path):
+            raise CommandError(f"no store at {args.db_path!r}")
+        return RdirClient({"db_path": args.db_path})
+    if args.rdir_hosts:
+        return RdirClient({"rdir_hosts": [check_address(host) for host in args.rdir_hosts]})
+    return RdirClient({"registry": args.registry})
 
 
 def open_store(path: str, *, readonly: bool) -> Store:
