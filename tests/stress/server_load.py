@@ -71,6 +71,22 @@ def fetch_all(conn, vol):
     raise RuntimeError("fetch: too many pages")
 
 
+def status_total(conn, vol):
+    """The chunk total of a volume, summed over its status pages."""
+    total, marker = 0, None
+    for _ in range(10_000):
+        params = {"vol": vol, "max": "10000", **({"marker": marker} if marker else {})}
+        status, headers, body = _call(conn, "GET", "/v1/rdir/status", params)
+        if status != 200:
+            raise RuntimeError(f"status {vol}: {status} {body[:200]!r}")
+        total += json.loads(body)["chunk"]["total"]
+        headers = {k.lower(): v for k, v in headers}
+        if headers.get("x-oio-list-truncated") != "true":
+            return total
+        marker = headers["x-oio-list-marker"]
+    raise RuntimeError("status: too many pages")
+
+
 def _client(host, port, index, ops, seed, deadline, out):
     rng = random.Random(seed)
     conn = http.client.HTTPConnection(host, port, timeout=30)
@@ -144,8 +160,7 @@ def run(clients: int = 4, ops: int = 300, workers: int = 2, timeout: float = 60.
             conn = srv.connection()
             for vol, keys in sorted(expected.items()):
                 fetched = fetch_all(conn, vol)
-                status, _, body = _call(conn, "GET", "/v1/rdir/status", {"vol": vol, "max": "10000"})
-                total = json.loads(body)["chunk"]["total"] if status == 200 else -1
+                total = status_total(conn, vol)
                 fig.records[vol] = (len(keys), len(fetched), total)
                 if not (set(fetched) == keys and len(fetched) == len(keys) == total):
                     fig.errors.append(f"{vol}: acked {len(keys)}, fetched {len(fetched)} "
