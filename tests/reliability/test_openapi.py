@@ -295,7 +295,7 @@ def requests_of(draw, path: str, method: str, op: dict[str, Any]):
 
 @pytest.mark.parametrize("path,method,op", OPERATIONS, ids=[f"{m}-{p}" for p, m, _ in OPERATIONS])
 def test_fuzz_route_over_http(fuzzed, path, method, op):
-    @settings(max_examples=20, suppress_health_check=list(HealthCheck), deadline=None)
+    @settings(max_examples=15, suppress_health_check=list(HealthCheck), deadline=None)
     @given(requests_of(path, method, op))
     def run(request):
         fuzzed.check(*request)

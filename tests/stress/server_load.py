@@ -55,36 +55,30 @@ def _call(conn, method, path, params, body=None):
     return resp.status, resp.getheaders(), resp.read()
 
 
-def fetch_all(conn, vol):
-    """Every key of a chunk volume, page by page (marker from the listing headers)."""
-    keys, marker = [], None
+def pages(conn, path, vol, size):
+    """The JSON pages of a listing route, following ``x-oio-list-marker``."""
+    marker = None
     for _ in range(10_000):
-        params = {"vol": vol, "max": "500", **({"marker": marker} if marker else {})}
-        status, headers, body = _call(conn, "GET", "/v1/rdir/fetch", params)
+        params = {"vol": vol, "max": str(size), **({"marker": marker} if marker else {})}
+        status, headers, body = _call(conn, "GET", path, params)
         if status != 200:
-            raise RuntimeError(f"fetch {vol}: {status} {body[:200]!r}")
-        keys += [key for key, _ in json.loads(body)]
+            raise RuntimeError(f"{path} {vol}: {status} {body[:200]!r}")
+        yield json.loads(body)
         headers = {k.lower(): v for k, v in headers}
         if headers.get("x-oio-list-truncated") != "true":
-            return keys
+            return
         marker = headers["x-oio-list-marker"]
-    raise RuntimeError("fetch: too many pages")
+    raise RuntimeError(f"{path}: too many pages")
+
+
+def fetch_all(conn, vol):
+    """Every key of a chunk volume."""
+    return [key for page in pages(conn, "/v1/rdir/fetch", vol, 500) for key, _ in page]
 
 
 def status_total(conn, vol):
     """The chunk total of a volume, summed over its status pages."""
-    total, marker = 0, None
-    for _ in range(10_000):
-        params = {"vol": vol, "max": "10000", **({"marker": marker} if marker else {})}
-        status, headers, body = _call(conn, "GET", "/v1/rdir/status", params)
-        if status != 200:
-            raise RuntimeError(f"status {vol}: {status} {body[:200]!r}")
-        total += json.loads(body)["chunk"]["total"]
-        headers = {k.lower(): v for k, v in headers}
-        if headers.get("x-oio-list-truncated") != "true":
-            return total
-        marker = headers["x-oio-list-marker"]
-    raise RuntimeError("status: too many pages")
+    return sum(page["chunk"]["total"] for page in pages(conn, "/v1/rdir/status", vol, 10_000))
 
 
 def _client(host, port, index, ops, seed, deadline, out):
