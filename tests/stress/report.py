@@ -16,7 +16,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the repository: `tests` imports
 
-from tests.stress import concurrency, crash_harness, diskfull  # noqa: E402
+from tests.stress import concurrency, crash_harness, diskfull, replica_restart, server_load  # noqa: E402
 
 
 def _row(what: str, tried: str, result: str, ok: bool, outcome: str = "survived") -> str:
@@ -86,6 +86,31 @@ def diskfull_rows() -> tuple[list[str], bool]:
     return rows, ok
 
 
+def server_rows(ops: int) -> tuple[list[str], bool]:
+    f = server_load.run(clients=8, ops=ops, workers=2, timeout=300)
+    rows = [_row("HTTP server under concurrent clients",
+                 f"{f.clients} client processes, {ops} requests each on one kept-alive connection, "
+                 "2 workers: batch pushes and deletes on a shared and an own volume, full paged fetches",
+                 f"{f.requests} requests ({f.pushed} records pushed, {f.deleted} deleted, {f.fetches} full "
+                 f"fetches), no error; per volume acked = fetched = status total "
+                 f"({sum(a for a, _, _ in f.records.values())} records, {f.seconds:.0f} s)"
+                 + "".join(f"; {e}" for e in f.errors[:3]), f.ok)]
+    ok = f.ok
+    for kill in (False, True):
+        r = replica_restart.run(kill=kill, down_seconds=2.0, timeout=120)
+        ok &= r.ok
+        rows.append(_row(f"rdir replica {'SIGKILLed' if kill else 'stopped (SIGTERM)'} and restarted "
+                         "during writes",
+                         "3 servers, a writer pushing with write_quorum=2; one server down 2 s, restarted "
+                         "on its port, then chunk_copy_vol from a healthy replica",
+                         f"{r.batches} batches acked, {r.batches_while_down} while it was down; quorum 3 "
+                         f"refused while down: {r.quorum3_refused}; {r.copied} records copied; the 3 "
+                         f"replicas list the same {r.records} records: {r.identical}"
+                         + (f"; restart bind retried {r.bind_retries}x" if r.bind_retries else "")
+                         + f" ({r.seconds:.0f} s)" + "".join(f"; {e}" for e in r.errors[:3]), r.ok))
+    return rows, ok
+
+
 def suite_rows() -> tuple[list[str], bool]:
     """The CI-safe suite (tests/reliability): the bad-input fuzz and every known gap (xfail)."""
     root = os.path.dirname(os.path.dirname(HERE))
@@ -96,12 +121,31 @@ def suite_rows() -> tuple[list[str], bool]:
     counts = dict((k, int(v)) for v, k in re.findall(r"(\d+) (passed|failed|xfailed|xpassed|skipped)",
                                                       out.stdout.splitlines()[-1]))
     fuzz = len(re.findall(r"^PASSED tests/reliability/test_bad_input.py", out.stdout, re.M))
+    http = len(re.findall(r"^PASSED tests/reliability/test_openapi.py", out.stdout, re.M))
+    pg = len(re.findall(r"^PASSED tests/reliability/test_sharedbase_faults.py", out.stdout, re.M))
+    pg_skip = re.search(r"^SKIPPED .*test_sharedbase_faults.py:\d+: (.*)$", out.stdout, re.M)
     ok = out.returncode == 0
     rows = [_row("Bad input on the Python API (hypothesis)",
                  "ChunkIndex put_batch, delete_batch, get, fetch, fetch_arrays, status; Meta2Index "
                  "put_batch, delete_batch; Store.volume; numpy arrays: None, bytes, floats, huge "
                  "ints, nested lists, surrogates, NUL, oversized ids, traversal volume ids",
                  f"{fuzz} tests passed (TypeError/ValueError with a message, no write, no crash)", ok),
+            _row("Bad input over HTTP (docs/openapi.yaml, hypothesis)",
+                 "every route and method of the spec (checked against RdirApp.routes) from raw sockets: "
+                 "oversized, malformed and traversal volume ids, invalid UTF-8 percent-encoded and raw, "
+                 "wrong JSON types, huge ints and limits, empty and oversized bodies, bad methods and paths",
+                 f"{http} tests passed: 2xx or 4xx only, errors are JSON {{status, message}}, a rejected "
+                 "request leaves /status, every volume's records and admin keys and meta2 records unchanged",
+                 ok),
+            _row("PostgreSQL faults under SharedBase",
+                 "pg_terminate_backend on the pool connection waiting inside record_new_obj_ids and "
+                 "lock_one_shard (table locked by another session), at the commit of a caller's "
+                 "transaction, and on every idle pool connection; bad obj_ids and states on both backends",
+                 (f"skipped: {pg_skip.group(1)}" if pg_skip else
+                  f"{pg} tests passed: a clear OperationalError, nothing half written, "
+                  "the same call then succeeds; every object recorded once, no shard locked twice; "
+                  "bad input is TypeError/ValueError with nothing written (a PostgreSQL restart was not "
+                  "tried: the server is shared)"), ok),
             _row("CI-safe suite", "pytest tests/reliability (smaller runs of all the above)",
                  f"{counts.get('passed', 0)} passed, {counts.get('skipped', 0)} skipped, "
                  f"{counts.get('xfailed', 0)} known gaps pinned as xfail, "
@@ -118,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=50)
     parser.add_argument("--batches", type=int, default=300)
+    parser.add_argument("--ops", type=int, default=500, help="requests per client of the server load")
     args = parser.parse_args(argv)
     import rdirdb
     from rdirdb._lmdb import lmdb_version
@@ -130,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|")
     ok = True
     for rows, part_ok in (crash_rows(args.rounds), concurrency_rows(args.batches), diskfull_rows(),
-                          suite_rows()):
+                          server_rows(args.ops), suite_rows()):
         ok &= part_ok
         print("\n".join(rows), flush=True)
     print()
