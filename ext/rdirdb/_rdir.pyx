@@ -1400,19 +1400,27 @@ cdef void _count(Scan *scan, Counts *counts, Py_ssize_t limit, uint64_t incident
 
 # -- input decoding ------------------------------------------------------------
 
-cdef _Batch _encode_chunks(object records, bint key_only):
-    """Validate and encode a batch of chunk records (or keys), sorted, last duplicate kept."""
+ctypedef int (*_AddRecord)(_Batch, object, Py_ssize_t, bint) except -1
+
+
+cdef _Batch _encode_batch(object records, bint key_only, _AddRecord add):
+    """Validate and encode every record with ``add``, then sort; the last duplicate is kept."""
     cdef _Batch batch
     cdef Py_ssize_t i, n
-    if _is_ndarray(records):
-        return _encode_chunk_array(records, key_only)
     records = _as_list(records)
     n = len(records)
     batch = _Batch(n)
     for i in range(n):
-        _encode_chunk_object(batch, records[i], i, key_only)
+        add(batch, records[i], i, key_only)
     batch.sort_unique()
     return batch
+
+
+cdef _Batch _encode_chunks(object records, bint key_only):
+    """A batch of chunk records (or keys): tuples, dicts or a numpy structured array."""
+    if _is_ndarray(records):
+        return _encode_chunk_array(records, key_only)
+    return _encode_batch(records, key_only, _encode_chunk_object)
 
 
 def check_chunks(records, *, bint key_only=False):
@@ -1699,16 +1707,8 @@ cdef class Meta2Index:
 
 
 cdef _Batch _encode_meta2(object records, bint key_only):
-    """Validate and encode meta2 records (or urls), sorted, last duplicate kept."""
-    cdef _Batch batch
-    cdef Py_ssize_t i, n
-    records = _as_list(records)
-    n = len(records)
-    batch = _Batch(n)
-    for i in range(n):
-        _add_meta2(batch, records[i], i, key_only)
-    batch.sort_unique()
-    return batch
+    """A batch of meta2 records (dicts), or of container urls with ``key_only``."""
+    return _encode_batch(records, key_only, _add_meta2)
 
 
 def check_meta2(records, *, bint key_only=False):
