@@ -12,7 +12,7 @@ pool recovers within a few calls.
 Bad input (both backends): obj_ids that are not 32 bytes or not bytes, unknown states: a
 TypeError or ValueError, and nothing written.
 
-A PostgreSQL restart is left out: the server is shared with other test sessions.
+A PostgreSQL restart runs on a throwaway cluster: test_pg_restart.py.
 """
 
 from __future__ import annotations
