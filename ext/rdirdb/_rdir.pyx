@@ -474,6 +474,14 @@ cdef int _write_batch(Environment env, MDB_dbi *dbis, _Batch batch, bint delete,
         return 0
 
 
+cdef Py_ssize_t _apply(Environment env, MDB_dbi *dbis, _Batch batch, bint delete) except -1:
+    """Write (or delete) a batch; returns how many records were written (or existed)."""
+    cdef Py_ssize_t count = 0
+    if batch.n:
+        _write_batch(env, dbis, batch, delete, &count)
+    return count
+
+
 # ===========================================================================
 # Chunk records: encoding
 # ===========================================================================
@@ -1027,20 +1035,12 @@ cdef class ChunkIndex:
         fields. Nothing is written if any record is invalid; for duplicate keys
         the last record wins. Returns the number of records written.
         """
-        cdef Py_ssize_t written = 0
-        cdef _Batch batch = _encode_chunks(records, False)
-        if batch.n:
-            _write_batch(self.env, self.dbis, batch, False, &written)
-        return written
+        return _apply(self.env, self.dbis, _encode_chunks(records, False), False)
 
     def delete_batch(self, keys):
         """Delete the records of ``keys`` (``(container_id, chunk_id)`` tuples or
         dicts) in one transaction. Returns how many existed."""
-        cdef Py_ssize_t deleted = 0
-        cdef _Batch batch = _encode_chunks(keys, True)
-        if batch.n:
-            _write_batch(self.env, self.dbis, batch, True, &deleted)
-        return deleted
+        return _apply(self.env, self.dbis, _encode_chunks(keys, True), True)
 
     # -- reads ----------------------------------------------------------------
 
@@ -1660,19 +1660,11 @@ cdef class Meta2Index:
     def put_batch(self, records):
         """Write records (dicts with container_url, container_id, optional mtime and
         extra_data) in one transaction, all or nothing. Returns how many."""
-        cdef Py_ssize_t written = 0
-        cdef _Batch batch = _encode_meta2(records, False)
-        if batch.n:
-            _write_batch(self.env, self.dbis, batch, False, &written)
-        return written
+        return _apply(self.env, self.dbis, _encode_meta2(records, False), False)
 
     def delete_batch(self, container_urls):
         """Delete the records of ``container_urls`` in one transaction; returns how many existed."""
-        cdef Py_ssize_t deleted = 0
-        cdef _Batch batch = _encode_meta2(container_urls, True)
-        if batch.n:
-            _write_batch(self.env, self.dbis, batch, True, &deleted)
-        return deleted
+        return _apply(self.env, self.dbis, _encode_meta2(container_urls, True), True)
 
     def fetch(self, *, prefix=None, marker=None, limit=1000):
         """One page of records in url order: ``(records, truncated)``; ``truncated``
