@@ -10,7 +10,7 @@ import pytest
 from compare import MTIME
 from compare_client import FIELDS
 from conftest import ROUNDS
-from rdirdb.client import RdirClient
+from rdirdb.rdir.client import RdirClient
 
 
 @pytest.fixture

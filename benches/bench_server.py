@@ -129,7 +129,7 @@ def bench_breakdown() -> None:
     from rdirdb.server.app import RdirApp, _chunk_record
     from rdirdb.server.http import render
     from rdirdb.server.serve import tune_gc
-    from rdirdb.store import Store
+    from rdirdb.rdir.store import Store
 
     section("where the time goes, per request, one process (microseconds)")
     tune_gc()  # as in the server's workers

@@ -37,7 +37,7 @@ import lmdb
 
 import rdirdb
 from rdirdb import _rdir
-from rdirdb.store import Store
+from rdirdb.rdir.store import Store
 
 BATCH = 10_000
 PAGE = 1_000

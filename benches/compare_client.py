@@ -24,7 +24,7 @@ import lmdb
 import numpy as np
 
 from rdirdb import _rdir
-from rdirdb.client import RdirClient
+from rdirdb.rdir.client import RdirClient
 
 FIELDS = ("container_id", "content_id", "chunk_id", "mtime", "path", "version")
 INCIDENT_SHARE = 0.5  # the incident date leaves half of the chunks "to rebuild"

@@ -12,7 +12,7 @@ import lmdb
 import pytest
 
 from compare import BASELINE_MAP_SIZE, baseline_load, batches, records
-from rdirdb.store import Store
+from rdirdb.rdir.store import Store
 
 PRELOAD = 100_000  # records in a volume before the measured batches or pages
 ROUNDS = 20  # fresh 10,000-record batches, one per measured insert

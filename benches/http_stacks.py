@@ -41,7 +41,7 @@ def serve(stack: str, db: str, port: int) -> None:
     from rdirdb.server.app import RdirApp
     from rdirdb.server.http import HttpProtocol, ServerState
     from rdirdb.server.serve import tune_gc
-    from rdirdb.store import Store
+    from rdirdb.rdir.store import Store
 
     tune_gc()  # as in `rdirdb serve`, for every stack
     app = RdirApp(Store(db, sync=False), service_id="bench")  # as `rdirdb serve`

@@ -11,11 +11,11 @@ import inspect
 import sys
 
 PUBLIC = [
-    ("rdirdb.client", ["RdirClient"]),
-    ("rdirdb.dispatcher", ["RdirDispatcher"]),
-    ("rdirdb.registry", ["open_registry", "Service", "Registry"]),
+    ("rdirdb.rdir.client", ["RdirClient"]),
+    ("rdirdb.rdir.dispatcher", ["RdirDispatcher"]),
+    ("rdirdb.rdir.registry", ["open_registry", "Service", "Registry"]),
     ("rdirdb.sharedbase", ["SharedBase", "ShardState", "SignatureState", "TemporaryShardLocker"]),
-    ("rdirdb.store", ["Store", "Volume"]),
+    ("rdirdb.rdir.store", ["Store", "Volume"]),
     ("rdirdb._rdir", ["ChunkIndex", "Meta2Index"]),
     ("rdirdb._lmdb", ["Environment", "Transaction", "Cursor", "lmdb_version"]),
 ]

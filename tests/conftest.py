@@ -7,7 +7,7 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
-from rdirdb.store import Store
+from rdirdb.rdir.store import Store
 
 # CI gets more examples than a developer's run; both stay within minutes.
 settings.register_profile(

@@ -119,7 +119,7 @@ def test_oversized_transaction_is_aborted_and_can_be_replayed(tmp_path):
 
 
 def test_engine_batch_grows_map_itself(tmp_path):
-    from rdirdb.store import Store
+    from rdirdb.rdir.store import Store
 
     with Store(tmp_path, map_size=64 << 10) as store:
         chunks = store.volume("v", create=True).chunks
@@ -164,7 +164,7 @@ def test_missing_environment_without_create(tmp_path):
 
 def test_readers_progress_while_a_writer_inserts(tmp_path):
     """The GIL is released in LMDB loops: reader threads run during a large batch."""
-    from rdirdb.store import Store
+    from rdirdb.rdir.store import Store
 
     with Store(tmp_path) as store:
         chunks = store.volume("v", create=True).chunks

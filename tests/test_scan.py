@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rdirdb.store import Store
+from rdirdb.rdir.store import Store
 from tests import strategies as S
 from tests.scan_model import ChunkModel
 

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rdirdb.errors import BadRequest, ClosedError, Forbidden, NotFound
-from rdirdb.store import Store, volume_file_name, volume_id_from_file_name
+from rdirdb.rdir.store import Store, volume_file_name, volume_id_from_file_name
 
 volume_ids = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
                      min_size=1, max_size=25)  # 25 * 9 escaped bytes < 255

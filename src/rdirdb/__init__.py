@@ -19,8 +19,8 @@ from rdirdb._version import __version__
 # Facades are imported on first use, so that ``import rdirdb`` stays cheap and
 # does not need the optional dependencies of the parts a program does not use.
 _LAZY = {
-    "RdirClient": "rdirdb.client",
-    "RdirDispatcher": "rdirdb.dispatcher",
+    "RdirClient": "rdirdb.rdir.client",
+    "RdirDispatcher": "rdirdb.rdir.dispatcher",
     "SharedBase": "rdirdb.sharedbase",
     "ShardState": "rdirdb.sharedbase",
     "SignatureState": "rdirdb.sharedbase",

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 from rdirdb.progress import Progress
-from rdirdb.store import Store
+from rdirdb.rdir.store import Store
 
 BATCH = 10_000
 PAGE = 1_000

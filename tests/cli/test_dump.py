@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rdirdb.store import Store
+from rdirdb.rdir.store import Store
 
 from .conftest import staging_leftovers
 from .test_leveldb import stored

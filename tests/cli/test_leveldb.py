@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rdirdb.store import Store
+from rdirdb.rdir.store import Store
 from rdirdb.tools import leveldb as tool
 from rdirdb.tools.common import CommandError
 

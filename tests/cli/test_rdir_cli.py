@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from rdirdb.client import RdirClient
-from rdirdb.registry import Service, open_registry
+from rdirdb.rdir.client import RdirClient
+from rdirdb.rdir.registry import Service, open_registry
 from tests.cli.test_volume_cli import chunks, failed, fetch_all, help_text, jsonl, key, ok
 from tests.server.helpers import Server
 

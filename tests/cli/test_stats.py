@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rdirdb.store import Store
+from rdirdb.rdir.store import Store
 
 
 @pytest.fixture

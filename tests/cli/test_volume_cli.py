@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rdirdb.registry import Service, open_registry
+from rdirdb.rdir.registry import Service, open_registry
 from tests.server.helpers import Server
 
 VOL = "127.0.0.1:6200"
@@ -144,7 +144,7 @@ def test_meta2(cli, store):
     proc = cli("volume", "meta2", "fetch", "m2", *store, "--json")
     got = [json.loads(line) for line in ok(proc).splitlines()]
     assert [r["container_url"] for r in got] == sorted(r["container_url"] for r in records)
-    from rdirdb.client import cid_from_name
+    from rdirdb.rdir.client import cid_from_name
 
     assert got[0]["container_id"] == cid_from_name("acct", "c0")
     proc = cli("volume", "meta2", "fetch", "m2", *store, "--limit", "3", "--json")

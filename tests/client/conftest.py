@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from rdirdb.client import RdirClient
+from rdirdb.rdir.client import RdirClient
 
 PAGE_REQUESTS = ("chunk_page", "chunk_array_page", "status_page", "meta2_page")
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from rdirdb import RdirClient
-from rdirdb.client import CHUNK_DEFAULTS, RdirBackend, cid_from_name
+from rdirdb.rdir.client import CHUNK_DEFAULTS, RdirBackend, cid_from_name
 from rdirdb.errors import BadRequest, NotFound, OioTimeout
 
 from .conftest import entry, hexid, key, make_record
@@ -223,7 +223,7 @@ def test_paging_during_writes_never_repeats_or_reorders(client, vol):
 @pytest.fixture
 def flaky():
     backend = mock.create_autospec(RdirBackend, instance=True)
-    with mock.patch("rdirdb.client.time.sleep") as sleep:
+    with mock.patch("rdirdb.rdir.client.time.sleep") as sleep:
         yield RdirClient({}, backend=backend), backend, sleep
 
 

@@ -17,7 +17,7 @@ from unittest import mock
 
 import pytest
 
-from rdirdb.client import RdirBackend, RdirClient
+from rdirdb.rdir.client import RdirBackend, RdirClient
 
 from .conftest import hexid
 

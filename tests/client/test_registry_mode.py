@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from rdirdb.client import RdirClient
-from rdirdb.dispatcher import RdirDispatcher
+from rdirdb.rdir.client import RdirClient
+from rdirdb.rdir.dispatcher import RdirDispatcher
 from rdirdb.errors import VolumeException
-from rdirdb.registry import Service, open_registry
+from rdirdb.rdir.registry import Service, open_registry
 from tests.server.helpers import Server
 
 from .conftest import entry, make_record

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from rdirdb.client import RdirClient
+from rdirdb.rdir.client import RdirClient
 from rdirdb.errors import OioException, OioNetworkException
 from tests.server.helpers import Server
 

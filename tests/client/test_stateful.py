@@ -11,7 +11,7 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from rdirdb.client import RdirClient
+from rdirdb.rdir.client import RdirClient
 from rdirdb.errors import BadRequest
 
 from .conftest import PAGE_REQUESTS

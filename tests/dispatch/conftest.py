@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from rdirdb.registry import Registry, Service, open_registry
+from rdirdb.rdir.registry import Registry, Service, open_registry
 
 PG_DSN = os.environ.get("RDIRDB_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 

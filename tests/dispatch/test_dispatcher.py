@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from rdirdb.dispatcher import (
+from rdirdb.rdir.dispatcher import (
     STATUS_MIN_DIST,
     STATUS_NO_RDIR,
     STATUS_NOT_ENOUGH,
@@ -16,7 +16,7 @@ from rdirdb.dispatcher import (
     RdirDispatcher,
 )
 from rdirdb.errors import BadRequest, OioException, OioTimeout, ServiceBusy, ServiceUnavailable
-from rdirdb.registry import Service, location_distance, open_registry, parse_location
+from rdirdb.rdir.registry import Service, location_distance, open_registry, parse_location
 
 from .conftest import build_topology
 

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from rdirdb.errors import BadRequest, NotFound, OioException, ServiceUnavailable, VolumeException
-from rdirdb.registry import FileRegistry, PostgresRegistry, Service, location_distance, open_registry, parse_location
+from rdirdb.rdir.registry import FileRegistry, PostgresRegistry, Service, location_distance, open_registry, parse_location
 
 
 def rdir(n: int, **kw) -> Service:

@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rdirdb import _rdir
-from rdirdb.store import Store
+from rdirdb.rdir.store import Store
 from tests import strategies as ids
 
 REJECTED = (TypeError, ValueError)
@@ -304,7 +304,7 @@ def _run_isolated(code: str) -> subprocess.CompletedProcess:
     """Run ``code`` against a small volume in a fresh interpreter (it may crash)."""
     prelude = textwrap.dedent("""
         import sys, tempfile
-        from rdirdb.store import Store
+        from rdirdb.rdir.store import Store
         store = Store(tempfile.mkdtemp(), map_size=1 << 20)
         chunks = store.volume("v", create=True).chunks
         chunks.put_batch([("c", "x", f"k{i}", 1, "p", 1) for i in range(2000)])

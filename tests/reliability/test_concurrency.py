@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from rdirdb.store import Store
+from rdirdb.rdir.store import Store
 from tests.stress import concurrency
 
 

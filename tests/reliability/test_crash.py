@@ -30,7 +30,7 @@ def test_killed_write_lock_holder_hands_the_lock_over(tmp_path):
 
 def test_check_detects_a_half_applied_batch(tmp_path):
     """The checker itself: a batch missing one record is reported."""
-    from rdirdb.store import Store
+    from rdirdb.rdir.store import Store
 
     store_path, log_path = str(tmp_path / "store"), str(tmp_path / "ack.log")
     records = crash_harness.batch_records("r000b00000", 10)

@@ -28,7 +28,7 @@ yaml = pytest.importorskip("yaml")
 
 import rdirdb.server.app as app_module  # noqa: E402
 from rdirdb.server.app import RdirApp  # noqa: E402
-from rdirdb.store import Store  # noqa: E402
+from rdirdb.rdir.store import Store  # noqa: E402
 from tests.server.helpers import Server, chunk_record, meta2_record  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

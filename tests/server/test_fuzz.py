@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 pytest.importorskip("orjson")
 
 from rdirdb.server.app import RdirApp  # noqa: E402
-from rdirdb.store import Store  # noqa: E402
+from rdirdb.rdir.store import Store  # noqa: E402
 
 ROUTES = [
     ("GET", "/v1/status"), ("GET", "/v1/rdir/admin/show"), ("POST", "/v1/rdir/admin/lock"),

@@ -49,7 +49,7 @@ def _shared_records(writer_id: str, batch: int) -> list[tuple]:
 
 def writer(store_path: str, volume: str, writer_id: str, batches: int, size: int,
            shared: bool, queue) -> None:
-    from rdirdb.store import Store
+    from rdirdb.rdir.store import Store
 
     errors = []
     try:
@@ -80,7 +80,7 @@ def _whole_batches(records) -> list[str]:
 
 def reader(store_path: str, stop, queue, readonly: bool = False) -> None:
     from rdirdb.errors import LmdbFileNotFoundError, NotFound
-    from rdirdb.store import Store
+    from rdirdb.rdir.store import Store
 
     scans, errors, last = 0, [], {}
     # A read-only store sees a volume whose creator has not yet created its named
@@ -159,7 +159,7 @@ def run(writers: int = 3, readers: int = 2, batches: int = 100, size: int = 50,
 
 
 def _check_after(store_path: str, writers: int, batches: int, size: int, figures: Figures) -> list[str]:
-    from rdirdb.store import Store
+    from rdirdb.rdir.store import Store
 
     errors = []
     with Store(store_path) as store:
@@ -199,7 +199,7 @@ class HotCopy(Outcome):
 def hot_copy(copies: int = 5, workdir: str | None = None) -> HotCopy:
     """Copy a volume (``Environment.copy``, the replicas' catch-up path) while a
     writer process pushes batches: every copy opens and holds whole batches only."""
-    from rdirdb.store import Store
+    from rdirdb.rdir.store import Store
 
     ctx = multiprocessing.get_context("spawn")
     result = HotCopy(records_min=1 << 62)

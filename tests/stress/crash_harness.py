@@ -109,7 +109,7 @@ def read_log(log_path: str) -> list[list[str]]:
 
 def writer(store_path: str, log_path: str, sync: bool, round_no: int, seed: int) -> None:
     """Push and delete batches forever; acknowledge each one after it returned."""
-    from rdirdb.store import Store
+    from rdirdb.rdir.store import Store
 
     rng = random.Random(seed)
     live = {}  # acknowledged, not deleted: batch id -> size
@@ -186,7 +186,7 @@ def check_store(store_path: str, log_path: str, sync: bool, inflight: list[list[
     ``inflight``: the operations the writer announced but did not acknowledge
     (the one running at the kill); each may be applied or not, never half.
     """
-    from rdirdb.store import Store
+    from rdirdb.rdir.store import Store
 
     result = Check()
     expected = {}  # batch id -> size, acknowledged and not deleted
@@ -411,7 +411,7 @@ def stale_readers(workdir: str | None = None, max_readers: int = 4) -> StaleRead
 
 _LOCK_HOLDER = """
 import os, sys, time
-from rdirdb.store import Store
+from rdirdb.rdir.store import Store
 chunks = Store(sys.argv[1]).volume("v").chunks
 txn = chunks.env.begin(write=True)
 txn.put(b"uncommitted", b"1", db="admin")
@@ -433,7 +433,7 @@ def killed_lock_holder(workdir: str | None = None, hold: float = 0.5) -> LockHol
     waits for it: LMDB's robust mutex hands the lock over, the batch goes through."""
     import threading
 
-    from rdirdb.store import Store
+    from rdirdb.rdir.store import Store
 
     result = LockHolder()
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:

@@ -78,7 +78,7 @@ class Figures(Outcome):
 
 def run(sync: bool, workdir: str | None = None) -> Figures:
     from rdirdb.errors import LmdbError
-    from rdirdb.store import Store
+    from rdirdb.rdir.store import Store
 
     figures = Figures("sync" if sync else "nosync")
     with small_tmpfs(workdir) as root:

@@ -26,7 +26,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
-from rdirdb.client import RdirClient  # noqa: E402
+from rdirdb.rdir.client import RdirClient  # noqa: E402
 from rdirdb.errors import OioNetworkException  # noqa: E402
 from tests.server.helpers import Server  # noqa: E402
 

@@ -18,7 +18,7 @@ import orjson
 
 from rdirdb import errors
 from rdirdb._rdir import check_chunks, check_meta2
-from rdirdb.store import Store, Volume, volume_file_name
+from rdirdb.rdir.store import Store, Volume, volume_file_name
 
 log = logging.getLogger("rdirdb.server")
 

@@ -13,7 +13,7 @@ import signal
 import time
 from typing import Callable
 
-from rdirdb.registry import Service, open_registry
+from rdirdb.rdir.registry import Service, open_registry
 
 log = logging.getLogger("rdirdb.server")
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from rdirdb.server.app import DEFAULT_LIMIT, MAX_LIMIT, RdirApp
 from rdirdb.server.http import HttpProtocol, ServerState
-from rdirdb.store import Store, volume_file_name
+from rdirdb.rdir.store import Store, volume_file_name
 
 log = logging.getLogger("rdirdb.server")
 
@@ -287,7 +287,7 @@ def _start_heartbeat(settings: Settings, identity: str, addr: str, opened: Opene
     """Register in the service registry and keep the entry fresh (if one is configured)."""
     if not settings.registry:
         return None
-    from rdirdb.registry import Service
+    from rdirdb.rdir.registry import Service
     from rdirdb.server.registration import start_heartbeat
 
     store = Store(settings.db_path, readonly=True)

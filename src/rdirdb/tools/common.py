@@ -15,9 +15,9 @@ import sys
 import tempfile
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
-from rdirdb.client import RdirClient
+from rdirdb.rdir.client import RdirClient
 from rdirdb.errors import RdirdbError
-from rdirdb.store import SERVICE_TYPES, Store, Volume, volume_file_name
+from rdirdb.rdir.store import SERVICE_TYPES, Store, Volume, volume_file_name
 
 BATCH = 10_000  # records per write transaction
 PAGE = 10_000  # records per read page
@@ -113,7 +113,7 @@ def add_registry_flag(parser: Any, *, required: bool = True) -> None:
 
 
 def open_client(args: argparse.Namespace, *, create: bool = False) -> RdirClient:
-    """The :class:`~rdirdb.client.RdirClient` of :func:`add_target_flags`; a missing
+    """The :class:`~rdirdb.rdir.client.RdirClient` of :func:`add_target_flags`; a missing
     store is an error unless ``create``."""
     if args.db_path is not None:
         if not create and not os.path.isdir(args.db_path):

@@ -35,7 +35,7 @@ from typing import Any, BinaryIO, Iterable, Iterator
 
 from rdirdb.errors import RdirdbError
 from rdirdb.progress import Progress
-from rdirdb.store import SERVICE_TYPES, Store, Volume
+from rdirdb.rdir.store import SERVICE_TYPES, Store, Volume
 from rdirdb.tools.common import (
     add_filter_flags,
     BATCH,

@@ -47,7 +47,7 @@ from typing import Any
 
 from rdirdb.errors import BadRequest
 from rdirdb.progress import Progress
-from rdirdb.store import Volume
+from rdirdb.rdir.store import Volume
 from rdirdb.tools.common import (
     BATCH,
     CommandError,

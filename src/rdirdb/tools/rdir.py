@@ -19,11 +19,11 @@ import logging
 import sys
 from typing import Any
 
-from rdirdb.client import RdirClient
-from rdirdb.dispatcher import STATUS_OK, UNASSIGNED, RdirDispatcher
+from rdirdb.rdir.client import RdirClient
+from rdirdb.rdir.dispatcher import STATUS_OK, UNASSIGNED, RdirDispatcher
 from rdirdb.errors import RdirdbError
 from rdirdb.progress import Progress
-from rdirdb.registry import Registry, open_registry
+from rdirdb.rdir.registry import Registry, open_registry
 from rdirdb.tools.common import (
     CommandError,
     Main,
@@ -116,7 +116,7 @@ def _dispatcher(args: argparse.Namespace, registry: Registry, client: RdirClient
     logs is also in the error it raises, which the command reports once.
     """
     if not args.verbose:
-        logging.getLogger("rdirdb.dispatcher").setLevel(logging.ERROR)
+        logging.getLogger("rdirdb.rdir.dispatcher").setLevel(logging.ERROR)
     failures: list[str] = []
 
     def create(volume_id: str, rdir_ids: list[str]) -> None:

@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from rdirdb._rdir import CHUNK_DATABASES, META2_DATABASES
-from rdirdb.store import Store, Volume
+from rdirdb.rdir.store import Store, Volume
 from rdirdb.tools.common import (
     add_filter_flags,
     add_json_flag,

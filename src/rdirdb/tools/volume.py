@@ -1,4 +1,4 @@
-"""``rdirdb volume ...``: one volume's index, through an :class:`~rdirdb.client.RdirClient`.
+"""``rdirdb volume ...``: one volume's index, through an :class:`~rdirdb.rdir.client.RdirClient`.
 
 Every subcommand works on a store (``--db-path``, embedded) or on rdir
 servers (``--rdir-hosts`` or ``--registry``, remote), with the semantics of
@@ -21,10 +21,10 @@ import sys
 import time
 from typing import Any, Callable, Iterable, Iterator
 
-from rdirdb.client import CHUNK_DEFAULTS, DEFAULT_LIMIT, RdirClient, cid_from_name
+from rdirdb.rdir.client import CHUNK_DEFAULTS, DEFAULT_LIMIT, RdirClient, cid_from_name
 from rdirdb.errors import RdirdbError
 from rdirdb.progress import Progress
-from rdirdb.store import SERVICE_TYPES
+from rdirdb.rdir.store import SERVICE_TYPES
 from rdirdb.tools.common import (
     CommandError,
     Main,

@@ -9,7 +9,7 @@ fixes it; docs/compatibility.md lists every decision.
 The client does what OpenIO's client does (paging with markers, retries,
 aggregating status pages); a backend answers one request at a time, the way
 an rdir server would. :class:`RdirBackend` is that interface and
-:class:`rdirdb.client_embedded.EmbeddedBackend` serves it from LMDB; a remote
+:class:`rdirdb.rdir.embedded.EmbeddedBackend` serves it from LMDB; a remote
 backend over HTTP slots in behind the same methods.
 """
 
@@ -19,36 +19,25 @@ import hashlib
 import itertools
 import random
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
 
 from rdirdb.errors import BadRequest, OioException, OioNetworkException
+from rdirdb.rdir.backend import (
+    CHUNK_DEFAULTS,
+    DEFAULT_LIMIT,
+    INT64_MAX,
+    INT64_MIN,
+    META2_FETCH_LIMIT,
+    ChunkEntry,
+    ChunkInput,
+    RdirBackend,
+    integer_field,
+)
 
-DEFAULT_LIMIT = 1000  # page size of chunk and meta2 listings when none is given
-MAX_LIMIT = 10000  # the server caps every page at this size
-META2_FETCH_LIMIT = 4096  # OpenIO's client default for meta2_index_fetch
-INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
-
-# chunk_push fills in the fields a caller omits with what the reference server
-# renders for a record that lacks them (§5.2): no mtime (so "to rebuild" after
-# any incident), an empty path, version 0.
-CHUNK_DEFAULTS: dict[str, Any] = {"mtime": 0, "path": "", "version": 0}
-
-ChunkValue = dict[str, Any]  # {"content_id", "mtime", "path", "version"}
-ChunkEntry = tuple[str, str, ChunkValue]  # (container_id, chunk_id, value)
-ChunkInput = Sequence[Mapping[str, Any]] | np.ndarray
 T = TypeVar("T")
-
-
-def listing_limit(limit: int | None) -> int:
-    """The page size the reference server applies to a requested ``limit``."""
-    if limit is None:
-        return DEFAULT_LIMIT
-    limit = _integer("limit", limit)
-    return DEFAULT_LIMIT if limit <= 0 else min(limit, MAX_LIMIT)
 
 
 def cid_from_name(account: str, container: str) -> str:
@@ -73,92 +62,6 @@ def _field(name: str, value: Any, data: Mapping[str, Any]) -> Any:
             raise TypeError(f"chunk_push() got two values for {name}")
         value = data[name]
     return CHUNK_DEFAULTS[name] if value is None else value
-
-
-def _integer(name: str, value: Any) -> int:
-    # OpenIO's client sends int(value), so floats and numeric strings are accepted.
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise BadRequest(f"Invalid type for field [{name}]: {value!r}") from None
-
-
-class RdirBackend(ABC):
-    """One rdir request per method, answered as an rdir server would.
-
-    Listings return one page and say whether another one follows
-    (``truncated``) and where it starts (``marker``, an exclusive position).
-    ``limit`` is passed as the caller gave it: the backend applies the
-    server's default and cap (:func:`listing_limit`).
-    """
-
-    @abstractmethod
-    def create(self, volume: str, service_type: str, **options: Any) -> None: ...
-
-    @abstractmethod
-    def chunk_push(self, volume: str, records: Any, *, create: bool, **options: Any) -> None:
-        """Write records (complete dicts, tuples or a structured array), all or nothing."""
-
-    @abstractmethod
-    def chunk_delete(self, volume: str, keys: Any, **options: Any) -> None: ...
-
-    @abstractmethod
-    def chunk_page(
-        self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None, rebuild: bool,
-        **options: Any,
-    ) -> tuple[Iterable[ChunkEntry], bool, str | None]:
-        """One page of ``(container_id, chunk_id, value)`` entries, to be iterated once."""
-
-    @abstractmethod
-    def chunk_array_page(
-        self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None, rebuild: bool,
-        **options: Any,
-    ) -> tuple[np.ndarray, bool, str | None]: ...
-
-    @abstractmethod
-    def status_page(
-        self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None,
-        **options: Any,
-    ) -> tuple[dict[str, Any], bool, str | None]:
-        """The server's status body for one page (§5.3), truncated, marker."""
-
-    @abstractmethod
-    def incident_set(self, volume: str, date: int, *, create: bool, **options: Any) -> None: ...
-
-    @abstractmethod
-    def incident_get(self, volume: str, **options: Any) -> int: ...
-
-    @abstractmethod
-    def lock(self, volume: str, who: str, *, create: bool, **options: Any) -> None: ...
-
-    @abstractmethod
-    def unlock(self, volume: str, **options: Any) -> None: ...
-
-    @abstractmethod
-    def show(self, volume: str, **options: Any) -> dict[str, str]: ...
-
-    @abstractmethod
-    def clear(self, volume: str, *, all: bool, before_incident: bool, repair: bool, **options: Any) -> dict[str, int]: ...
-
-    @abstractmethod
-    def meta2_push(self, volume: str, records: list[dict[str, Any]], **options: Any) -> None: ...
-
-    @abstractmethod
-    def meta2_delete(self, volume: str, records: list[dict[str, Any]], **options: Any) -> None: ...
-
-    @abstractmethod
-    def meta2_page(
-        self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None,
-        **options: Any,
-    ) -> dict[str, Any]:
-        """``{"records": [...], "truncated": bool}``."""
-
-    @abstractmethod
-    def container_path(self, volume: str, container_id: str, **options: Any) -> str | None:
-        """The container URL (``NS/account/container``) of a container id, if known."""
-
-    def close(self) -> None:
-        """Release what the backend holds. Idempotent."""
 
 
 # Keyword arguments of the client's methods that travel to a remote backend.
@@ -196,11 +99,11 @@ class RdirClient:
         self.conf = dict(conf)
         if backend is None:
             if self.conf.get("db_path"):
-                from rdirdb.client_embedded import EmbeddedBackend
+                from rdirdb.rdir.embedded import EmbeddedBackend
 
                 backend = EmbeddedBackend(self.conf["db_path"], sync=_flag(self.conf.get("db_sync", True)))
             else:
-                from rdirdb.client_remote import remote_backend
+                from rdirdb.rdir.remote import remote_backend
 
                 backend = remote_backend(self.conf, **kwargs)
         self.backend = backend
@@ -267,9 +170,9 @@ class RdirClient:
             container_id,
             content_id,
             chunk_id,
-            _integer("mtime", _field("mtime", mtime, {})),
+            integer_field("mtime", _field("mtime", mtime, {})),
             _field("path", content_path, data),
-            _integer("version", _field("version", content_version, data)),
+            integer_field("version", _field("version", content_version, data)),
         )
         self.backend.chunk_push(volume_id, [record], create=create, **_transport(data))
 
@@ -472,7 +375,7 @@ class RdirClient:
         record = {
             "container_url": container_url,
             "container_id": container_id,
-            "mtime": _integer("mtime", mtime),
+            "mtime": integer_field("mtime", mtime),
             "extra_data": extra_data,
         }
         self.backend.meta2_push(volume_id, [record], **_transport(kwargs))

@@ -29,7 +29,7 @@ from statistics import mean
 from typing import Any, Callable, Mapping
 
 from rdirdb.errors import BadRequest, OioException, ServiceUnavailable
-from rdirdb.registry import Registry, Service, location_distance, open_registry, parse_location
+from rdirdb.rdir.registry import Registry, Service, location_distance, open_registry, parse_location
 
 log = logging.getLogger(__name__)
 

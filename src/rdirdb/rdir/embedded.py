@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 
 from rdirdb._rdir import Entries, check_chunks, check_meta2
-from rdirdb.client import ChunkEntry, RdirBackend, listing_limit
-from rdirdb.store import Store, Volume
+from rdirdb.rdir.backend import ChunkEntry, RdirBackend, listing_limit
+from rdirdb.rdir.store import Store, Volume
 
 
 
 class EmbeddedBackend(RdirBackend):
-    """Serves every volume from a :class:`rdirdb.store.Store` under ``path``."""
+    """Serves every volume from a :class:`rdirdb.rdir.store.Store` under ``path``."""
 
     def __init__(self, path: str | os.PathLike[str], **store_options: Any) -> None:
         self.store = Store(path, **store_options)

@@ -24,7 +24,7 @@ from urllib.parse import urlencode
 
 import numpy as np
 
-from rdirdb.client import ChunkEntry, RdirBackend, listing_limit
+from rdirdb.rdir.backend import ChunkEntry, RdirBackend, listing_limit
 from rdirdb.errors import (
     BadRequest,
     ClientException,
@@ -351,7 +351,7 @@ def remote_backend(conf: dict[str, Any], **kwargs: Any) -> RemoteBackend:
         hosts = [h.strip() for h in hosts.split(",") if h.strip()]
     resolve = None
     if conf.get("registry"):
-        from rdirdb.registry import open_registry
+        from rdirdb.rdir.registry import open_registry
 
         registry = open_registry(conf["registry"])
 
