@@ -11,13 +11,21 @@ and every process returns that same set.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
+import subprocess
+import sys
+import uuid
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 
+from rdirdb.errors import NotFound
+from rdirdb.rdir.client import RdirClient
 from rdirdb.rdir.dispatcher import RdirDispatcher
 from rdirdb.rdir.registry import Service, open_registry
+from tests.server.helpers import Server
 
 REPLICAS = 3
 ROUNDS = 3
@@ -92,3 +100,56 @@ def test_concurrent_dispatchers_decide_each_volume_once(registry_url, round_, tm
 
     for kind, _, returned in outcomes:
         assert returned == {v: ids for v, ids in final.items() if v.startswith(kind)}
+
+
+# -- `rdirdb rdir bootstrap` twice at once, through the installed entry point ----------
+
+RDIRDB = Path(sys.executable).with_name("rdirdb")
+SERVERS = 4
+BOOTSTRAP_VOLUMES = 40
+
+
+@pytest.fixture(scope="module")
+def rdir_servers(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rdir")
+    for i in range(SERVERS):
+        (root / f"db{i}").mkdir()
+    started = [Server(str(root / f"db{i}")) for i in range(SERVERS)]
+    try:
+        yield [f"{s.host}:{s.port}" for s in (s.wait_ready() for s in started)]
+    finally:
+        for server in started:
+            server.stop()
+
+
+def test_two_bootstraps_at_once(registry_url, rdir_servers):
+    tag = uuid.uuid4().hex[:6]
+    rdir_ids = {f"rdir-{tag}-{i}": addr for i, addr in enumerate(rdir_servers)}
+    volumes = [f"rawx-{tag}-{i:02}" for i in range(BOOTSTRAP_VOLUMES)]
+    with open_registry(registry_url) as registry:
+        for i, (rid, addr) in enumerate(rdir_ids.items()):
+            registry.register(Service("rdir", rid, addr, f"dc1.rack{i}.h{i}.rdir"))
+        for i, vol in enumerate(volumes):
+            registry.register(Service("rawx", vol, f"10.0.1.{i}:6200", f"dc1.rawx.h{i}.rawx"))
+
+    cmd = [str(RDIRDB), "rdir", "bootstrap", "rawx", "--registry", registry_url, "--json"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err.decode()
+
+    with open_registry(registry_url) as registry:
+        final = registry.assignments()
+    assert sorted(final) == volumes and all(len(set(final[v])) == len(final[v]) == 3 for v in volumes)
+    for out, _ in outputs:  # both commands show the one placement recorded
+        assert {a["id"]: a["rdir"] for a in json.loads(out)["assignments"]} == final
+    # every volume exists on its 3 rdir servers, and on no other
+    for rid, addr in rdir_ids.items():
+        with RdirClient({"rdir_hosts": [addr]}) as client:
+            for vol in volumes:
+                try:
+                    client.admin_show(vol)
+                    exists = True
+                except NotFound:
+                    exists = False
+                assert exists == (rid in final[vol]), (vol, rid, final[vol])
