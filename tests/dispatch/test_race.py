@@ -50,7 +50,8 @@ def _assign(url: str, service_type: str, seed: int, barrier, results) -> None:
         registry.services()  # connect before the barrier: the race starts at the decision
         dispatcher = RdirDispatcher({}, registry=registry, seed=seed, on_assigned=lambda v, ids: calls.append((v, ids)))
         barrier.wait(60)
-        services = dispatcher.assign_services(service_type, replicas=REPLICAS)
+        assign_all = dispatcher.assign_all_rawx if service_type == "rawx" else dispatcher.assign_all_meta2
+        services = assign_all(replicas=REPLICAS)
     results.put((service_type, calls, {s["id"]: [r["id"] for r in s.get("rdir", [])] for s in services}))
 
 
