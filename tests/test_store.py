@@ -127,3 +127,34 @@ def test_meta2_index(store):
     with pytest.raises(BadRequest, match=r"missing field \[container_id\]"):
         meta2.put_batch([{"container_url": "NS/a/b", "container_id": "x"}, {"container_url": "NS/a/c"}])
     assert meta2.count() == 5
+
+
+def test_snapshot_reads_one_state(store):
+    """fetch and admin_show with a snapshot read the state it began in, page after page."""
+    vol = store.volume("vol-s", create=True)
+    meta2 = store.volume("vol-s", "meta2", create=True)
+    before = [(f"{i:064X}", "C" * 32, f"{i:064X}", i, "p", 1) for i in range(5)]
+    vol.chunks.put_batch(before)
+    vol.admin_set("incident_date", "1")
+    meta2.meta2.put_batch([{"container_url": f"NS/a/{i}", "container_id": "x"} for i in range(3)])
+    with vol.snapshot() as txn, meta2.snapshot() as txn2:
+        vol.chunks.delete_batch([(cid, chunk) for cid, _, chunk, *_ in before[:2]])
+        vol.chunks.put_batch([("F" * 64, "C" * 32, "F" * 64, 9, "p", 1)])
+        vol.admin_set("incident_date", "2")
+        meta2.meta2.delete_batch(["NS/a/0"])
+        marker, seen = None, []
+        while True:  # pages of 2: each fetch reuses the snapshot, which stays open
+            page, truncated, marker = vol.chunks.fetch(marker=marker, limit=2, txn=txn)
+            seen += [r[0] for r in page]
+            if not truncated:
+                break
+        assert seen == [r[0] for r in before]
+        assert vol.admin_show(txn) == {"incident_date": "1"} and vol.admin_show() == {"incident_date": "2"}
+        assert [r["container_url"] for r in meta2.meta2.fetch(txn=txn2)[0]] == ["NS/a/0", "NS/a/1", "NS/a/2"]
+        assert len(vol.chunks.fetch()[0]) == 4  # without it: the current state
+        with pytest.raises(ValueError, match="another environment"):
+            meta2.meta2.fetch(txn=txn)
+    with pytest.raises(ClosedError):
+        vol.chunks.fetch(txn=txn)
+    with pytest.raises(TypeError):
+        vol.chunks.fetch(txn="not a transaction")

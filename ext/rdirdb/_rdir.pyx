@@ -31,7 +31,7 @@ from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memchr, memcmp, memcpy, memset
 
 from rdirdb.lmdb cimport *
-from rdirdb._lmdb cimport Environment, check
+from rdirdb._lmdb cimport Environment, Transaction, check
 
 import hashlib
 
@@ -760,9 +760,11 @@ cdef int _scan_current(Scan *scan) noexcept nogil:
 
 
 cdef class _Reader:
-    """A read transaction with cursors positioned for one scan."""
+    """A read transaction with cursors positioned for one scan: its own, or the
+    caller's ``snapshot`` (left open by close())."""
     cdef Environment env
     cdef MDB_txn *txn
+    cdef Transaction snapshot
     cdef Scan scan
     cdef bytes prefix_b
 
@@ -774,7 +776,7 @@ cdef class _Reader:
         self.close()
 
     cdef int open(self, Environment env, MDB_dbi *dbis, bint *canonical, int nsrc,
-                  object prefix, object marker) except -1:
+                  object prefix, object marker, Transaction snapshot=None) except -1:
         cdef Py_ssize_t i
         cdef Source *s
         cdef bytes start, marker_b = None, start_key
@@ -800,7 +802,14 @@ cdef class _Reader:
         self.scan.nsrc = nsrc
         self.scan.prefix = <const uint8_t *>PyBytes_AS_STRING(self.prefix_b)
         self.scan.prefix_n = len(self.prefix_b)
-        env.begin_raw(&self.txn, False)
+        if snapshot is None:
+            env.begin_raw(&self.txn, False)
+        else:
+            if snapshot.env is not env:
+                raise ValueError("the transaction belongs to another environment")
+            snapshot._ensure_open()
+            self.snapshot = snapshot
+            self.txn = snapshot._txn
         for i in range(nsrc):
             s = &self.scan.src[i]
             s.canonical = canonical[i]
@@ -853,7 +862,9 @@ cdef class _Reader:
                 mdb_cursor_close(self.scan.src[i].cur)
                 self.scan.src[i].cur = NULL
         self.txn = NULL
-        self.env.end_raw(txn, False)
+        if self.snapshot is None:
+            self.env.end_raw(txn, False)
+        self.snapshot = None
         return 0
 
 
@@ -985,11 +996,12 @@ cdef class _Page:
         free(self.hits)
 
     cdef int collect(self, Environment env, MDB_dbi *dbis, bint *canonical, int nsrc,
-                     object prefix, object marker, object limit, object incident) except -1:
+                     object prefix, object marker, object limit, object incident,
+                     Transaction snapshot=None) except -1:
         cdef Py_ssize_t lim = _int_arg(limit, "limit", 1, MAX_LIMIT_ARG)
         cdef uint64_t inc = _incident_arg(incident)
         cdef bint failed = False
-        self.reader.open(env, dbis, canonical, nsrc, prefix, marker)
+        self.reader.open(env, dbis, canonical, nsrc, prefix, marker, snapshot)
         with nogil:
             self.count = _collect(&self.reader.scan, &self.hits, &self.cap, lim, inc, &self.prev,
                                   &self.truncated, &failed)
@@ -1068,7 +1080,7 @@ cdef class ChunkIndex:
             self.env.end_raw(txn, False)
 
     def fetch(self, *, prefix=None, marker=None, limit=1000, incident=0, fields=ALL_FIELDS,
-              bint entries=False):
+              bint entries=False, Transaction txn=None):
         """One page of records in listing order: ``(records, truncated, next_marker)``.
 
         ``marker`` (``cid|chunk``) is an exclusive start; ``prefix`` a text prefix of
@@ -1076,13 +1088,15 @@ cdef class ChunkIndex:
         A record is ``(container_id, chunk_id, content_id, mtime, path, version)``
         with None for the fields not asked for; with ``entries`` it is OpenIO's
         ``(container_id, chunk_id, {"content_id", "mtime", "path", "version"})``.
+        ``txn`` (a transaction of ``env``) reads that snapshot, so that pages read
+        with one ``txn`` are one point in time; by default each page has its own.
         """
         cdef _Page page = _Page()
         cdef _CidCache cache = _CidCache()
         cdef int field_mask = _int_arg(fields, "fields", 0, ALL_FIELDS)
         cdef Py_ssize_t i
         try:
-            page.collect(self.env, self.dbis, self.canonical, 2, prefix, marker, limit, incident)
+            page.collect(self.env, self.dbis, self.canonical, 2, prefix, marker, limit, incident, txn)
             records = [_chunk_record(&page.hits[i], field_mask, cache, entries) for i in range(page.count)]
             return records, page.truncated, page.next_marker(False)
         finally:
@@ -1666,13 +1680,14 @@ cdef class Meta2Index:
         """Delete the records of ``container_urls`` in one transaction; returns how many existed."""
         return _apply(self.env, self.dbis, _encode_meta2(container_urls, True), True)
 
-    def fetch(self, *, prefix=None, marker=None, limit=1000):
+    def fetch(self, *, prefix=None, marker=None, limit=1000, Transaction txn=None):
         """One page of records in url order: ``(records, truncated)``; ``truncated``
-        is true only when one more record exists; ``marker`` is exclusive."""
+        is true only when one more record exists; ``marker`` is exclusive;
+        ``txn`` reads that snapshot, as in :meth:`ChunkIndex.fetch`."""
         cdef _Page page = _Page()
         cdef Py_ssize_t i
         try:
-            page.collect(self.env, self.dbis, self.canonical, 1, prefix, marker, limit, 0)
+            page.collect(self.env, self.dbis, self.canonical, 1, prefix, marker, limit, 0, txn)
             return [_meta2_record(&page.hits[i]) for i in range(page.count)], page.truncated
         finally:
             page.close()

@@ -4,7 +4,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from rdirdb._lmdb import Environment
+from rdirdb._lmdb import Environment, Transaction
 
 # Named databases of a rawx volume's environment and of a meta2 volume's.
 CHUNK_DATABASES: tuple[str, ...]
@@ -70,8 +70,9 @@ class ChunkIndex:
         incident: int = 0,
         fields: int = ...,
         entries: bool = False,
+        txn: Transaction | None = None,
     ) -> tuple[list[Any], bool, str | None]:
-        """One page: (records, truncated, next marker)."""
+        """One page: (records, truncated, next marker); as of ``txn`` when given."""
     def fetch_arrays(
         self,
         *,
@@ -105,7 +106,12 @@ class Meta2Index:
     def put_batch(self, records: Iterable[Mapping[str, Any]]) -> int: ...
     def delete_batch(self, container_urls: Iterable[str]) -> int: ...
     def fetch(
-        self, *, prefix: str | None = None, marker: str | None = None, limit: int = 1000
+        self,
+        *,
+        prefix: str | None = None,
+        marker: str | None = None,
+        limit: int = 1000,
+        txn: Transaction | None = None,
     ) -> tuple[list[Meta2Record], bool]: ...
     def count(self, prefix: str | None = None) -> int: ...
 

@@ -8,6 +8,7 @@ database. An unreachable server skips the PostgreSQL cases, unless
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 
 import pytest
@@ -78,3 +79,15 @@ def build_topology(
                         registry.register(
                             Service(kind, f"{kind}-{d}{r}{h}{k}", f"{ip}:{port}", f"dc{d}.rack{r}.host{h}.{kind}{k}")
                         )
+
+
+def takes_lock_within(url: str, seconds: float) -> bool:
+    """Whether another handle gets the assignment lock within ``seconds`` (from a thread)."""
+    got = threading.Event()
+
+    def take():
+        with open_registry(url) as other, other.assignment_lock():
+            got.set()
+
+    threading.Thread(target=take, daemon=True).start()
+    return got.wait(seconds)

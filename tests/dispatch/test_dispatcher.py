@@ -18,7 +18,7 @@ from rdirdb.rdir.dispatcher import (
 from rdirdb.errors import BadRequest, OioException, OioTimeout, ServiceBusy, ServiceUnavailable
 from rdirdb.rdir.registry import Service, location_distance, open_registry, parse_location
 
-from .conftest import build_topology
+from .conftest import build_topology, takes_lock_within
 
 
 @pytest.fixture
@@ -351,3 +351,12 @@ def test_on_assigned_failure_is_not_fatal(registry, caplog):
     RdirDispatcher({}, registry=registry, on_assigned=boom, seed=1).assign_all_rawx(replicas=1)
     assert len(registry.assignments()) == 2
     assert "on_assigned" in caplog.text
+
+
+def test_on_assigned_runs_once_the_lock_is_released(registry, registry_url):
+    """Creating volumes on their rdir servers (slow, remote) must not hold other dispatchers back."""
+    build_topology(registry, dcs=1, racks=2, hosts=1, rdir_per_host=1, rawx_per_host=1)
+    lock_free = []
+    on_assigned = lambda vol, ids: lock_free.append(takes_lock_within(registry_url, 5))  # noqa: E731
+    RdirDispatcher({}, registry=registry, on_assigned=on_assigned, seed=1).assign_all_rawx(replicas=1)
+    assert lock_free == [True, True]

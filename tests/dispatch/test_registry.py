@@ -10,6 +10,8 @@ import pytest
 from rdirdb.errors import BadRequest, NotFound, OioException, ServiceUnavailable, VolumeException
 from rdirdb.rdir.registry import FileRegistry, PostgresRegistry, Service, location_distance, open_registry, parse_location
 
+from .conftest import takes_lock_within
+
 
 def rdir(n: int, **kw) -> Service:
     return Service("rdir", f"rdir-{n}", f"127.0.0.1:{6300 + n}", **kw)
@@ -218,3 +220,55 @@ def test_location_defaults_to_address():
     b = parse_location(Service("rdir", "b", "10.0.0.1:6301"))
     assert a == ("", "", "10.0.0.1", "6300")
     assert location_distance(a, b) == 1
+
+
+# -- the assignment lock ----------------------------------------------------------
+
+
+def test_assignment_lock_excludes_other_handles(registry, registry_url):
+    with registry.assignment_lock():
+        registry.replace_assignment("vol", ["rdir-1"])  # the holder writes as usual
+        assert not takes_lock_within(registry_url, 0.5)
+    assert takes_lock_within(registry_url, 10)
+    # reading needs no lock
+    with registry.assignment_lock(), open_registry(registry_url) as other:
+        assert other.assignments() == {"vol": ["rdir-1"]}
+
+
+def _hold_lock(url: str, ready) -> None:
+    with open_registry(url) as reg, reg.assignment_lock():
+        ready.set()
+        time.sleep(600)
+
+
+def test_assignment_lock_dies_with_its_holder(registry, registry_url):
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(registry_url, ready))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        assert not takes_lock_within(registry_url, 0.5)
+    finally:
+        holder.kill()  # SIGKILL: no cleanup code runs
+        holder.join(10)
+    assert takes_lock_within(registry_url, 10)
+
+
+def test_pg_lost_connection_under_the_assignment_lock_stops_writes(pg_dsn):
+    """The lock went with the session: the holder must not go on writing on a new connection."""
+    import psycopg
+
+    with PostgresRegistry(pg_dsn) as reg:
+        reg.remove_assignment("vol")
+        with reg.assignment_lock():
+            with psycopg.connect(pg_dsn, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (reg._conn.info.backend_pid,))
+            for _ in range(2):  # the failed write, then the refused reconnection
+                with pytest.raises(ServiceUnavailable):
+                    reg.replace_assignment("vol", ["rdir-1"])
+            assert takes_lock_within(pg_dsn, 10)  # the server released it
+        assert reg.get_assignment("vol") == []
+        with reg.assignment_lock():  # a new connection once the block is left
+            reg.replace_assignment("vol", ["rdir-1"])
+        assert reg.get_assignment("vol") == ["rdir-1"]

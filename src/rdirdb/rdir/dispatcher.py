@@ -19,6 +19,12 @@ replaced by a small deterministic one:
 An rdir's load is the larger of its reported ``opened_db_count`` and the
 number of volumes the registry assigns to it: the first is what the server
 really holds, the second already counts assignments it has not reported yet.
+
+A run reads, decides and records under the registry's assignment lock (an
+advisory lock in PostgreSQL, ``flock`` on a side file for the file registry),
+so dispatchers running at once, anywhere, take turns: the later one sees the
+earlier one's assignments, keeps them, and its balance counts them. A volume
+therefore never gets two different rdir sets, nor more than ``replicas``.
 """
 
 from __future__ import annotations
@@ -59,10 +65,11 @@ def _placeholder(rdir_id: str) -> dict[str, Any]:
 class RdirDispatcher:
     """Assign rdir services to volumes; ``conf["registry"]`` is the registry URL.
 
-    ``on_assigned(volume_id, rdir_ids)`` runs after each recorded assignment
-    with the volume's full rdir list, so that a client can create the volume
-    on those servers; its errors are logged, not raised (the assignment is
-    already recorded, and creating a volume again is harmless).
+    ``on_assigned(volume_id, rdir_ids)`` runs for each assignment the run
+    recorded, with the volume's full rdir list, once the assignment lock is
+    released, so that a client can create the volume on those servers; its
+    errors are logged, not raised (the assignment is already recorded, and
+    creating a volume again is harmless).
     """
 
     def __init__(
@@ -165,6 +172,33 @@ class RdirDispatcher:
             raise BadRequest(f"rdir services index rawx and meta2 volumes, not {service_type!r}")
         if replicas < 1:
             raise BadRequest(f"replicas must be at least 1, not {replicas}")
+        # One dispatcher at a time reads, decides and records: one that runs
+        # meanwhile waits, then sees these assignments and keeps them.
+        with self.registry.assignment_lock():
+            results, recorded, errors = self._assign_locked(
+                service_type, replicas, service_id, reassign, max_per_rdir, min_dist, dry_run
+            )
+        # Outside the lock: creating the volumes on their rdir servers may take a while.
+        for volume_id, rdir_ids in recorded:
+            self._notify(volume_id, rdir_ids)
+        if len(errors) == 1:
+            raise errors[0][1]
+        if errors:
+            detail = "; ".join(f"{vol}: {exc}" for vol, exc in errors)
+            raise OioException(f"Several errors encountered: {detail}")
+        return results
+
+    def _assign_locked(
+        self,
+        service_type: str,
+        replicas: int,
+        service_id: str | None,
+        reassign: str | None,
+        max_per_rdir: int | None,
+        min_dist: int | None,
+        dry_run: bool,
+    ) -> tuple[list[dict[str, Any]], list[tuple[str, list[str]]], list[tuple[str, Exception]]]:
+        """:meth:`assign_services` under the assignment lock: ``(results, recorded, errors)``."""
         services = self.registry.services(service_type)
         if service_id is not None:
             services = [s for s in services if s.id == service_id]
@@ -179,6 +213,7 @@ class RdirDispatcher:
         rng = random.Random(self.seed)
 
         results = []
+        recorded: list[tuple[str, list[str]]] = []
         errors: list[tuple[str, Exception]] = []
         for service in services:
             current = assignments.get(service.id, [])
@@ -194,6 +229,7 @@ class RdirDispatcher:
                     )
                     if not dry_run:
                         self._record(service.id, kept + new)
+                        recorded.append((service.id, kept + new))
                 except (OioException, ValueError) as exc:
                     log.warning("rdir assignment of %s %s failed: %s", service_type, service.id, exc)
                     errors.append((service.id, exc))
@@ -208,13 +244,7 @@ class RdirDispatcher:
             if chosen:
                 entry["rdir"] = [rdirs[r].to_dict() if r in rdirs else _placeholder(r) for r in chosen]
             results.append(entry)
-
-        if len(errors) == 1:
-            raise errors[0][1]
-        if errors:
-            detail = "; ".join(f"{vol}: {exc}" for vol, exc in errors)
-            raise OioException(f"Several errors encountered: {detail}")
-        return results
+        return results, recorded, errors
 
     @staticmethod
     def _assigned_load(rdirs: dict[str, Service], assignments: dict[str, list[str]]) -> dict[str, int]:
@@ -232,6 +262,9 @@ class RdirDispatcher:
         except OioException as exc:
             exc.add_note(f"while recording the rdir services of {volume_id}")
             raise
+
+    def _notify(self, volume_id: str, rdir_ids: list[str]) -> None:
+        """Run ``on_assigned`` for a recorded assignment."""
         try:
             self.on_assigned(volume_id, list(rdir_ids))
         except Exception:  # best effort: the assignment is recorded, creation can be retried

@@ -17,23 +17,31 @@ score and stats (an rdir reports ``opened_db_count`` and ``volumes``);
 :meth:`Registry.expire` drops the ones that stopped refreshing. Assignments
 outlive their rdir services: a down rdir still holds its volumes until the
 dispatcher reassigns them.
+
+Each write is atomic on its own. A dispatcher that reads the assignments,
+decides and writes holds :meth:`Registry.assignment_lock` throughout, so two
+dispatchers (other threads, processes or hosts) never decide from the same
+state: the second one sees what the first recorded.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator
 from urllib.parse import unquote, urlparse
 
 from rdirdb.errors import BadRequest, NotFound, OioException, ServiceUnavailable, VolumeException
+
+log = logging.getLogger(__name__)
 
 SERVICE_TYPES = ("rdir", "rawx", "meta2")
 LOCATION_LEVELS = 4
@@ -144,6 +152,15 @@ class Registry(ABC):
     def _update_assignment(self, volume_id: str, change: Callable[[list[str]], list[str]]) -> list[str]:
         """Atomically replace a volume's rdir list by ``change(old)``; empty deletes it."""
 
+    @abstractmethod
+    def assignment_lock(self) -> AbstractContextManager[None]:
+        """Hold the registry-wide assignment lock for the ``with`` block; not re-entrant.
+
+        Serializes whole read-decide-write runs of dispatchers, across
+        threads, processes and (PostgreSQL) hosts. The writes made inside
+        still commit one by one. Reading needs no lock.
+        """
+
     def get_assignment(self, volume_id: str) -> list[str]:
         """The rdir ids holding ``volume_id``, first assigned first ([] if none)."""
         return self.assignments().get(volume_id, [])
@@ -190,11 +207,16 @@ class Registry(ABC):
 
 
 class FileRegistry(Registry):
-    """A JSON file; writers serialize on ``<path>.lock`` and replace the file atomically."""
+    """A JSON file; writers serialize on ``<path>.lock`` and replace the file atomically.
+
+    The assignment lock is another file, ``<path>.assign.lock``, so that the
+    writes of its holder take the (short) write lock as any other.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         self._lock_path = self.path + ".lock"
+        self._assign_lock_path = self.path + ".assign.lock"
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
 
     def _read(self) -> dict[str, Any]:
@@ -265,6 +287,18 @@ class FileRegistry(Registry):
     def assignments(self) -> dict[str, list[str]]:
         return self._read()["assignments"]
 
+    @contextmanager
+    def assignment_lock(self) -> Iterator[None]:
+        # flock: it conflicts between open files, so threads of one process
+        # wait for each other too, and it dies with its holder.
+        with open(self._assign_lock_path, "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("waiting for another dispatcher to release %s", self._assign_lock_path)
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
     def _update_assignment(self, volume_id: str, change: Callable[[list[str]], list[str]]) -> list[str]:
         with self._write() as data:
             new = change(data["assignments"].get(volume_id, []))
@@ -296,10 +330,19 @@ CREATE TABLE IF NOT EXISTS rdirdb_registry.assignments (
 );
 """
 _SERVICE_COLUMNS = "type, id, addr, location, score, stats, last_refresh"
+# The advisory lock key of assignment runs (rdirdb_registry.assignments' own key would
+# do as well; a text keeps it readable in pg_locks through hashtext).
+_ASSIGNMENT_LOCK_KEY = "rdirdb_registry.assignments"
 
 
 class PostgresRegistry(Registry):
-    """Tables in the ``rdirdb_registry`` schema; every write is one transaction."""
+    """Tables in the ``rdirdb_registry`` schema; every write is one transaction.
+
+    The assignment lock is a session-level advisory lock on the registry's own
+    connection: the holder's writes run in the session that holds it, so if
+    the connection is lost (and the server releases the lock), they fail
+    rather than go on unlocked on a new connection.
+    """
 
     def __init__(self, dsn: str) -> None:
         import psycopg  # optional dependency: only this backend needs it
@@ -308,6 +351,10 @@ class PostgresRegistry(Registry):
         self._dsn = dsn
         self._conn: Any = None
         self._lock = threading.Lock()  # one connection, shared by the threads
+        # Advisory locks are re-entrant within a session: threads sharing the
+        # connection take turns here first.
+        self._assigning = threading.Lock()
+        self._assign_session: Any = None  # the connection that holds the assignment lock
         with self._tx() as cur:
             # Concurrent CREATE ... IF NOT EXISTS can still collide: serialize them.
             cur.execute("SELECT pg_advisory_xact_lock(hashtext('rdirdb_registry'))")
@@ -324,6 +371,11 @@ class PostgresRegistry(Registry):
         with self._lock:
             try:
                 if self._conn is None or self._conn.closed or self._conn.broken:
+                    if self._assign_session is not None:
+                        raise ServiceUnavailable(
+                            "registry connection lost while holding the assignment lock: nothing more is "
+                            "recorded until the dispatcher runs again"
+                        )
                     self._conn = self._psycopg.connect(self._dsn, autocommit=True, connect_timeout=10)
                 with self._conn.transaction(), self._conn.cursor() as cur:
                     yield cur
@@ -401,6 +453,25 @@ class PostgresRegistry(Registry):
             cur.execute("SELECT rdir_ids FROM rdirdb_registry.assignments WHERE volume_id = %s", (volume_id,))
             row = cur.fetchone()
         return row[0] if row else []
+
+    @contextmanager
+    def assignment_lock(self) -> Iterator[None]:
+        with self._assigning:
+            with self._tx() as cur:
+                cur.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (_ASSIGNMENT_LOCK_KEY,))
+                if not cur.fetchone()[0]:
+                    log.info("waiting for another dispatcher to release the registry's assignment lock")
+                    # Other threads of this registry wait for the connection meanwhile.
+                    cur.execute("SELECT pg_advisory_lock(hashtext(%s))", (_ASSIGNMENT_LOCK_KEY,))
+                self._assign_session = self._conn
+            try:
+                yield
+            finally:
+                session, self._assign_session = self._assign_session, None
+                # A lost session released the lock with it; else release it here.
+                if session is self._conn and not (session.closed or session.broken):
+                    with suppress(ServiceUnavailable), self._tx() as cur:
+                        cur.execute("SELECT pg_advisory_unlock(hashtext(%s))", (_ASSIGNMENT_LOCK_KEY,))
 
     def _update_assignment(self, volume_id: str, change: Callable[[list[str]], list[str]]) -> list[str]:
         with self._tx() as cur:

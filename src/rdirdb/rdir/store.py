@@ -12,12 +12,13 @@ A volume id maps to its file name by percent-encoding every byte outside
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from typing import Any, Iterator
 from urllib.parse import quote, unquote
 
-from rdirdb._lmdb import Environment
+from rdirdb._lmdb import Environment, Transaction
 from rdirdb._rdir import CHUNK_DATABASES, META2_DATABASES, ChunkIndex, Meta2Index
 from rdirdb.errors import BadRequest, ClosedError, Forbidden, LmdbFileNotFoundError, NotFound
 
@@ -75,11 +76,27 @@ class Volume:
         else:
             self.meta2: Meta2Index = Meta2Index(env)
 
+    def snapshot(self) -> Transaction:
+        """A read transaction: the volume as of now, for as long as it stays open.
+
+        Pass it as ``txn`` to :meth:`admin_show` and to the index's ``fetch``
+        so that they all read that one state (a point-in-time export); use it
+        as a context manager and from one thread at a time. While it is open,
+        LMDB cannot reuse the pages that writers free (the file grows by what
+        they rewrite meanwhile), and in this process a map growth of this
+        volume waits for it: do not write to the volume from the thread that
+        holds it.
+        """
+        return self.env.begin()
+
     # -- admin keys (rawx volumes) ----------------------------------------
 
-    def admin_show(self) -> dict[str, str]:
-        """Every admin key with its value, as strings (like the reference)."""
-        with self.env.begin() as txn, txn.cursor(db=ADMIN_DB) as cur:
+    def admin_show(self, txn: Transaction | None = None) -> dict[str, str]:
+        """Every admin key with its value, as strings (like the reference).
+
+        ``txn`` (see :meth:`snapshot`) reads that state."""
+        reading = self.env.begin() if txn is None else contextlib.nullcontext(txn)  # the caller's stays open
+        with reading as t, t.cursor(db=ADMIN_DB) as cur:
             return {k.decode(): v.decode("utf-8", "replace") for k, v in cur}
 
     def admin_get(self, key: str) -> str | None:

@@ -15,6 +15,7 @@ import sys
 import tempfile
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
+from rdirdb._lmdb import Transaction
 from rdirdb.rdir.client import RdirClient
 from rdirdb.errors import RdirdbError
 from rdirdb.rdir.store import SERVICE_TYPES, Store, Volume, volume_file_name
@@ -184,17 +185,18 @@ def record_count(vol: Volume) -> int:
     return vol.chunks.count() if vol.service_type == "rawx" else vol.meta2.count()
 
 
-def scan(vol: Volume) -> Iterator[list[dict[str, Any]]]:
-    """Every record of a volume, page by page, as the dicts ``put_batch`` accepts."""
+def scan(vol: Volume, txn: Transaction | None = None) -> Iterator[list[dict[str, Any]]]:
+    """Every record of a volume, page by page, as the dicts ``put_batch`` accepts;
+    with ``txn`` (:meth:`~rdirdb.rdir.store.Volume.snapshot`), all as of that one state."""
     marker = None
     while True:
         if vol.service_type == "meta2":
-            records, truncated = vol.meta2.fetch(marker=marker, limit=PAGE)
+            records, truncated = vol.meta2.fetch(marker=marker, limit=PAGE, txn=txn)
             if records:
                 marker = records[-1]["container_url"]
             yield records
         else:
-            page, truncated, marker = vol.chunks.fetch(marker=marker, limit=PAGE)
+            page, truncated, marker = vol.chunks.fetch(marker=marker, limit=PAGE, txn=txn)
             yield [
                 {"container_id": cid, "content_id": content, "chunk_id": chunk,
                  "mtime": mtime, "path": path, "version": version}

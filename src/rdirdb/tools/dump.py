@@ -13,9 +13,11 @@ A dump is UTF-8 text, one compact JSON object per line::
 
 The last line holds the xxh3_64 digest (hex) of every byte before it. Both
 sides stream: memory stays bounded by one page (export) or one batch (import).
-Export reads each page in its own read transaction: on a store that is being
-written, each volume's dump is consistent page by page, not as of one instant
-(stop the writers, or export from an LMDB copy, for a point-in-time dump).
+Export reads each volume, its admin keys and all its records, in one LMDB
+read transaction (:meth:`~rdirdb.rdir.store.Volume.snapshot`): on a store
+that is being written, each volume's dump is the state it had when its turn
+came, whatever the writers commit meanwhile. Volumes are separate LMDB
+environments, so each has its own instant (the first volume's is the oldest).
 
 Import writes into a staging area (see :class:`~rdirdb.tools.common.Staging`)
 while it hashes the stream, because stdin cannot be read twice; only when the
@@ -29,7 +31,9 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import uuid
 from typing import Any, BinaryIO, Iterable, Iterator
 
@@ -88,14 +92,15 @@ def export(store: Store, selected: list[tuple[str, str]], out: BinaryIO, bar: Pr
     summary = []
     for service_type, volume_id in selected:
         vol = store.volume(volume_id, service_type)
-        admin = vol.admin_show() if service_type == "rawx" else {}
-        write({"volume": volume_id, "type": service_type, "admin": admin})
-        records = 0
-        for page in scan(vol):
-            for record in page:
-                write(record)
-            records += len(page)
-            bar.update(len(page))
+        with vol.snapshot() as txn:
+            admin = vol.admin_show(txn) if service_type == "rawx" else {}
+            write({"volume": volume_id, "type": service_type, "admin": admin})
+            records = 0
+            for page in scan(vol, txn):
+                for record in page:
+                    write(record)
+                records += len(page)
+                bar.update(len(page))
         write({"end": volume_id, "type": service_type, "records": records})
         summary.append({"type": service_type, "volume": volume_id, "records": records, "admin": admin})
     out.write(_encode({"checksum": digest.hexdigest()}))
@@ -256,7 +261,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "export",
         help="dump volumes as checksummed JSON lines",
         description="Dump a volume (or all) as JSON lines, with an xxh3_64 checksum as the last line. "
-        "Safe on a served store, but pages are read one by one: stop the writers for a point-in-time dump.",
+        "Safe on a served store: each volume is dumped as of one instant (one LMDB read transaction).",
     )
     add_store_flag(p)
     add_filter_flags(p)
@@ -286,8 +291,30 @@ def _report(args: argparse.Namespace, summary: list[dict], out) -> None:
         print_table(("TYPE", "VOLUME", "RECORDS", "ADMIN"), rows, out)
 
 
+@contextlib.contextmanager
+def _sigterm_ends_cleanly() -> Iterator[None]:
+    """SIGTERM (kill, timeout, systemd) exits through the context managers, as Ctrl-C does.
+
+    By default it kills the process at once, and the reader slot of the open
+    snapshot would then keep the writers from reusing pages (the file grows)
+    until some process opens the volume again.
+    """
+    if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _export_main(args: argparse.Namespace) -> int:
-    with open_store(args.db_path, readonly=True) as store:
+    with _sigterm_ends_cleanly(), open_store(args.db_path, readonly=True) as store:
         selected = select_volumes(store, args.volume, args.type)
         total = sum(record_count(store.volume(v, t)) for t, v in selected)
         with Progress(total, "exporting") as bar, _output(args.output) as out:
