@@ -8,6 +8,8 @@ import math
 import os
 from typing import Callable, Sequence
 
+from rdirdb.tools.common import count
+
 CPUS = os.cpu_count() or 1
 MAX_WORKERS_PER_CPU = 8  # workers are CPU-bound event loops: more only compete for the CPUs
 
@@ -23,19 +25,15 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
     parser.set_defaults(handler=run)
 
 
-
 def _workers(text: str) -> int:
     """An argparse type: a worker count from 1 to MAX_WORKERS_PER_CPU per CPU."""
     most = MAX_WORKERS_PER_CPU * CPUS
-    try:
-        count = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of processes, not {text!r}") from None
-    if not 1 <= count <= most:
+    workers = count("processes")(text)
+    if workers > most:
         raise argparse.ArgumentTypeError(
-            f"must be from 1 to {most} ({MAX_WORKERS_PER_CPU} per CPU, {CPUS} CPUs here), not {count}"
+            f"at most {most} ({MAX_WORKERS_PER_CPU} per CPU, {CPUS} CPUs here), not {workers}"
         )
-    return count
+    return workers
 
 
 def _seconds(*, zero: bool = False) -> Callable[[str], float]:
@@ -54,16 +52,6 @@ def _seconds(*, zero: bool = False) -> Callable[[str], float]:
     return seconds
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number, not {text!r}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db-path", required=True, help="directory of the volumes (must exist)")
     parser.add_argument("--bind", default="127.0.0.1:6300", help="HOST:PORT (default %(default)s)")
@@ -74,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--service-id", help="service id (default: the bound HOST:PORT)")
     parser.add_argument("--namespace", default="OPENIO", help="namespace (default %(default)s)")
     parser.add_argument(
-        "--max-body-size", type=_positive_int, default=32 << 20,
+        "--max-body-size", type=count("bytes"), default=32 << 20,
         help="largest request body in bytes; larger ones get 413 (default %(default)s)",
     )
     parser.add_argument(

@@ -63,6 +63,21 @@ def describe(exc: BaseException) -> str:
 # -- flags ----------------------------------------------------------------------
 
 
+def count(what: str) -> Callable[[str], int]:
+    """An argparse type: a whole number of ``what``, at least 1."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"expected a number of {what}, at least 1, not {text!r}")
+        return value
+
+    return parse
+
+
 def add_store_flag(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
     parser.add_argument(
         "--db-path", metavar="STORE", required=required, help="the rdirdb store directory"

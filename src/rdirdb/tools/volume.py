@@ -38,6 +38,7 @@ from rdirdb.tools.common import (
     add_command,
     add_group,
     add_target_flags,
+    count,
     describe,
     format_admin,
     open_client,
@@ -122,20 +123,9 @@ def _command(commands: argparse._SubParsersAction, name: str, main: Main, help: 
     return sub
 
 
-def _positive(text: str) -> int:
-    """An argparse type: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of records, at least 1, not {text!r}")
-    return value
-
-
 def _add_input_flags(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("-i", "--input", metavar="FILE", default="-", help="JSON lines ('-', the default: stdin)")
-    sub.add_argument("--batch-size", type=_positive, default=PUSH_BATCH, metavar="N",
+    sub.add_argument("--batch-size", type=count("records"), default=PUSH_BATCH, metavar="N",
                      help=f"records per request (default {PUSH_BATCH})")
     sub.add_argument("--stream", action="store_true",
                      help="push each batch as soon as it is read, in one pass (default: check the whole "
@@ -145,7 +135,7 @@ def _add_input_flags(sub: argparse.ArgumentParser) -> None:
 def _add_listing_flags(sub: argparse.ArgumentParser, prefix: str) -> None:
     sub.add_argument("--prefix", metavar="PREFIX", help=f"only the records whose {prefix} starts with PREFIX")
     sub.add_argument("--marker", metavar="MARKER", help="start after this key (exclusive; rawx: CID|CHUNK_ID)")
-    sub.add_argument("--limit", type=_positive, metavar="N", help="at most N records (default: all)")
+    sub.add_argument("--limit", type=count("records"), metavar="N", help="at most N records (default: all)")
 
 
 # -- per-volume admin commands ----------------------------------------------------
