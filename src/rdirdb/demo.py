@@ -8,6 +8,7 @@ on the volume and pages through the chunks that were on it before.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import tempfile
 import time
@@ -15,9 +16,11 @@ from dataclasses import dataclass
 
 from rdirdb.progress import Progress
 from rdirdb.rdir.store import Store
+from rdirdb.tools.common import CommandError
 
 BATCH = 10_000
 PAGE = 1_000
+MARK = ".rdirdb-demo"  # in a directory the demo wrote: running the demo there again is safe
 
 
 @dataclass
@@ -61,10 +64,12 @@ def run(count: int, directory: str, volumes: int, seed: int = 42, out=print) -> 
         vols = [store.volume(f"127.0.0.1:{6200 + i}", create=True) for i in range(volumes)]
         t0 = time.monotonic()
         with Progress(count, "indexing") as bar:
-            for n, start in enumerate(range(0, count, BATCH)):
-                batch = records[start : start + BATCH]
-                vols[n % volumes].chunks.put_batch(batch)
-                bar.update(len(batch))
+            for n, vol in enumerate(vols):  # each volume every volumes-th chunk: the same share
+                share = records[n::volumes]
+                for start in range(0, len(share), BATCH):
+                    batch = share[start : start + BATCH]
+                    vol.chunks.put_batch(batch)
+                    bar.update(len(batch))
         steps.append(Step("index (batch push)", count, time.monotonic() - t0))
 
         broken = vols[0]
@@ -105,7 +110,7 @@ def run(count: int, directory: str, volumes: int, seed: int = 42, out=print) -> 
         out(f"status of {broken.volume_id}: chunk total={total:,} to_rebuild={to_rebuild:,} "
             f"(container pages: {containers:,})")
         if listed != to_rebuild:
-            raise SystemExit(f"inconsistent: listed {listed} chunks to rebuild, status says {to_rebuild}")
+            raise CommandError(f"inconsistent: listed {listed} chunks to rebuild, status says {to_rebuild}")
         for vol in vols:
             out(f"  volume {vol.volume_id}: {vol.chunks.count():,} chunks")
 
@@ -120,15 +125,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="index synthetic chunks and list a broken volume's chunks")
     p.add_argument("--count", type=int, default=1_000_000, help="chunks to index (default 1,000,000)")
     p.add_argument("--volumes", type=int, default=4, help="rawx volumes (default 4)")
-    p.add_argument("--dir", help="store directory (default: a temporary directory, removed after)")
+    p.add_argument("--dir", help="store directory: new, empty, or one a demo wrote "
+                   "(default: a temporary directory, removed after)")
     p.add_argument("--seed", type=int, default=42)
-    p.set_defaults(handler=_main)
+    p.set_defaults(handler=_main, parser=p)
+
+
+def claim_directory(path: str) -> None:
+    """Refuse a directory that holds anything but a demo's store: the demo writes synthetic
+    chunks, sets an incident and locks a volume, which must never happen to a real store."""
+    if os.path.isdir(path) and os.listdir(path) and not os.path.exists(os.path.join(path, MARK)):
+        raise CommandError(
+            f"{path} is not empty and is not a demo's store (it has no {MARK} file): the demo writes "
+            "synthetic chunks, sets an incident and locks a volume; give a new or empty directory"
+        )
+    os.makedirs(path, exist_ok=True)
+    open(os.path.join(path, MARK), "a").close()
 
 
 def _main(args: argparse.Namespace) -> int:
     if args.count < 1 or args.volumes < 1:
-        raise SystemExit("rdirdb demo: --count and --volumes must be positive")
+        args.parser.error("--count and --volumes must be positive")
     if args.dir:
+        claim_directory(args.dir)
         run(args.count, args.dir, args.volumes, args.seed)
         return 0
     with tempfile.TemporaryDirectory(prefix="rdirdb-demo-") as tmp:

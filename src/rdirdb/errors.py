@@ -166,18 +166,23 @@ class OioException(RdirdbError):
 
 
 class ClientException(OioException):
-    """An error answered for a request; ``http_status`` is its HTTP status."""
+    """An error answered for a request; ``http_status`` is its HTTP status.
+
+    ``over_http`` when a server answered it: only then does the text name the
+    status (as OpenIO's does); the embedded client's errors say what is wrong only.
+    """
 
     http_status = 500
 
-    def __init__(self, message: str = "", http_status: int | None = None) -> None:
+    def __init__(self, message: str = "", http_status: int | None = None, *, over_http: bool = False) -> None:
         if http_status is not None:
             self.http_status = http_status
         self.message = message
+        self.over_http = over_http
         super().__init__(message)
 
     def __str__(self) -> str:
-        return f"{self.message} (HTTP {self.http_status})"
+        return f"{self.message} (HTTP {self.http_status})" if self.over_http else self.message
 
 
 class BadRequest(ClientException, ValueError):
@@ -252,8 +257,8 @@ def from_status(status: int, message: str) -> ClientException:
     """The exception OpenIO's client raises for an HTTP error ``status``."""
     cls = _BY_STATUS.get(status)
     if cls is None:
-        return ClientException(message, http_status=status)
-    return cls(message)
+        return ClientException(message, http_status=status, over_http=True)
+    return cls(message, over_http=True)
 
 
 # --------------------------------------------------------------------------

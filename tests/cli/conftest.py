@@ -1,25 +1,22 @@
-"""Run ``python -m rdirdb`` in a subprocess, on the worktree's sources."""
+"""Run the installed ``rdirdb`` command in a subprocess, on the worktree's sources."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[2] / "src"
+from tests.entry_point import rdirdb_command, rdirdb_env
 
 
 class Cli:
-    def __call__(self, *args: object, input: bytes | None = None) -> subprocess.CompletedProcess:
-        env = dict(os.environ, PYTHONPATH=str(SRC))
-        return subprocess.run(
-            [sys.executable, "-m", "rdirdb", *map(str, args)],
-            input=input, capture_output=True, env=env, timeout=120,
-        )
+    """``cli(*args)`` runs ``rdirdb ARGS...`` and returns the completed process."""
+
+    def __call__(self, *args: object, input: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(rdirdb_command(*args), input=input, capture_output=True, env=rdirdb_env(),
+                              timeout=timeout)
 
     def json(self, *args: object, input: bytes | None = None) -> dict:
         """Run with --json; the command must succeed."""

@@ -130,7 +130,7 @@ def stored(store_path) -> dict[tuple[str, str], dict]:
 def test_import_every_format_record_by_record(cli, data_dir, tmp_path):
     root, expected = data_dir
     store_path = tmp_path / "store"
-    report = cli.json("import-leveldb", root, "--db-path", store_path)
+    report = cli.json("import-leveldb", root, "--db-path", store_path, "--skip-bad")
 
     assert stored(store_path) == expected
     with Store(store_path, readonly=True) as store:
@@ -158,7 +158,8 @@ def test_import_every_format_record_by_record(cli, data_dir, tmp_path):
 def test_human_report_and_meta2_override(cli, data_dir, tmp_path):
     root, _ = data_dir
     store_path = tmp_path / "store"
-    proc = cli("import-leveldb", root, "--db-path", store_path, "--meta2-volume", "meta2-OPENIO-meta2-1=10.0.0.1:6121")
+    proc = cli("import-leveldb", root, "--db-path", store_path, "--meta2-volume", "meta2-OPENIO-meta2-1=10.0.0.1:6121",
+               "--skip-bad")
     assert proc.returncode == 0, proc.stderr.decode()
     out = proc.stdout.decode()
     assert out.splitlines()[0].split()[:3] == ["TYPE", "VOLUME", "LEVELDB"]
@@ -166,6 +167,25 @@ def test_human_report_and_meta2_override(cli, data_dir, tmp_path):
     assert "ignored: rdir.conf" in out
     with Store(store_path, readonly=True) as store:
         assert store.volumes("meta2") == ["10.0.0.1:6121", "127.0.0.1:6120"]
+
+
+def test_bad_entries_fail_the_import_unless_skip_bad(cli, data_dir, tmp_path):
+    """It used to skip them and exit 0."""
+    root, _ = data_dir
+    store_path = tmp_path / "store"
+    proc = cli("import-leveldb", root, "--db-path", store_path)
+    assert proc.returncode == 1 and proc.stdout == b""
+    err = proc.stderr.decode()
+    assert err.startswith("rdirdb import-leveldb: 6 entries cannot be imported (")
+    assert "the value is not UTF-8 JSON" in err and "nothing was imported (--skip-bad imports the others" in err
+    with Store(store_path, readonly=True) as store:
+        assert store.volumes("rawx") == store.volumes("meta2") == []
+    assert staging_leftovers(store_path) == []
+    # a clean data directory needs no flag
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    (root / BIG).rename(clean / BIG)
+    assert cli.json("import-leveldb", clean, "--db-path", store_path)["volumes"][0]["records"] == BIG_COUNT
 
 
 def test_existing_volume_refused_and_store_untouched(cli, data_dir, tmp_path):

@@ -128,7 +128,7 @@ def test_bootstrap_failures(cli, cluster):
     reg = ("--registry", cluster.url)
     # 5 replicas out of 4 rdir services: fails, shows the assignments, records nothing
     proc = cli("rdir", "bootstrap", "rawx", *reg, "--replicas", "5")
-    assert failed(proc).startswith("rdirdb rdir: bootstrap failed")
+    assert failed(proc).startswith("rdirdb rdir bootstrap: ")
     assert proc.stdout.decode().splitlines()[0].split()[:2] == ["RAWX", "RDIR"]
     assert cluster.assignments() == {}
     assert "isn't a rawx" in failed(cli("rdir", "bootstrap", "rawx", *reg, "--service-id", "nope"))

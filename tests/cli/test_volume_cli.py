@@ -92,14 +92,48 @@ def test_push_errors(cli, store, tmp_path):
     ok(cli("volume", "create", VOL, *store))
     bad = jsonl(chunks(3)) + b"{not json\n" + jsonl(chunks(2, 3))
     err = failed(cli("volume", "push", VOL, *store, "--batch-size", "2", input=bad))
-    assert "line 4" in err and "2 records pushed" in err
-    assert "line 1" in failed(cli("volume", "push", VOL, *store, input=b'{"chunk_id": "x"}\n'))
-    assert "line 1" in failed(cli("volume", "push", VOL, *store, input=b"[1]\n"))
+    assert "line 4: not valid JSON (" in err and "nothing was pushed" in err
+    assert fetch_all(cli, *store) == []
+    err = failed(cli("volume", "push", VOL, *store, "--batch-size", "2", "--stream", input=bad))
+    assert "line 4: not valid JSON (" in err and "2 records pushed before the error" in err
+    assert len(fetch_all(cli, *store)) == 2
+    err = failed(cli("volume", "push", VOL, *store, input=b'{"chunk_id": "x"}\n'))
+    assert "line 1: missing fields container_id, content_id" in err
+    assert "line 1: not a JSON object" in failed(cli("volume", "push", VOL, *store, input=b"[1]\n"))
+    err = failed(cli("volume", "meta2", "push", "m2", *store, input=b'{"mtime": 1}\n'))
+    assert "line 1: missing field container_url" in err
+    for err in (err, *(failed(cli("volume", "push", VOL, *store, input=line)) for line in (b"{x\n", b"{}\n"))):
+        assert not any(word in err for word in ("Error(", "KeyError", "(HTTP", "Traceback")), err
     # the volume must exist unless --create
     assert "not found" in failed(cli("volume", "push", "new", *store, input=jsonl(chunks(1)))).lower()
     assert cli.json("volume", "push", "new", *store, "--create", input=jsonl(chunks(1)))["records"] == 1
-    failed(cli("volume", "push", VOL, *store, "-i", tmp_path / "missing.jsonl"))
-    failed(cli("volume", "push", VOL, *store, "--batch-size", "0", input=b""), 2)
+    err = failed(cli("volume", "push", VOL, *store, "-i", tmp_path / "missing.jsonl"))
+    assert f"{tmp_path / 'missing.jsonl'}: No such file or directory" in err and "Errno" not in err
+    assert "argument --batch-size" in failed(cli("volume", "push", VOL, *store, "--batch-size", "0", input=b""), 2)
+
+
+@pytest.mark.parametrize("source", ["file", "stdin"])
+def test_push_is_all_or_nothing(cli, store, tmp_path, source):
+    """A bad line 1,501 used to leave the first batches written."""
+    ok(cli("volume", "create", VOL, *store))
+    records = chunks(2000)
+    lines = jsonl(records).splitlines(keepends=True)
+    lines[1500] = b'{"container_id": "A|B", "content_id": "C", "chunk_id": "D"}\n'  # the engine refuses '|'
+    data = b"".join(lines)
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(data)
+    args = ("-i", path) if source == "file" else ()
+    err = failed(cli("volume", "push", VOL, *store, *args, input=None if args else data))
+    assert "line 1501: container_id contains '|'" in err and "nothing was pushed" in err
+    assert fetch_all(cli, *store) == []
+    # --stream writes the batches before the bad one, and says so
+    err = failed(cli("volume", "push", VOL, *store, "--stream", *args, input=None if args else data))
+    assert "line 1501" in err and "1,000 records pushed before the error" in err
+    assert len(fetch_all(cli, *store)) == 1000
+    # a good input: every record, read twice (checked, then pushed)
+    del lines[1500]
+    assert cli.json("volume", "push", VOL, *store, input=b"".join(lines))["records"] == 1999
+    assert len(fetch_all(cli, *store)) == 1999
 
 
 def test_status_incident_lock_clear(cli, store):
@@ -149,7 +183,12 @@ def test_meta2(cli, store):
     assert got[0]["container_id"] == cid_from_name("acct", "c0")
     proc = cli("volume", "meta2", "fetch", "m2", *store, "--limit", "3", "--json")
     assert [json.loads(line) for line in ok(proc).splitlines()] == got[:3]
-    assert "--marker 'NS/acct/c10'" in proc.stderr.decode()
+    assert json.loads(proc.stderr) == {"next_marker": "NS/acct/c10"}
+    proc = cli("volume", "meta2", "fetch", "m2", *store, "--limit", "3")
+    assert proc.stderr.decode() == "more records follow: --marker NS/acct/c10\n"
+    # no value is '-', as in the other tables
+    table = ok(cli("volume", "meta2", "fetch", "m2", *store)).splitlines()
+    assert table[1].split()[-1] == "-" and "None" not in "\n".join(table)
     proc = cli("volume", "meta2", "fetch", "m2", *store, "--marker", "NS/acct/c10", "--prefix", "NS/acct/c1", "--json")
     assert [json.loads(line)["container_url"] for line in ok(proc).splitlines()] == ["NS/acct/c11"]
 
@@ -178,7 +217,9 @@ def test_targets_and_usage(cli, store, tmp_path):
     failed(cli("volume"), 2)
     failed(cli("volume", "incident"), 2)
     failed(cli("volume", "lock", VOL, *store), 2)  # no --who
-    assert "--limit" in failed(cli("volume", "fetch", VOL, *store, "--limit", "-1"))
+    for limit in ("-1", "0", "x"):
+        err = failed(cli("volume", "fetch", VOL, *store, "--limit", limit), 2)
+        assert "argument --limit: expected a number of records, at least 1" in err and "None" not in err
     # a server that is not there: a network error, exit 1
     failed(cli("volume", "show", VOL, "--rdir-hosts", "127.0.0.1:1"))
 
@@ -232,6 +273,7 @@ def test_remote(cli, tmp_path):
         assert cli.json("volume", "clear", VOL, "--registry", url, "--all")["volumes"][0]["removed"] == 30
         assert fetch_all(cli, "--rdir-hosts", hosts[1]) == [] and len(fetch_all(cli, "--rdir-hosts", hosts[0])) == 30
         assert "no rdir" in failed(cli("volume", "show", "unassigned", "--registry", url)).lower()
+        assert "(HTTP 404)" in failed(cli("volume", "show", "unknown", "--rdir-hosts", hosts[0]))  # a server's answer
 
         ok(cli("volume", "meta2", "push", "m2", *both, input=b'{"container_url": "NS/a/c"}\n'))
         out = ok(cli("volume", "meta2", "fetch", "m2", "--rdir-hosts", hosts[1]))
@@ -239,3 +281,41 @@ def test_remote(cli, tmp_path):
     finally:
         for server in servers:
             server.stop()
+
+
+def test_errors_are_json_with_json_and_words_without(cli, store):
+    ok(cli("volume", "create", VOL, *store))
+    proc = cli("volume", "show", "nope", *store, "--json")
+    assert proc.returncode == 1 and proc.stdout == b""
+    error = json.loads(proc.stderr)
+    assert error["command"] == "volume show" and error["error"].startswith("volume 'nope': ")
+    assert "(HTTP" not in error["error"]  # an embedded store: no HTTP
+    proc = cli("volume", "fetch", VOL, *store, "--limit", "0", "--json")  # a usage error
+    assert proc.returncode == 2 and proc.stdout == b""
+    error = json.loads(proc.stderr)
+    assert error["command"] == "volume fetch" and error["error"].startswith("argument --limit: ")
+    proc = cli("volume", "push", VOL, *store, "--json", input=b"{oops\n")
+    assert json.loads(proc.stderr)["error"].startswith("line 1: not valid JSON (")
+    # without --json: one line of text
+    assert failed(cli("volume", "show", "nope", *store)).startswith("rdirdb volume show: volume 'nope': ")
+
+
+def test_output_closed_early_stops_quietly(cli, tmp_path):
+    """``rdirdb ... | head``: no 'Broken pipe' message nor traceback, exit 141 as Unix tools."""
+    import subprocess
+
+    from rdirdb.rdir.store import Store
+    from tests.entry_point import rdirdb_command, rdirdb_env
+
+    store_path = tmp_path / "store"
+    with Store(store_path) as st:
+        st.volume(VOL, create=True).chunks.put_batch([tuple(r.values()) for r in chunks(30_000)])
+    for argv in (("volume", "fetch", VOL), ("volume", "fetch", VOL, "--json"), ("export",)):
+        head = subprocess.Popen(["head", "-n", "2"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        proc = subprocess.run(rdirdb_command(*argv, "--db-path", store_path), stdout=head.stdin,
+                              stderr=subprocess.PIPE, env=rdirdb_env(), timeout=120)
+        head.stdin.close()
+        with head.stdout:
+            assert len(head.stdout.read().splitlines()) == 2
+        head.wait(timeout=30)
+        assert (proc.returncode, proc.stderr) == (141, b""), argv

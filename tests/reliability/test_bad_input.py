@@ -300,12 +300,13 @@ def test_meta2_delete_batch_rejects(meta2, urls):
 # Gaps found by this fuzz, fixed in the engine and kept as regression tests
 # ---------------------------------------------------------------------------
 
-def _run_isolated(code: str) -> subprocess.CompletedProcess:
-    """Run ``code`` against a small volume in a fresh interpreter (it may crash)."""
+def _run_isolated(code: str, directory: str) -> subprocess.CompletedProcess:
+    """Run ``code`` against a small volume in a fresh interpreter (it may crash); the
+    volume's store is ``directory`` (a test's tmp_path: nothing is left in /tmp)."""
     prelude = textwrap.dedent("""
-        import sys, tempfile
+        import sys
         from rdirdb.rdir.store import Store
-        store = Store(tempfile.mkdtemp(), map_size=1 << 20)
+        store = Store(sys.argv[1], map_size=1 << 20)
         chunks = store.volume("v", create=True).chunks
         chunks.put_batch([("c", "x", f"k{i}", 1, "p", 1) for i in range(2000)])
         meta2 = store.volume("v", "meta2", create=True).meta2
@@ -314,32 +315,39 @@ def _run_isolated(code: str) -> subprocess.CompletedProcess:
     """)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [os.path.dirname(os.path.dirname(_rdir.__file__))] + sys.path))
-    args = [sys.executable, "-c", prelude + textwrap.dedent(code)]
+    args = [sys.executable, "-c", prelude + textwrap.dedent(code), directory]
     try:
         return subprocess.run(args, capture_output=True, text=True, timeout=5, env=env)
     except subprocess.TimeoutExpired:  # a corrupted heap can also hang in malloc
         return subprocess.CompletedProcess(args, returncode="hung", stdout="", stderr="")
 
 
+def test_run_isolated_keeps_its_store_in_the_given_directory(tmp_path):
+    out = _run_isolated("print(store.path)", str(tmp_path / "store"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(tmp_path / "store")
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["meta2", "rawx"]
+
+
 @pytest.mark.parametrize("call", ["chunks.fetch(limit=2**61)", "chunks.fetch_arrays(limit=2**61)"])
-def test_huge_limit_does_not_crash(call):
+def test_huge_limit_does_not_crash(call, tmp_path):
     out = _run_isolated(f"""
         try:
             {call}
         except (TypeError, ValueError):
             print("rejected")
-    """)
+    """, str(tmp_path))
     assert out.returncode == 0, f"interpreter died with {out.returncode}"
     assert out.stdout.strip() == "rejected"
 
 
-def test_meta2_huge_limit_rejected():
+def test_meta2_huge_limit_rejected(tmp_path):
     out = _run_isolated("""
         try:
             meta2.fetch(limit=2**61)
         except (TypeError, ValueError):
             print("rejected")
-    """)
+    """, str(tmp_path))
     assert out.returncode == 0, f"interpreter died with {out.returncode}"
     assert out.stdout.strip() == "rejected"
 

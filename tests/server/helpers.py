@@ -9,14 +9,12 @@ import re
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from typing import Any
 from urllib.parse import urlencode
 
-import rdirdb
+from tests.entry_point import rdirdb_command, rdirdb_env
 
-SRC = os.path.dirname(os.path.dirname(os.path.abspath(rdirdb.__file__)))
 START_TIMEOUT = 15.0
 _SERVING = re.compile(r"serving .* on http://([\d.]+):(\d+) with")
 
@@ -37,17 +35,16 @@ class Reply:
 
 
 class Server:
-    """``python -m rdirdb.server`` on a free port, logging to ``log_path``."""
+    """``rdirdb serve`` (the installed command) on a free port, logging to ``log_path``."""
 
     def __init__(self, db_path: str, *args: str, workers: int = 1, log_path: str | None = None):
         self.db_path = db_path
         self.log_path = log_path or os.path.join(os.path.dirname(db_path), f"server-{secrets.token_hex(3)}.log")
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]))
-        cmd = [sys.executable, "-m", "rdirdb.server", "--db-path", db_path, "--workers", str(workers)]
+        cmd = rdirdb_command("serve", "--db-path", db_path, "--workers", workers)
         if not any(a.startswith("--bind") for a in args):
             cmd += ["--bind", "127.0.0.1:0"]
         self.log = open(self.log_path, "w+")
-        self.proc = subprocess.Popen([*cmd, *args], stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen([*cmd, *args], stdout=self.log, stderr=subprocess.STDOUT, env=rdirdb_env())
         self.host, self.port = "127.0.0.1", 0
 
     def wait_ready(self) -> "Server":

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
-from typing import Sequence
+from typing import Callable, Sequence
+
+from rdirdb.tools.common import count
+
+CPUS = os.cpu_count() or 1
+MAX_WORKERS_PER_CPU = 8  # workers are CPU-bound event loops: more only compete for the CPUs
 
 
-def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add the ``serve`` subcommand; its ``handler(args)`` returns the exit code."""
     parser = subparsers.add_parser(
         "serve",
@@ -19,32 +25,56 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     parser.set_defaults(handler=run)
 
 
-add_parser = register  # the name rdirdb.cli looks for in its command modules
+def _workers(text: str) -> int:
+    """An argparse type: a worker count from 1 to MAX_WORKERS_PER_CPU per CPU."""
+    most = MAX_WORKERS_PER_CPU * CPUS
+    workers = count("processes")(text)
+    if workers > most:
+        raise argparse.ArgumentTypeError(
+            f"at most {most} ({MAX_WORKERS_PER_CPU} per CPU, {CPUS} CPUs here), not {workers}"
+        )
+    return workers
+
+
+def _seconds(*, zero: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number of seconds, positive (or zero if ``zero``)."""
+
+    def seconds(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+            least = "zero or more" if zero else "more than zero"
+            raise argparse.ArgumentTypeError(f"expected a number of seconds, {least}, not {text!r}")
+        return value
+
+    return seconds
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db-path", required=True, help="directory of the volumes (must exist)")
     parser.add_argument("--bind", default="127.0.0.1:6300", help="HOST:PORT (default %(default)s)")
     parser.add_argument(
-        "--workers", type=int, default=os.cpu_count() or 1,
-        help="worker processes (default: one per CPU, %(default)s)",
+        "--workers", type=_workers, default=CPUS,
+        help=f"worker processes, at most {MAX_WORKERS_PER_CPU} per CPU (default: one per CPU, %(default)s)",
     )
     parser.add_argument("--service-id", help="service id (default: the bound HOST:PORT)")
     parser.add_argument("--namespace", default="OPENIO", help="namespace (default %(default)s)")
     parser.add_argument(
-        "--max-body-size", type=int, default=32 << 20,
+        "--max-body-size", type=count("bytes"), default=32 << 20,
         help="largest request body in bytes; larger ones get 413 (default %(default)s)",
     )
     parser.add_argument(
-        "--request-timeout", type=float, default=30.0,
+        "--request-timeout", type=_seconds(), default=30.0,
         help="seconds to receive a whole request (default %(default)s)",
     )
     parser.add_argument(
-        "--keepalive-timeout", type=float, default=60.0,
+        "--keepalive-timeout", type=_seconds(), default=60.0,
         help="seconds an idle connection stays open (default %(default)s)",
     )
     parser.add_argument(
-        "--shutdown-timeout", type=float, default=10.0,
+        "--shutdown-timeout", type=_seconds(zero=True), default=10.0,
         help="seconds SIGTERM waits for requests in progress (default %(default)s)",
     )
     parser.add_argument(
@@ -55,7 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--registry", help="service registry URL (file:///path.json or a PostgreSQL DSN) to register in")
     parser.add_argument("--location", default="", help="dc.rack.host.disk, for the dispatcher (default none)")
     parser.add_argument(
-        "--heartbeat", type=float, default=5.0, help="seconds between registry refreshes (default %(default)s)"
+        "--heartbeat", type=_seconds(), default=5.0, help="seconds between registry refreshes (default %(default)s)"
     )
     parser.add_argument(
         "--log-level", default="INFO", type=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR"),
@@ -77,10 +107,6 @@ def run(args: argparse.Namespace) -> int:
         return 1
     try:
         host, port = parse_bind(args.bind)
-        if args.workers < 1:
-            raise StartupError("--workers must be at least 1")
-        if args.max_body_size < 1:
-            raise StartupError("--max-body-size must be positive")
     except StartupError as exc:
         log.error("cannot start: %s", exc)
         return 2

@@ -24,6 +24,10 @@ access_log = logging.getLogger("rdirdb.server.access")
 
 Handler = Callable[[str, str, str, bytes], Response]
 
+MAX_URL = 16 << 10  # longer request targets get 414 (a listing URL is at most a few KiB)
+MAX_HEAD = 64 << 10  # a larger request line and headers get 431
+LINGER = 1.0  # seconds a refused request's remaining bytes are read and dropped before closing
+
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 
 
@@ -73,11 +77,15 @@ class ServerState:
         handler: Handler,
         *,
         max_body: int = 64 << 20,
+        max_url: int = MAX_URL,
+        max_head: int = MAX_HEAD,
         request_timeout: float = 30.0,
         keepalive_timeout: float = 60.0,
     ) -> None:
         self.handler = handler
         self.max_body = max_body
+        self.max_url = max_url
+        self.max_head = max_head
         self.request_timeout = request_timeout
         self.keepalive_timeout = keepalive_timeout
         self.connections: set[HttpProtocol] = set()
@@ -106,10 +114,16 @@ class HttpProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.deadline = 0.0  # time.monotonic() after which the connection times out
         self.in_request = False
+        # httptools accumulates a header until it is complete: the bytes of a head
+        # are also counted as they arrive, so that one that never ends is refused.
+        self.in_head = True  # receiving a request line and headers (or waiting for one)
+        self.head_received = 0
+        self.discarding = False  # refused: what the client still sends is dropped
         self._reset()
 
     def _reset(self) -> None:
         self.url = b""
+        self.headers_size = 0
         self.req_id: str | None = None
         self.body: list[bytes] = []
         self.body_size = 0
@@ -128,6 +142,11 @@ class HttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.state.connections.discard(self)
         self.transport = None
+        # The parser refers back to this protocol: break the cycle, so that what the
+        # connection held (a large body, a partial head) is freed now, not at the
+        # next (rare, see serve.tune_gc) garbage collection.
+        self.parser = None  # type: ignore[assignment]
+        self._reset()
 
     # A client that sends without reading answers must not grow our buffers.
     def pause_writing(self) -> None:
@@ -139,17 +158,26 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        if self.discarding:
+            return
+        if self.in_head:
+            self.head_received += len(data)
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError:  # our bug, not the client's
+            log.exception("request handling failed")
+            self._fail(HttpError(500, "Internal error while reading the request"))
         except httptools.HttpParserUpgrade:
             self._fail(HttpError(400, "Upgrade not supported"))
         except httptools.HttpParserError as exc:
             if self.transport is not None and not self.too_large:
                 self._fail(HttpError(400, f"Malformed HTTP request: {exc}"))
+        if self.in_head and self.head_received > self.state.max_head:  # all of it is the head
+            self._head_too_large()
 
     def timed_out(self) -> None:
         self.deadline = float("inf")
-        if self.in_request and not self.too_large:
+        if self.in_request and not (self.too_large or self.discarding):
             self._fail(HttpError(408, "Request timeout"))
         elif self.transport is not None:
             self.transport.close()  # an idle keep-alive connection, or a lingering one
@@ -162,16 +190,33 @@ class HttpProtocol(asyncio.Protocol):
         closing with unread bytes would reset the connection and could destroy
         the answer before the client reads it.
         """
-        if self.transport is None or self.too_large:
+        if not self._answer_error(exc):
             return
-        req_id = self.req_id or new_request_id()
-        log.info("%s %d %s", req_id, exc.status, exc.message)
-        self.transport.write(render(error_response(exc), req_id, keep_alive=False))
         if linger:
             self.too_large = True  # on_body drops, on_message_complete closes
         else:
             self.transport.close()
             self.transport = None
+
+    def _answer_error(self, exc: HttpError) -> bool:
+        """Write the error answer, unless the request was already answered or the
+        connection is gone; whether it was written."""
+        if self.transport is None or self.too_large or self.discarding:
+            return False
+        req_id = self.req_id or new_request_id()
+        log.info("%s %d %s", req_id, exc.status, exc.message)
+        self.transport.write(render(error_response(exc), req_id, keep_alive=False))
+        return True
+
+    def _refuse(self, exc: HttpError) -> None:
+        """Answer a request refused before its headers ended, then drop what the client
+        still sends for LINGER seconds before closing (an abrupt close would reset the
+        connection, and the client might never read the answer)."""
+        if not self._answer_error(exc):
+            return
+        self.discarding = True
+        self._reset()
+        self.deadline = time.monotonic() + LINGER
 
     def shutdown(self) -> None:
         """Close now if idle; otherwise the response in progress closes the connection."""
@@ -186,9 +231,19 @@ class HttpProtocol(asyncio.Protocol):
         self.deadline = time.monotonic() + self.state.request_timeout
 
     def on_url(self, url: bytes) -> None:
+        if self.discarding:
+            return
         self.url += url
+        if len(self.url) > self.state.max_url:
+            self._refuse(HttpError(414, f"URL longer than {self.state.max_url} bytes"))
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.discarding:
+            return
+        self.headers_size += len(name) + len(value) + 4  # ": " and CRLF
+        if len(self.url) + self.headers_size > self.state.max_head:
+            self._head_too_large()
+            return
         name = name.lower()
         if name == b"x-oio-req-id":
             self.req_id = value.decode("utf-8", "surrogateescape")
@@ -199,14 +254,19 @@ class HttpProtocol(asyncio.Protocol):
             self.expect_continue = True
 
     def on_headers_complete(self) -> None:
-        if self.expect_continue and not self.too_large and self.transport is not None:
+        self.in_head = False
+        self.head_received = 0
+        if self.expect_continue and not (self.too_large or self.discarding) and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # curl waits for it
+
+    def _head_too_large(self) -> None:
+        self._refuse(HttpError(431, f"Request line and headers larger than {self.state.max_head} bytes"))
 
     def _too_large(self) -> None:
         self._fail(HttpError(413, f"Body larger than {self.state.max_body} bytes"), linger=True)
 
     def on_body(self, chunk: bytes) -> None:
-        if self.too_large:
+        if self.too_large or self.discarding:
             return
         self.body_size += len(chunk)
         if self.body_size > self.state.max_body:
@@ -216,7 +276,8 @@ class HttpProtocol(asyncio.Protocol):
         self.body.append(chunk)
 
     def on_message_complete(self) -> None:
-        if self.transport is None:
+        self.in_head = True  # the next request's head, if any
+        if self.transport is None or self.discarding:
             return
         if self.too_large:
             self.transport.close()
@@ -228,7 +289,10 @@ class HttpProtocol(asyncio.Protocol):
         url = httptools.parse_url(self.url)
         path = url.path.decode("utf-8", "surrogateescape")
         query = url.query.decode("utf-8", "surrogateescape") if url.query else ""
-        response = self.state.handler(method, path, query, b"".join(self.body))
+        body = b"".join(self.body)
+        self.body = []  # not kept while the connection idles
+        # HEAD is GET without the body (render drops it, Content-Length stays GET's)
+        response = self.state.handler("GET" if method == "HEAD" else method, path, query, body)
         keep_alive = self.parser.should_keep_alive() and not self.state.closing
         self.transport.write(render(response, req_id, keep_alive, head=method == "HEAD"))
         if response.status >= 400:

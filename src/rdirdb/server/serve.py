@@ -1,6 +1,7 @@
 """Process model: one master, N pre-forked workers sharing one listening socket.
 
-The master checks the database directory, claims its identity, binds, forks
+The master checks the database directory, binds, claims the directory (its
+identity, and a lock held as long as any of the server's processes lives), forks
 the workers and forwards SIGTERM/SIGINT to them. Each worker opens its own
 LMDB environments after the fork (LMDB handles must not cross a fork; LMDB
 itself is multi-process safe) and serves connections on its own event loop.
@@ -14,7 +15,10 @@ transaction committed, so no acknowledged write is lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import errno
+import fcntl
 import gc
 import json
 import logging
@@ -25,9 +29,10 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
+from typing import Callable, Iterator
 
 from rdirdb.server.app import DEFAULT_LIMIT, MAX_LIMIT, RdirApp
-from rdirdb.server.http import HttpProtocol, ServerState
+from rdirdb.server.http import MAX_HEAD, MAX_URL, HttpProtocol, ServerState
 from rdirdb.rdir.store import Store, volume_file_name
 
 log = logging.getLogger("rdirdb.server")
@@ -35,6 +40,8 @@ log = logging.getLogger("rdirdb.server")
 IDENTITY_FILE = ".rdir-identity"
 RUN_DIR = ".rdir-run"  # one empty file per volume opened since start, by any worker
 RESPAWN_MIN_LIFETIME = 1.0  # a worker dying younger than this stops the server
+ORPHAN_CHECK = 0.25  # seconds between two checks that the master is alive
+STOP_SIGNALS = frozenset((signal.SIGTERM, signal.SIGINT))
 ACCEPT_PAUSE = 0.0005  # seconds per connection served before accepting another
 MAX_ACCEPT_PAUSE = 0.005
 GC_THRESHOLD = 100_000  # allocations between two young-generation collections
@@ -71,6 +78,8 @@ class Settings:
             "rdir.fsync": self.fsync,
             "server.workers": self.workers,
             "server.max_body_size": self.max_body,
+            "server.max_url_size": MAX_URL,
+            "server.max_header_size": MAX_HEAD,
             "server.request_timeout": self.request_timeout,
             "server.keepalive_timeout": self.keepalive_timeout,
             "server.shutdown_timeout": self.shutdown_timeout,
@@ -101,26 +110,56 @@ def check_db_path(path: str) -> None:
         raise StartupError(f"database directory {path!r} is not readable, writable and searchable")
 
 
-def claim_identity(path: str, identity: str, namespace: str) -> None:
-    """Refuse a directory that belongs to another rdir service (like the reference's lock)."""
+def claim_identity(path: str, identity: str, namespace: str) -> int:
+    """Claim the directory for this server; returns the descriptor that holds the claim.
+
+    Refuses a directory that belongs to another rdir service (like the reference's
+    volume lock), and one that another server is serving, even under the same
+    identity: the server locks its identity file (``flock``) and every process it
+    forks inherits the lock, so the directory stays claimed until the last of them
+    exits.
+    """
     wanted = {"type": "rdir", "service": identity, "namespace": namespace}
     file = os.path.join(path, IDENTITY_FILE)
     try:
-        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
+        fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StartupError(f"cannot open {file}: {exc.strerror}") from None
+    try:
         try:
-            with open(file, encoding="utf-8") as f:
-                found = json.load(f)
-        except (OSError, ValueError) as exc:
-            raise StartupError(f"cannot read {file}: {exc}") from None
-        if found != wanted:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            found = _read_identity(file) or {}
+            raise StartupError(
+                f"{path} is being served by another rdirdb server (rdir service "
+                f"{found.get('service')!r}); stop it first"
+            ) from None
+        found = _read_identity(file)
+        if found is None:  # a new directory
+            os.write(fd, json.dumps(wanted).encode())
+            os.fsync(fd)
+        elif found != wanted:
             raise StartupError(
                 f"{path} belongs to rdir service {found.get('service')!r} of namespace "
                 f"{found.get('namespace')!r}, not to {identity!r} of {namespace!r}"
             )
-        return
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(wanted, f)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_identity(file: str) -> dict | None:
+    """The identity recorded in ``file``; None when it is empty (a new directory)."""
+    try:
+        with open(file, encoding="utf-8") as f:
+            text = f.read()
+        found = json.loads(text) if text else None
+    except (OSError, ValueError) as exc:
+        raise StartupError(f"cannot read {file}: {exc}") from None
+    if found is not None and not isinstance(found, dict):
+        raise StartupError(f"cannot read {file}: not a JSON object")
+    return found
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -190,19 +229,27 @@ async def _accept(sock: socket.socket, state: ServerState) -> None:
         await asyncio.sleep(min(ACCEPT_PAUSE * len(state.connections), MAX_ACCEPT_PAUSE))
 
 
-async def _stop_when_orphaned(stop: asyncio.Event, opened: OpenedVolumes) -> None:
+async def _stop_when_orphaned(stop: asyncio.Event, opened: OpenedVolumes, master: int) -> None:
     """A worker whose master died (SIGKILL) shuts down instead of serving alone
-    forever, and removes the run directory the master could not."""
-    master = os.getppid()
+    forever, and removes the run directory the master could not.
+
+    ``master`` is the pid the master had before forking: read in the worker, it
+    could already be 1 (the master died in the worker's first moments).
+    """
     while os.getppid() == master:
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(ORPHAN_CHECK)
     log.warning("worker %d: the master %d is gone, stopping", os.getpid(), master)
     shutil.rmtree(opened.run_dir, ignore_errors=True)
     stop.set()
 
 
-async def _serve(sock: socket.socket, settings: Settings, opened: OpenedVolumes) -> None:
+async def _serve(sock: socket.socket, settings: Settings, opened: OpenedVolumes, master: int) -> None:
     loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # one sent since the fork arrives now
+    orphan_watch = loop.create_task(_stop_when_orphaned(stop, opened, master))
     store = Store(settings.db_path, sync=settings.fsync)
     app = RdirApp(
         store,
@@ -219,10 +266,6 @@ async def _serve(sock: socket.socket, settings: Settings, opened: OpenedVolumes)
         keepalive_timeout=settings.keepalive_timeout,
     )
     acceptor = loop.create_task(_accept(sock, state))
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    orphan_watch = loop.create_task(_stop_when_orphaned(stop, opened))
     await stop.wait()
     orphan_watch.cancel()
 
@@ -253,13 +296,11 @@ def tune_gc() -> None:
     gc.set_threshold(GC_THRESHOLD, 50, 100)
 
 
-def run_worker(sock: socket.socket, settings: Settings, opened: OpenedVolumes) -> int:
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+def run_worker(sock: socket.socket, settings: Settings, opened: OpenedVolumes, master: int) -> int:
     tune_gc()
     loop = _new_loop()
     try:
-        loop.run_until_complete(_serve(sock, settings, opened))
+        loop.run_until_complete(_serve(sock, settings, opened, master))
     except Exception:
         log.exception("worker %d failed", os.getpid())
         return 1
@@ -271,24 +312,51 @@ def run_worker(sock: socket.socket, settings: Settings, opened: OpenedVolumes) -
 # -- master ---------------------------------------------------------------------
 
 
-def _fork_worker(sock: socket.socket, settings: Settings, opened: OpenedVolumes) -> int:
+@contextlib.contextmanager
+def _stop_signals_blocked() -> Iterator[None]:
+    """Hold SIGTERM/SIGINT back in the master while it forks a child and records it.
+
+    A child starts with them still blocked (the mask is inherited) and at their
+    default action, and unblocks them once it can act on them: a signal sent at
+    any moment reaches every process, instead of running, in a child just forked,
+    the copy of the master's handler (which ignored it: the server went on).
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _fork(child: Callable[[], int]) -> int:
+    """Fork a process that runs ``child()`` and exits with its code (call it with
+    the stop signals blocked); returns the pid."""
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
-            code = run_worker(sock, settings, opened)
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, signal.SIG_DFL)
+            code = child()
         finally:
             logging.shutdown()
             os._exit(code)
     return pid
 
 
-def _start_heartbeat(settings: Settings, identity: str, addr: str, opened: OpenedVolumes):
-    """Register in the service registry and keep the entry fresh (if one is configured)."""
+def _start_heartbeat(
+    settings: Settings, identity: str, addr: str, opened: OpenedVolumes, served: tuple[socket.socket, int]
+) -> int | None:
+    """Fork the process that registers the server in the registry (if one is
+    configured), keeps the entry fresh and removes it at the end.
+
+    ``served`` are the listening socket and the directory's claim: the heartbeat
+    closes its copies, so that they are free as soon as the workers are gone.
+    """
     if not settings.registry:
         return None
     from rdirdb.rdir.registry import Service
-    from rdirdb.server.registration import start_heartbeat
+    from rdirdb.server.registration import run_heartbeat
 
     store = Store(settings.db_path, readonly=True)
 
@@ -297,7 +365,15 @@ def _start_heartbeat(settings: Settings, identity: str, addr: str, opened: Opene
         return {"opened_db_count": opened.count(), "rawx_volumes": rawx, "meta2_volumes": meta2}
 
     service = Service(type="rdir", id=identity, addr=addr, location=settings.location)
-    return start_heartbeat(settings.registry, service, stats, settings.heartbeat)
+    master = os.getpid()
+
+    def heartbeat() -> int:
+        sock, claim = served
+        sock.close()
+        os.close(claim)
+        return run_heartbeat(settings.registry, service, stats, settings.heartbeat, master, STOP_SIGNALS)
+
+    return _fork(heartbeat)
 
 
 def serve(settings: Settings) -> int:
@@ -308,13 +384,14 @@ def serve(settings: Settings) -> int:
         host, port = sock.getsockname()[:2]
         identity = settings.service_id or f"{host}:{port}"
         try:
-            claim_identity(settings.db_path, identity, settings.namespace)
+            claim = claim_identity(settings.db_path, identity, settings.namespace)
         except StartupError:
             sock.close()
             raise
     except StartupError as exc:
         log.error("cannot start: %s", exc)
         return 1
+    settings = dataclasses.replace(settings, service_id=identity)  # what /info and /status show
 
     # Beside the volumes, so that a server killed outright (SIGKILL) leaks nothing
     # elsewhere: the next start on this directory resets it.
@@ -322,6 +399,7 @@ def serve(settings: Settings) -> int:
     shutil.rmtree(run_dir, ignore_errors=True)
     os.makedirs(run_dir)
     opened = OpenedVolumes(run_dir)
+    master = os.getpid()
     stopping = False
     children: dict[int, float] = {}
 
@@ -334,18 +412,25 @@ def serve(settings: Settings) -> int:
             except ProcessLookupError:
                 pass
 
+    def start_worker() -> None:
+        with _stop_signals_blocked():
+            children[_fork(lambda: run_worker(sock, settings, opened, master))] = time.monotonic()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     code = 0
     heartbeat = None
     try:
         for _ in range(settings.workers):
-            children[_fork_worker(sock, settings, opened)] = time.monotonic()
+            if stopping:  # a SIGTERM during the start: fork no more
+                break
+            start_worker()
         log.info(
             "rdir %s serving %s on http://%s:%d with %d worker(s)",
             identity, settings.db_path, host, port, settings.workers,
         )
-        heartbeat = _start_heartbeat(settings, identity, f"{host}:{port}", opened)
+        with _stop_signals_blocked():
+            heartbeat = _start_heartbeat(settings, identity, f"{host}:{port}", opened, (sock, claim))
         sys.stdout.flush()
         while children:
             try:
@@ -364,9 +449,9 @@ def serve(settings: Settings) -> int:
                 code = 1  # crashing at start: respawning would only spin
                 on_signal(signal.SIGTERM, None)
                 continue
-            children[_fork_worker(sock, settings, opened)] = time.monotonic()
+            start_worker()
     finally:
-        if heartbeat is not None:
+        if heartbeat is not None:  # it deregisters the server, then exits
             try:
                 os.kill(heartbeat, signal.SIGTERM)
                 os.waitpid(heartbeat, 0)
@@ -374,5 +459,6 @@ def serve(settings: Settings) -> int:
                 pass
         sock.close()
         shutil.rmtree(run_dir, ignore_errors=True)
+        os.close(claim)
     log.info("rdir %s stopped", identity)
     return code

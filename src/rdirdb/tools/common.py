@@ -42,13 +42,41 @@ def handler(main: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
     def run(args: argparse.Namespace) -> int:
         try:
             return main(args)
+        except BrokenPipeError:
+            raise  # the reader went away: rdirdb.cli stops quietly
         except OSError as exc:
-            raise CommandError(str(exc)) from exc
+            raise CommandError(describe(exc)) from exc
 
     return run
 
 
+def describe(exc: BaseException) -> str:
+    """What went wrong, in words (no exception reprs, no HTTP status without HTTP)."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not valid JSON ({exc.msg} at column {exc.colno})"
+    if isinstance(exc, KeyError):
+        return f"missing field {exc.args[0]}" if exc.args else "a field is missing"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return str(exc) or type(exc).__name__
+
+
 # -- flags ----------------------------------------------------------------------
+
+
+def count(what: str) -> Callable[[str], int]:
+    """An argparse type: a whole number of ``what``, at least 1."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"expected a number of {what}, at least 1, not {text!r}")
+        return value
+
+    return parse
 
 
 def add_store_flag(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -145,9 +173,10 @@ def human_bytes(n: int) -> str:
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO | None = None) -> None:
-    """Columns sized to their content; numbers right-aligned with thousands separators."""
+    """Columns sized to their content; numbers right-aligned with thousands separators,
+    ``-`` for no value (None)."""
     out = out or sys.stdout
-    cells = [[f"{c:,}" if isinstance(c, int) and not isinstance(c, bool) else str(c) for c in row] for row in rows]
+    cells = [[_cell(c) for c in row] for row in rows]
     numeric = [bool(rows) and all(isinstance(r[i], int) for r in rows) for i in range(len(headers))]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
 
@@ -157,6 +186,12 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: Text
     print(line(headers), file=out)
     for row in cells:
         print(line(row), file=out)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
 
 
 def format_admin(admin: dict[str, str]) -> str:

@@ -48,6 +48,7 @@ from rdirdb.tools.common import (
     VolumeExists,
     add_json_flag,
     add_store_flag,
+    describe,
     format_admin,
     handler,
     open_store,
@@ -109,14 +110,11 @@ def export(store: Store, selected: list[tuple[str, str]], out: BinaryIO, bar: Pr
 
 @contextlib.contextmanager
 def _output(path: str) -> Iterator[BinaryIO]:
-    """stdout for ``-``; otherwise a temporary file renamed to ``path`` on success only."""
+    """stdout for ``-`` (closed early by its reader: rdirdb.cli stops quietly); otherwise a
+    temporary file renamed to ``path`` on success only."""
     if path == "-":
-        try:
-            yield sys.stdout.buffer
-            sys.stdout.buffer.flush()
-        except BrokenPipeError:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
-            raise CommandError("the output was closed before the end of the dump") from None
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
         return
     directory, name = os.path.split(os.path.abspath(path))
     tmp = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.partial")
@@ -247,7 +245,7 @@ def import_dump(store_path: str, stream: Iterable[bytes], bar: Progress) -> list
             except (RdirdbError, ValueError, TypeError, KeyError) as exc:
                 for _ in lines:  # read on: a corrupted dump is reported as such
                     pass
-                raise CommandError(f"line {lineno}: {exc}; nothing was imported") from exc
+                raise CommandError(f"line {lineno}: {describe(exc)}; nothing was imported") from exc
         loader.finish()
         staging.publish()
     return loader.summary

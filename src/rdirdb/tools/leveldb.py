@@ -28,7 +28,9 @@ Decisions:
   of one chunk (different content ids), the first in key order wins. The
   others count as ``duplicates``.
 * Entries that cannot be imported (keys or values not in the formats above,
-  records the engine rejects) are skipped and reported with their reason.
+  records the engine rejects) fail the import, nothing imported, with their
+  reason; with ``--skip-bad`` they are skipped and reported, and the rest is
+  imported.
 * Counts are verified: each volume must hold exactly the record entries
   counted in a first pass over the LevelDB, minus those skipped and the
   duplicates. Volumes are built in a staging area and moved into the store
@@ -372,8 +374,14 @@ def _open(plyvel: Any, source: Source):
         db.close()
 
 
-def migrate(db_path: str, store_path: str, overrides: dict[str, str] | None = None) -> tuple[list[Source], list[str]]:
-    """Import every LevelDB under ``db_path`` into new volumes of the store, all or nothing."""
+def migrate(
+    db_path: str, store_path: str, overrides: dict[str, str] | None = None, *, skip_bad: bool = False
+) -> tuple[list[Source], list[str]]:
+    """Import every LevelDB under ``db_path`` into new volumes of the store, all or nothing.
+
+    An entry that cannot be imported fails the import, unless ``skip_bad``: then it is
+    skipped, and reported in its source's ``samples``.
+    """
     plyvel = _plyvel()
     sources, others = find_sources(db_path, overrides or {})
     if not sources:
@@ -396,8 +404,19 @@ def migrate(db_path: str, store_path: str, overrides: dict[str, str] | None = No
             details = "; ".join(f"{s.type} volume {s.volume!r} holds {s.records:,}, expected {s.expected:,}"
                                 for s in wrong)
             raise CommandError(f"record counts do not match: {details}; nothing was imported")
+        bad = [s for s in sources if s.malformed + s.ignored]
+        if bad and not skip_bad:
+            raise CommandError(_bad_entries(bad))
         staging.publish()
     return sources, others
+
+
+def _bad_entries(sources: list[Source]) -> str:
+    total = sum(s.malformed + s.ignored for s in sources)
+    samples = [f"{s.name}: {sample['key']!r}: {sample['reason']}" for s in sources for sample in s.samples]
+    shown = "; ".join(samples[:3]) + ("; …" if total > 3 else "")
+    return (f"{total:,} entries cannot be imported ({shown}); nothing was imported "
+            "(--skip-bad imports the others and reports these)")
 
 
 # -- command line ----------------------------------------------------------------
@@ -416,20 +435,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="migrate an OpenIO rdir data directory (LevelDB) into a store",
         description="Import every LevelDB of an OpenIO rdir data directory (rawx volumes named by "
         "volume id, meta2 databases named meta2-ADDRESS) into new volumes of a store: current and "
-        "legacy chunk keys, meta2 records, incident dates and locks. Record counts are verified; "
-        "malformed entries are skipped and reported. Stop the OpenIO rdir first.",
+        "legacy chunk keys, meta2 records, incident dates and locks. Record counts are verified. "
+        "An entry that cannot be imported fails the import (nothing imported), unless --skip-bad. "
+        "Stop the OpenIO rdir first.",
     )
     p.add_argument("leveldb_path", metavar="DB_PATH", help="the OpenIO rdir data directory (its db_path)")
     add_store_flag(p)
     p.add_argument("--meta2-volume", metavar="NAME=ID", type=_override, action="append", default=[],
                    help="the volume id of meta2 database NAME (default: meta2-IP-PORT gives IP:PORT, "
                    "other names are kept after the 'meta2-' prefix); repeatable")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip the entries that cannot be imported (and report them) instead of failing")
     add_json_flag(p)
     p.set_defaults(handler=handler(_main))
 
 
 def _main(args: argparse.Namespace) -> int:
-    sources, others = migrate(args.leveldb_path, args.db_path, dict(args.meta2_volume))
+    sources, others = migrate(args.leveldb_path, args.db_path, dict(args.meta2_volume), skip_bad=args.skip_bad)
     reports = [s.report() for s in sources]
     if args.json:
         print_json({"volumes": reports, "ignored_files": others})

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from typing import Any
 
 from rdirdb.rdir.client import RdirClient
@@ -168,7 +167,7 @@ def _bootstrap_main(args: argparse.Namespace) -> int:
         except RdirdbError as exc:
             # As OpenIO: show where things stand, then fail.
             _print_assignments(args, dispatcher.get_assignments(args.type)[0])
-            raise CommandError(f"bootstrap failed: {exc}") from exc
+            raise CommandError(str(exc)) from exc
     _print_assignments(args, services)
     if not_created:
         raise CommandError("; ".join(not_created))
@@ -198,9 +197,7 @@ def _assignments_main(args: argparse.Namespace) -> int:
                       r["status"]) for r in sorted(rows, key=lambda r: r["id"])])
     bad = [r for r in rows if r["status"] != STATUS_OK]
     if bad:
-        print(f"rdirdb rdir assignments: {len(bad)} of {len(rows)} {args.type} assignments are not OK",
-              file=sys.stderr)
-        return 1
+        raise CommandError(f"{len(bad)} of {len(rows)} {args.type} assignments are not OK")
     return 0
 
 

@@ -7,7 +7,11 @@ records, ``status``, ``incident get|set``, ``lock``/``unlock``/``show``,
 ``clear``, and ``meta2 push|fetch|delete`` for meta2 volumes.
 
 ``push`` reads JSON lines, the records ``fetch --json`` writes, so
-``fetch --json | push`` copies a volume.
+``fetch --json | push`` copies a volume. It is all or nothing for bad input: the
+whole input is checked (JSON, fields, the engine's rules) before anything is
+written, stdin being spooled to an unlinked temporary file meanwhile; ``--stream``
+pushes each batch as it is read instead (one pass, nothing spooled: a bad line
+stops the push with the batches before it written).
 """
 
 from __future__ import annotations
@@ -17,10 +21,13 @@ import contextlib
 import itertools
 import json
 import os
+import shlex
 import sys
+import tempfile
 import time
-from typing import Any, Callable, Iterable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator
 
+from rdirdb._rdir import check_chunks, check_meta2
 from rdirdb.rdir.client import CHUNK_DEFAULTS, DEFAULT_LIMIT, RdirClient, cid_from_name
 from rdirdb.errors import RdirdbError
 from rdirdb.progress import Progress
@@ -31,6 +38,8 @@ from rdirdb.tools.common import (
     add_command,
     add_group,
     add_target_flags,
+    count,
+    describe,
     format_admin,
     open_client,
     print_json,
@@ -57,7 +66,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     sub = _command(commands, "create", _create_main, "create volume indexes (idempotent)", many=True)
     sub.add_argument("--type", choices=SERVICE_TYPES, default="rawx", help="the volume type (default: rawx)")
 
-    sub = _command(commands, "push", _push_main, "index chunk records read as JSON lines, in batches")
+    sub = _command(commands, "push", _push_main,
+                   "index chunk records read as JSON lines, in batches (nothing if a line is bad)")
     _add_input_flags(sub)
     sub.add_argument("--create", action="store_true", help="create the volume if it does not exist")
 
@@ -91,7 +101,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     meta2_commands = add_group(commands, "meta2", help="meta2 volumes: push, fetch, delete",
                                description="Index, list and deindex the containers of a meta2 volume.")
     sub = _command(meta2_commands, "push", _meta2_push_main,
-                   "index containers read as JSON lines (container_url, container_id, mtime, extra_data)")
+                   "index containers read as JSON lines (container_url, container_id, mtime, extra_data); "
+                   "nothing if a line is bad")
     _add_input_flags(sub)
     sub = _command(meta2_commands, "fetch", _meta2_fetch_main,
                    "list container records (--json: JSON lines, as meta2 push reads)")
@@ -114,14 +125,17 @@ def _command(commands: argparse._SubParsersAction, name: str, main: Main, help: 
 
 def _add_input_flags(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("-i", "--input", metavar="FILE", default="-", help="JSON lines ('-', the default: stdin)")
-    sub.add_argument("--batch-size", type=int, default=PUSH_BATCH, metavar="N",
+    sub.add_argument("--batch-size", type=count("records"), default=PUSH_BATCH, metavar="N",
                      help=f"records per request (default {PUSH_BATCH})")
+    sub.add_argument("--stream", action="store_true",
+                     help="push each batch as soon as it is read, in one pass (default: check the whole "
+                     "input first, so that a bad line writes nothing)")
 
 
 def _add_listing_flags(sub: argparse.ArgumentParser, prefix: str) -> None:
     sub.add_argument("--prefix", metavar="PREFIX", help=f"only the records whose {prefix} starts with PREFIX")
     sub.add_argument("--marker", metavar="MARKER", help="start after this key (exclusive; rawx: CID|CHUNK_ID)")
-    sub.add_argument("--limit", type=int, metavar="N", help="at most N records (default: all)")
+    sub.add_argument("--limit", type=count("records"), metavar="N", help="at most N records (default: all)")
 
 
 # -- per-volume admin commands ----------------------------------------------------
@@ -217,9 +231,15 @@ def _status_main(args: argparse.Namespace) -> int:
 # -- push ---------------------------------------------------------------------------
 
 
-def _batches(stream: Iterable[bytes], size: int, record: Callable[[dict], dict], bar: Progress) -> Iterator[list]:
-    """The JSON lines of ``stream`` as lists of ``size`` records (blank lines skipped)."""
+Check = Callable[[list], Any]  # check_chunks or check_meta2: raises for a bad batch
+
+
+def _checked_batches(stream: Iterable[bytes], size: int, record: Callable[[dict], dict], check: Check,
+                     bar: Progress) -> Iterator[list[dict]]:
+    """The JSON lines of ``stream`` as lists of ``size`` records (blank lines skipped),
+    each checked by the engine's rules; a ``CommandError`` names the first bad line."""
     batch: list[dict] = []
+    lines: list[int] = []
     for lineno, line in enumerate(stream, 1):
         bar.update(len(line))
         if not line.strip():
@@ -230,32 +250,48 @@ def _batches(stream: Iterable[bytes], size: int, record: Callable[[dict], dict],
                 raise ValueError("not a JSON object")
             batch.append(record(obj))
         except (ValueError, TypeError, KeyError) as exc:
-            raise CommandError(f"line {lineno}: {exc!r}") from None
+            raise CommandError(f"line {lineno}: {describe(exc)}") from None
+        lines.append(lineno)
         if len(batch) >= size:
+            _check(check, batch, lines)
             yield batch
-            batch = []
+            batch, lines = [], []
     if batch:
+        _check(check, batch, lines)
         yield batch
 
 
-def _push(args: argparse.Namespace, record: Callable[[dict], dict],
+def _check(check: Check, batch: list[dict], lines: list[int]) -> None:
+    try:
+        check(batch)
+    except (ValueError, TypeError) as exc:
+        for record, lineno in zip(batch, lines):  # which line: check them one by one
+            try:
+                check([record])
+            except (ValueError, TypeError) as bad:
+                raise CommandError(f"line {lineno}: {describe(bad).removeprefix('record 0: ')}") from None
+        raise CommandError(f"lines {lines[0]} to {lines[-1]}: {describe(exc)}") from None
+
+
+def _push(args: argparse.Namespace, record: Callable[[dict], dict], check: Check,
           send: Callable[[RdirClient, list], None], *, create: bool) -> int:
-    if args.batch_size < 1:
-        args.parser.error("--batch-size must be at least 1")
     pushed = 0
-    stream = sys.stdin.buffer if args.input == "-" else open(args.input, "rb", buffering=1 << 20)
-    size = None if args.input == "-" else os.fstat(stream.fileno()).st_size
     with contextlib.ExitStack() as stack:
-        if stream is not sys.stdin.buffer:
-            stack.enter_context(stream)
-        client = stack.enter_context(open_client(args, create=create))
+        stream: IO[bytes] = sys.stdin.buffer
+        if args.input != "-":
+            stream = stack.enter_context(open(args.input, "rb", buffering=1 << 20))
         try:
+            if not args.stream:
+                stream = _checked_input(stream, args, record, check, stack)
+            size = None if stream is sys.stdin.buffer else os.fstat(stream.fileno()).st_size
+            client = stack.enter_context(open_client(args, create=create))
             with Progress(size, "pushing", unit="bytes") as bar:
-                for batch in _batches(stream, args.batch_size, record, bar):
+                for batch in _checked_batches(stream, args.batch_size, record, check, bar):
                     send(client, batch)
                     pushed += len(batch)
         except RdirdbError as exc:
-            raise CommandError(f"{exc} ({pushed:,} records pushed before the error)") from exc
+            done = f"{pushed:,} records pushed before the error" if pushed else "nothing was pushed"
+            raise CommandError(f"{describe(exc)} ({done})") from exc
     if args.json:
         print_json({"volume": args.volume, "records": pushed})
     else:
@@ -263,10 +299,34 @@ def _push(args: argparse.Namespace, record: Callable[[dict], dict],
     return 0
 
 
+def _checked_input(stream: IO[bytes], args: argparse.Namespace, record: Callable[[dict], dict], check: Check,
+                   stack: contextlib.ExitStack) -> IO[bytes]:
+    """Check the whole input, before anything is written; returns it to be read again
+    (stdin is copied meanwhile into a temporary file, unlinked from the start)."""
+    copy = None
+    lines: Iterable[bytes] = stream
+    if stream is sys.stdin.buffer:
+        copy = stack.enter_context(tempfile.TemporaryFile(prefix="rdirdb-push-"))
+        lines = _copied(stream, copy)
+    size = None if copy is not None else os.fstat(stream.fileno()).st_size
+    with Progress(size, "checking", unit="bytes") as bar:
+        for _ in _checked_batches(lines, args.batch_size, record, check, bar):
+            pass
+    checked = copy if copy is not None else stream
+    checked.seek(0)
+    return checked
+
+
+def _copied(stream: Iterable[bytes], copy: IO[bytes]) -> Iterator[bytes]:
+    for line in stream:
+        copy.write(line)
+        yield line
+
+
 def _chunk_record(obj: dict) -> dict:
     missing = [f for f in ("container_id", "content_id", "chunk_id") if f not in obj]
     if missing:
-        raise KeyError(f"missing {', '.join(missing)}")
+        raise ValueError(f"missing field{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
     return {**CHUNK_DEFAULTS, **obj}
 
 
@@ -274,45 +334,41 @@ def _meta2_record(obj: dict) -> dict:
     url = obj["container_url"]
     cid = obj.get("container_id")
     if cid is None:
-        parts = url.split("/", 2)
+        parts = url.split("/", 2) if isinstance(url, str) else []
         if len(parts) != 3:
             raise ValueError(f"container_url {url!r} is not NS/account/container")
         cid = cid_from_name(parts[1], parts[2])
-    return {"container_url": url, "container_id": cid, "mtime": int(obj.get("mtime", 0)),
+    return {"container_url": url, "container_id": cid, "mtime": obj.get("mtime", 0),
             "extra_data": obj.get("extra_data")}
 
 
 def _push_main(args: argparse.Namespace) -> int:
-    return _push(args, _chunk_record,
+    return _push(args, _chunk_record, check_chunks,
                  lambda client, batch: client.chunk_push_batch(args.volume, batch, create=args.create),
                  create=args.create)
 
 
 def _meta2_push_main(args: argparse.Namespace) -> int:
     # As the reference, a meta2 push creates the volume.
-    return _push(args, _meta2_record, lambda client, batch: client.backend.meta2_push(args.volume, batch),
-                 create=True)
+    return _push(args, _meta2_record, check_meta2,
+                 lambda client, batch: client.backend.meta2_push(args.volume, batch), create=True)
 
 
 # -- fetch ---------------------------------------------------------------------------
 
 
 def _print_records(args: argparse.Namespace, fields: tuple[str, ...], records: Iterable[dict]) -> None:
-    """JSON lines (streamed) with ``--json``, else a table; says on stderr where to go on after --limit."""
+    """JSON lines (streamed) with ``--json``, else a table; says on stderr where to go on
+    after --limit (with ``--json``, as ``{"next_marker": ...}``)."""
     limited = itertools.islice(records, args.limit + 1) if args.limit is not None else records
-    try:
-        _write_records(args, fields, limited)
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
-        raise CommandError("the output was closed before the end of the listing") from None
-
-
-def _write_records(args: argparse.Namespace, fields: tuple[str, ...], limited: Iterable[dict]) -> None:
     shown: list[dict] = []
     for record in limited:
-        if args.limit is not None and len(shown) == args.limit:
-            print(f"more records follow: --marker {_marker(shown[-1]) if shown else args.marker!r}",
-                  file=sys.stderr)
+        if len(shown) == args.limit:
+            marker = _marker(shown[-1])
+            if args.json:
+                print(json.dumps({"next_marker": marker}), file=sys.stderr)
+            else:
+                print(f"more records follow: --marker {shlex.quote(marker)}", file=sys.stderr)
             break
         shown.append(record)
         if args.json:
@@ -330,9 +386,7 @@ def _marker(record: dict) -> str:
 
 
 def _page_size(limit: int | None) -> int:
-    if limit is not None and limit < 0:
-        raise CommandError("--limit must not be negative")
-    return DEFAULT_LIMIT if limit is None else max(1, min(limit + 1, DEFAULT_LIMIT))
+    return DEFAULT_LIMIT if limit is None else min(limit + 1, DEFAULT_LIMIT)
 
 
 def _fetch_main(args: argparse.Namespace) -> int:
