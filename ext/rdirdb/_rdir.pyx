@@ -35,7 +35,7 @@ from rdirdb._lmdb cimport Environment, check
 
 import hashlib
 
-from rdirdb.errors import BadRequest
+from rdirdb.errors import BadRequest, caller_error
 
 cdef extern from "stdlib.h" nogil:
     void qsort_r(void *base, size_t nmemb, size_t size,
@@ -88,7 +88,7 @@ DEF M_EXTRA_NULL = 4
 DEF M_CID_HEX = 1
 
 CHUNK_DTYPE_FIELDS = ("container_id", "content_id", "chunk_id", "mtime", "path", "version")
-_CHUNK_FIELDS = CHUNK_DTYPE_FIELDS
+_CHUNK_VALUE_FIELDS = ("content_id", "mtime", "path", "version")
 _META2_FIELDS = ("container_url", "container_id", "mtime", "extra_data")
 
 cdef const char *HEX = b"0123456789ABCDEF"
@@ -254,7 +254,7 @@ def order_key(str container_id, str chunk_id):
 
 cdef inline const uint8_t *_utf8(object value, Py_ssize_t *size, str field, Py_ssize_t index) except NULL:
     if not isinstance(value, str):
-        raise TypeError(f"{_where(index)}{field} must be str, not {type(value).__name__}")
+        _type_error(index, field, "str", value)
     try:
         return <const uint8_t *>PyUnicode_AsUTF8AndSize(value, size)
     except UnicodeEncodeError:
@@ -263,6 +263,28 @@ cdef inline const uint8_t *_utf8(object value, Py_ssize_t *size, str field, Py_s
 
 cdef inline str _where(Py_ssize_t index):
     return f"record {index}: " if index >= 0 else ""
+
+
+cdef int _type_error(Py_ssize_t index, str field, str expected, object value) except -1:
+    raise caller_error(TypeError(f"{_where(index)}{field} must be {expected}, not {type(value).__name__}"),
+                       f"Invalid type for field [{field}]")
+
+
+cdef int _not_an_object(Py_ssize_t index, str expected, object value) except -1:
+    raise caller_error(TypeError(f"{_where(index)}must be {expected}, not {type(value).__name__}"), "Not an object")
+
+
+cdef int _check_id(const uint8_t *s, Py_ssize_t n, str field, Py_ssize_t index) except -1:
+    """The rule for the ids of a chunk key written from now on: not empty, and no
+    control character (one would break the x-oio-list-marker header that carries
+    the key). Records written before the rule still list, and can be deleted."""
+    cdef Py_ssize_t i
+    if n == 0:
+        raise BadRequest(f"{_where(index)}{field} is empty")
+    for i in range(n):
+        if s[i] < 0x20 or s[i] == 0x7F:
+            raise BadRequest(f"{_where(index)}{field} contains the control character U+{s[i]:04X}")
+    return 0
 
 
 cdef int _check_text(const uint8_t *s, Py_ssize_t n, Py_ssize_t limit, str field,
@@ -276,7 +298,7 @@ cdef int _check_text(const uint8_t *s, Py_ssize_t n, Py_ssize_t limit, str field
 
 cdef int64_t _int64(object value, str field, Py_ssize_t index) except? -1:
     if type(value) is not int and (isinstance(value, bool) or not hasattr(value, "__index__")):
-        raise TypeError(f"{_where(index)}{field} must be an int, not {type(value).__name__}")
+        _type_error(index, field, "an int", value)
     try:
         return value
     except OverflowError:
@@ -313,14 +335,20 @@ cdef int _entry_cmp(const void *a, const void *b, void *arena) noexcept nogil:
 
 
 @cython.final
-cdef class _Batch:
-    """Encoded keys and values of one batch, in one growing arena."""
+cdef class Batch:
+    """A validated batch, encoded into one growing arena and sorted: what
+    :func:`encode_chunks` and :func:`encode_meta2` return and ``apply`` writes.
+    ``len()`` is the number of distinct keys."""
     cdef uint8_t *arena
     cdef size_t used, cap
     cdef Entry *entries
     cdef Py_ssize_t n, ncap
+    cdef readonly bint meta2       # meta2 records, else chunk records
+    cdef readonly bint key_only    # keys to delete, else records to write
 
-    def __cinit__(self, Py_ssize_t expected):
+    def __cinit__(self, Py_ssize_t expected, bint meta2=False, bint key_only=False):
+        self.meta2 = meta2
+        self.key_only = key_only
         self.cap = max(4096, <size_t>expected * 128)
         self.ncap = max(16, expected)
         self.arena = <uint8_t *>malloc(self.cap)
@@ -392,14 +420,14 @@ cdef class _Batch:
                 a.dead = 1
         return 0
 
-    cdef Py_ssize_t live(self):
+    def __len__(self):
         cdef Py_ssize_t i, count = 0
         for i in range(self.n):
             count += not self.entries[i].dead
         return count
 
 
-cdef int _write_batch(Environment env, MDB_dbi *dbis, _Batch batch, bint delete,
+cdef int _write_batch(Environment env, MDB_dbi *dbis, Batch batch, bint delete,
                       Py_ssize_t *affected) except -1:
     """Apply a sorted batch in one write transaction (all or nothing).
 
@@ -474,11 +502,14 @@ cdef int _write_batch(Environment env, MDB_dbi *dbis, _Batch batch, bint delete,
         return 0
 
 
-cdef Py_ssize_t _apply(Environment env, MDB_dbi *dbis, _Batch batch, bint delete) except -1:
-    """Write (or delete) a batch; returns how many records were written (or existed)."""
+cdef Py_ssize_t _apply(Environment env, MDB_dbi *dbis, Batch batch, bint meta2) except -1:
+    """Write (or, for keys, delete) a batch; returns how many records were written (or existed)."""
     cdef Py_ssize_t count = 0
+    if batch.meta2 != meta2:
+        raise TypeError(f"a batch of {'meta2' if batch.meta2 else 'chunk'} records "
+                        f"cannot be applied to a {'meta2' if meta2 else 'chunk'} index")
     if batch.n:
-        _write_batch(env, dbis, batch, delete, &count)
+        _write_batch(env, dbis, batch, batch.key_only, &count)
     return count
 
 
@@ -486,7 +517,7 @@ cdef Py_ssize_t _apply(Environment env, MDB_dbi *dbis, _Batch batch, bint delete
 # Chunk records: encoding
 # ===========================================================================
 
-cdef int _add_chunk(_Batch batch, Py_ssize_t index,
+cdef int _add_chunk(Batch batch, Py_ssize_t index,
                     const uint8_t *cid, Py_ssize_t cid_n,
                     const uint8_t *content, Py_ssize_t content_n,
                     const uint8_t *chunk, Py_ssize_t chunk_n,
@@ -503,6 +534,8 @@ cdef int _add_chunk(_Batch batch, Py_ssize_t index,
     if cid_n and memchr(cid, 124, cid_n) != NULL:
         raise BadRequest(f"{_where(index)}container_id contains '|', the key separator")
     if not key_only:
+        _check_id(cid, cid_n, "container_id", index)
+        _check_id(chunk, chunk_n, "chunk_id", index)
         _check_text(content, content_n, C_MAX_CONTENT_ID, "content_id", index)
         _check_text(path, path_n, C_MAX_PATH, "path", index)
     if cid_n == CANON_LEN and chunk_n == CANON_LEN and _is_upper_hex(cid, CANON_LEN) \
@@ -859,7 +892,7 @@ cdef class _Reader:
 
 cdef bytes _arg_text(object value, str name):
     if not isinstance(value, str):
-        raise TypeError(f"{name} must be str, not {type(value).__name__}")
+        raise caller_error(TypeError(f"{name} must be str, not {type(value).__name__}"))
     try:
         return (<str>value).encode("utf-8")
     except UnicodeEncodeError:
@@ -1035,18 +1068,24 @@ cdef class ChunkIndex:
         fields. Nothing is written if any record is invalid; for duplicate keys
         the last record wins. Returns the number of records written.
         """
-        return _apply(self.env, self.dbis, _encode_chunks(records, False), False)
+        return _apply(self.env, self.dbis, encode_chunks(records), False)
 
     def delete_batch(self, keys):
         """Delete the records of ``keys`` (``(container_id, chunk_id)`` tuples or
         dicts) in one transaction. Returns how many existed."""
-        return _apply(self.env, self.dbis, _encode_chunks(keys, True), True)
+        return _apply(self.env, self.dbis, encode_chunks(keys, key_only=True), False)
+
+    def apply(self, Batch batch):
+        """Write a batch of :func:`encode_chunks` in one transaction (delete its
+        keys for a ``key_only`` batch); returns how many records were written
+        (or existed)."""
+        return _apply(self.env, self.dbis, batch, False)
 
     # -- reads ----------------------------------------------------------------
 
     def get(self, container_id, chunk_id):
         """The record of one chunk, or None."""
-        cdef _Batch batch = _Batch(1)
+        cdef Batch batch = Batch(1)
         cdef MDB_txn *txn
         cdef MDB_val k, v
         cdef Hit hit
@@ -1400,39 +1439,35 @@ cdef void _count(Scan *scan, Counts *counts, Py_ssize_t limit, uint64_t incident
 
 # -- input decoding ------------------------------------------------------------
 
-ctypedef int (*_AddRecord)(_Batch, object, Py_ssize_t, bint) except -1
+ctypedef int (*_AddRecord)(Batch, object, Py_ssize_t, bint) except -1
 
 
-cdef _Batch _encode_batch(object records, bint key_only, _AddRecord add):
+cdef Batch _encode_batch(object records, bint meta2, bint key_only, _AddRecord add):
     """Validate and encode every record with ``add``, then sort; the last duplicate is kept."""
-    cdef _Batch batch
+    cdef Batch batch
     cdef Py_ssize_t i, n
     records = _as_list(records)
     n = len(records)
-    batch = _Batch(n)
+    batch = Batch(n, meta2, key_only)
     for i in range(n):
         add(batch, records[i], i, key_only)
     batch.sort_unique()
     return batch
 
 
-cdef _Batch _encode_chunks(object records, bint key_only):
-    """A batch of chunk records (or keys): tuples, dicts or a numpy structured array."""
+def encode_chunks(records, *, bint key_only=False):
+    """Validate and encode chunk records (keys with ``key_only``): tuples, dicts or
+    a numpy structured array. This is the one validator of chunk records; the
+    :class:`Batch` it returns is written by :meth:`ChunkIndex.apply`."""
     if _is_ndarray(records):
         return _encode_chunk_array(records, key_only)
-    return _encode_batch(records, key_only, _encode_chunk_object)
-
-
-def check_chunks(records, *, bint key_only=False):
-    """Validate a batch exactly as put_batch (delete_batch with ``key_only``) would,
-    writing nothing; returns how many distinct keys it holds."""
-    return _encode_chunks(records, key_only).live()
+    return _encode_batch(records, False, key_only, _encode_chunk_object)
 
 
 cdef list _as_list(object records):
     """A batch as a list; text is refused (iterating it would give characters)."""
     if isinstance(records, (str, bytes, dict)):
-        raise TypeError(f"a batch must be a list of records, not {type(records).__name__}")
+        raise caller_error(TypeError(f"a batch must be a list of records, not {type(records).__name__}"))
     return records if isinstance(records, list) else list(records)
 
 
@@ -1440,56 +1475,62 @@ cdef bint _is_ndarray(object obj):
     return type(obj).__name__ == "ndarray" and hasattr(obj, "dtype")
 
 
-cdef int _encode_chunk_object(_Batch batch, object rec, Py_ssize_t i, bint key_only) except -1:
-    cdef Py_ssize_t cid_n, content_n = 0, chunk_n, path_n = 0
-    cdef const uint8_t *cid
+cdef int _encode_chunk_object(Batch batch, object rec, Py_ssize_t i, bint key_only) except -1:
+    """One record (a tuple or a dict) into the batch. The fields are checked in
+    the reference server's order, each for presence then type, so that the first
+    error named is the one the reference names."""
+    cdef Py_ssize_t cid_n = 0, content_n = 0, chunk_n = 0, path_n = 0, n
+    cdef const uint8_t *cid = NULL
     cdef const uint8_t *content = NULL
-    cdef const uint8_t *chunk
+    cdef const uint8_t *chunk = NULL
     cdef const uint8_t *path = NULL
     cdef int64_t mtime = 0, version = 0
-    if isinstance(rec, tuple):
+    if isinstance(rec, dict):
+        cid = _utf8(_field(rec, "container_id", i), &cid_n, "container_id", i)
+        if key_only:
+            chunk = _utf8(_field(rec, "chunk_id", i), &chunk_n, "chunk_id", i)
+            # The reference type-checks the optional fields of a delete.
+            for name in _CHUNK_VALUE_FIELDS:
+                value = rec.get(name)
+                if value is None:
+                    continue
+                if name == "mtime" or name == "version":
+                    _int64(value, name, i)
+                else:
+                    _utf8(value, &n, name, i)
+        else:
+            content = _utf8(_field(rec, "content_id", i), &content_n, "content_id", i)
+            chunk = _utf8(_field(rec, "chunk_id", i), &chunk_n, "chunk_id", i)
+            mtime = _int64(_field(rec, "mtime", i), "mtime", i)
+            path = _utf8(_field(rec, "path", i), &path_n, "path", i)
+            version = _int64(_field(rec, "version", i), "version", i)
+    elif isinstance(rec, tuple):
         if key_only:
             if len(rec) != 2:
                 raise BadRequest(f"{_where(i)}expected (container_id, chunk_id), got {len(rec)} items")
-            cid_o, chunk_o = rec
+            cid = _utf8(rec[0], &cid_n, "container_id", i)
+            chunk = _utf8(rec[1], &chunk_n, "chunk_id", i)
         else:
             if len(rec) != 6:
                 raise BadRequest(f"{_where(i)}expected (container_id, content_id, chunk_id, mtime, "
                                  f"path, version), got {len(rec)} items")
-            cid_o, content_o, chunk_o, mtime_o, path_o, version_o = rec
-    elif isinstance(rec, dict):
-        cid_o = _field(rec, "container_id", i)
-        chunk_o = _field(rec, "chunk_id", i)
-        if key_only:
-            # The reference type-checks the optional fields of a delete.
-            for name in ("content_id", "path"):
-                if rec.get(name) is not None:
-                    _utf8(rec[name], &path_n, name, i)
-            for name in ("mtime", "version"):
-                if rec.get(name) is not None:
-                    _int64(rec[name], name, i)
-        else:
-            content_o = _field(rec, "content_id", i)
-            mtime_o = _field(rec, "mtime", i)
-            path_o = _field(rec, "path", i)
-            version_o = _field(rec, "version", i)
+            cid = _utf8(rec[0], &cid_n, "container_id", i)
+            content = _utf8(rec[1], &content_n, "content_id", i)
+            chunk = _utf8(rec[2], &chunk_n, "chunk_id", i)
+            mtime = _int64(rec[3], "mtime", i)
+            path = _utf8(rec[4], &path_n, "path", i)
+            version = _int64(rec[5], "version", i)
     else:
-        raise TypeError(f"{_where(i)}must be a tuple or a dict, not {type(rec).__name__}")
-    cid = _utf8(cid_o, &cid_n, "container_id", i)
-    chunk = _utf8(chunk_o, &chunk_n, "chunk_id", i)
-    if not key_only:
-        content = _utf8(content_o, &content_n, "content_id", i)
-        path = _utf8(path_o, &path_n, "path", i)
-        mtime = _int64(mtime_o, "mtime", i)
-        version = _int64(version_o, "version", i)
+        _not_an_object(i, "a tuple or a dict", rec)
     return _add_chunk(batch, i, cid, cid_n, content, content_n, chunk, chunk_n,
                       mtime, path, path_n, version, key_only)
 
 
 cdef object _field(dict rec, str name, Py_ssize_t i):
+    """A mandatory field of a record; absent or None is missing."""
     value = rec.get(name)
     if value is None:
-        raise BadRequest(f"{_where(i)}missing field [{name}]")
+        raise caller_error(BadRequest(f"{_where(i)}missing field [{name}]"), f"Missing field [{name}]")
     return value
 
 
@@ -1502,7 +1543,7 @@ cdef object _bytes_column(object array, str name):
     if col.dtype.kind == "U":
         col = np.char.encode(col, "utf-8")
     elif col.dtype.kind != "S":
-        raise TypeError(f"array field [{name}] must be bytes or str, not {col.dtype}")
+        raise caller_error(TypeError(f"array field [{name}] must be bytes or str, not {col.dtype}"))
     col = np.ascontiguousarray(col)
     width = col.dtype.itemsize
     return col.view(np.uint8).reshape(len(col), width) if width else np.zeros((len(col), 0), np.uint8), width
@@ -1514,7 +1555,7 @@ cdef object _int_column(object array, str name):
         raise BadRequest(f"the array has no field [{name}]")
     col = array[name]
     if col.dtype.kind not in "iu":
-        raise TypeError(f"array field [{name}] must be integers, not {col.dtype}")
+        raise caller_error(TypeError(f"array field [{name}] must be integers, not {col.dtype}"))
     if col.dtype.kind == "u" and len(col) and col.max() > 0x7FFFFFFFFFFFFFFF:
         raise BadRequest(f"array field [{name}] is out of the 64-bit range")
     return np.ascontiguousarray(col, dtype=np.int64)
@@ -1527,12 +1568,12 @@ cdef inline Py_ssize_t _strip(const uint8_t *p, Py_ssize_t width) noexcept nogil
     return width
 
 
-cdef _Batch _encode_chunk_array(object array, bint key_only):
+cdef Batch _encode_chunk_array(object array, bint key_only):
     cdef Py_ssize_t n = len(array), i
     cdef const uint8_t[:, ::1] cids, chunks, contents, paths
     cdef const int64_t[::1] mtimes, versions
     cdef Py_ssize_t wc, wk, wt = 0, wp = 0
-    cdef _Batch batch = _Batch(n)
+    cdef Batch batch = Batch(n, False, key_only)
     cids, wc = _bytes_column(array, "container_id")
     chunks, wk = _bytes_column(array, "chunk_id")
     if not key_only:
@@ -1563,7 +1604,7 @@ cdef _Batch _encode_chunk_array(object array, bint key_only):
 
 def encode_chunk_key(container_id, chunk_id):
     """``(canonical, stored key)`` of a chunk record."""
-    cdef _Batch batch = _Batch(1)
+    cdef Batch batch = Batch(1)
     _encode_chunk_object(batch, (container_id, chunk_id), -1, True)
     e = &batch.entries[0]
     return e.kind == 0, PyBytes_FromStringAndSize(<const char *>batch.arena + e.koff, e.klen)
@@ -1660,11 +1701,18 @@ cdef class Meta2Index:
     def put_batch(self, records):
         """Write records (dicts with container_url, container_id, optional mtime and
         extra_data) in one transaction, all or nothing. Returns how many."""
-        return _apply(self.env, self.dbis, _encode_meta2(records, False), False)
+        return _apply(self.env, self.dbis, encode_meta2(records), True)
 
     def delete_batch(self, container_urls):
-        """Delete the records of ``container_urls`` in one transaction; returns how many existed."""
-        return _apply(self.env, self.dbis, _encode_meta2(container_urls, True), True)
+        """Delete the records of ``container_urls`` (or of records with container_id and
+        container_url) in one transaction; returns how many existed."""
+        return _apply(self.env, self.dbis, encode_meta2(container_urls, key_only=True), True)
+
+    def apply(self, Batch batch):
+        """Write a batch of :func:`encode_meta2` in one transaction (delete its
+        urls for a ``key_only`` batch); returns how many records were written
+        (or existed)."""
+        return _apply(self.env, self.dbis, batch, True)
 
     def fetch(self, *, prefix=None, marker=None, limit=1000):
         """One page of records in url order: ``(records, truncated)``; ``truncated``
@@ -1698,19 +1746,16 @@ cdef class Meta2Index:
             reader.close()
 
 
-cdef _Batch _encode_meta2(object records, bint key_only):
-    """A batch of meta2 records (dicts), or of container urls with ``key_only``."""
-    return _encode_batch(records, key_only, _add_meta2)
+def encode_meta2(records, *, bint key_only=False):
+    """Validate and encode meta2 records (dicts), or with ``key_only`` the records
+    to delete (container urls, or dicts with container_id and container_url):
+    the one validator of meta2 records. :meth:`Meta2Index.apply` writes the batch."""
+    return _encode_batch(records, True, key_only, _add_meta2)
 
 
-def check_meta2(records, *, bint key_only=False):
-    """Validate meta2 records (urls with ``key_only``) as put_batch would, writing nothing."""
-    return _encode_meta2(records, key_only).live()
-
-
-cdef int _add_meta2(_Batch batch, object rec, Py_ssize_t i, bint key_only) except -1:
+cdef int _add_meta2(Batch batch, object rec, Py_ssize_t i, bint key_only) except -1:
     cdef Py_ssize_t url_n, cid_n = 0, extra_n = 0, tail_n = 0
-    cdef const uint8_t *url
+    cdef const uint8_t *url = NULL
     cdef const uint8_t *cid = NULL
     cdef const uint8_t *extra = NULL
     cdef int64_t mtime = 0
@@ -1719,13 +1764,15 @@ cdef int _add_meta2(_Batch batch, object rec, Py_ssize_t i, bint key_only) excep
     cdef uint8_t *start
     cdef uint8_t flags = 0
     cdef size_t tail_off = 0
-    if key_only:
+    if key_only and isinstance(rec, str):
         url = _utf8(rec, &url_n, "container_url", i)
+    elif not isinstance(rec, dict):
+        _not_an_object(i, "a container url or a dict" if key_only else "a dict", rec)
     else:
-        if not isinstance(rec, dict):
-            raise TypeError(f"{_where(i)}must be a dict, not {type(rec).__name__}")
-        url = _utf8(_field(rec, "container_url", i), &url_n, "container_url", i)
+        # The reference server's order: container_id, then container_url.
         cid = _utf8(_field(rec, "container_id", i), &cid_n, "container_id", i)
+        url = _utf8(_field(rec, "container_url", i), &url_n, "container_url", i)
+    if not key_only:
         _check_text(cid, cid_n, C_MAX_CONTAINER_ID, "container_id", i)
         if rec.get("mtime") is not None:
             mtime = _int64(rec["mtime"], "mtime", i)
@@ -1792,13 +1839,13 @@ cdef dict _meta2_record(Hit *h):
 
 def raw_insert(Environment env, keys, values, Py_ssize_t batch=10000, db="chunk_bin"):
     """Insert pre-encoded pairs in a C loop, ``batch`` pairs per transaction."""
-    cdef _Batch b
+    cdef Batch b
     cdef Py_ssize_t n = len(keys), start, i, written
     cdef MDB_dbi dbis[1]
     cdef Entry *e
     dbis[0] = env.dbi(db)
     for start in range(0, n, batch):
-        b = _Batch(min(batch, n - start))
+        b = Batch(min(batch, n - start))
         for i in range(start, min(start + batch, n)):
             e = b.add(0, i)
             e.koff = b.used

@@ -45,11 +45,19 @@ def order_key(container_id: str, chunk_id: str) -> bytes:
     """The sort key that defines the listing order (text order of ``cid|chunk``)."""
 
 def split_marker(marker: str) -> tuple[str, str]: ...
-def check_meta2(records: Iterable[Mapping[str, Any]] | Iterable[str], *, key_only: bool = False) -> int:
-    """Validate meta2 records as Meta2Index.put_batch would, writing nothing."""
+class Batch:
+    """A validated, encoded and sorted batch; ``len()`` is its number of distinct keys."""
 
-def check_chunks(records: ChunkInput | KeyInput, *, key_only: bool = False) -> int:
-    """Validate a batch as put_batch/delete_batch would, writing nothing."""
+    meta2: bool
+    key_only: bool
+    def __init__(self, expected: int, meta2: bool = False, key_only: bool = False) -> None: ...
+    def __len__(self) -> int: ...
+
+def encode_chunks(records: ChunkInput | KeyInput, *, key_only: bool = False) -> Batch:
+    """Validate and encode chunk records (keys with ``key_only``): the one validator."""
+
+def encode_meta2(records: Iterable[Mapping[str, Any]] | Iterable[str], *, key_only: bool = False) -> Batch:
+    """Validate and encode meta2 records (container urls or records to delete with ``key_only``)."""
 
 class ChunkIndex:
     """The chunk records of one rawx volume, stored in ``env``."""
@@ -60,6 +68,8 @@ class ChunkIndex:
         """Validate and write every record in one transaction (all or nothing)."""
     def delete_batch(self, keys: KeyInput) -> int:
         """Delete every key in one transaction; returns how many existed."""
+    def apply(self, batch: Batch) -> int:
+        """Write a batch of encode_chunks (delete its keys if ``key_only``) in one transaction."""
     def get(self, container_id: str, chunk_id: str) -> ChunkRecord | None: ...
     def fetch(
         self,
@@ -103,7 +113,9 @@ class Meta2Index:
     env: Environment
     def __init__(self, env: Environment) -> None: ...
     def put_batch(self, records: Iterable[Mapping[str, Any]]) -> int: ...
-    def delete_batch(self, container_urls: Iterable[str]) -> int: ...
+    def delete_batch(self, container_urls: Iterable[str] | Iterable[Mapping[str, Any]]) -> int: ...
+    def apply(self, batch: Batch) -> int:
+        """Write a batch of encode_meta2 (delete its urls if ``key_only``) in one transaction."""
     def fetch(
         self, *, prefix: str | None = None, marker: str | None = None, limit: int = 1000
     ) -> tuple[list[Meta2Record], bool]: ...

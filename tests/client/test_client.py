@@ -299,3 +299,23 @@ def test_meta2_fetch_all_with_prefix(client, vol):
     client.backend.meta2_push(vol, [{"container_url": u, "container_id": "C", "mtime": 0} for u in urls])
     got = client.meta2_index_fetch_all(vol, prefix="NS/b/", limit=3)
     assert [r["container_url"] for r in got] == urls[7:]
+
+
+@pytest.mark.parametrize("field, value", [("container_id", ""), ("chunk_id", ""), ("chunk_id", "x\nA"),
+                                          ("container_id", "a\x01b"), ("chunk_id", "\x7f")])
+def test_both_paths_refuse_the_same_ids(client, vol, field, value):
+    """The one id rule of the native validator, in process and through a server."""
+    with pytest.raises(BadRequest, match=field):
+        client.chunk_push_batch(vol, [make_record(), make_record(**{field: value})], create=True)
+    with pytest.raises(NotFound):
+        client.admin_show(vol)  # not even created
+
+
+def test_paging_over_ids_a_header_carries_with_care(client, vol):
+    """Non-ASCII ids (raw UTF-8 in the marker header) and spaces at the ends of a key."""
+    records = [make_record(container_id=cid, chunk_id=chunk) for cid, chunk in [
+        ("C", "é0"), ("C", "é1"), ("C", "ß é"), ("C", "end "), (" lead", "x"), ("é", "ü"), ("é", "ü ")]]
+    client.chunk_push_batch(vol, records, create=True)
+    expected = sorted((entry(r) for r in records), key=lambda e: f"{e[0]}|{e[1]}".encode())
+    assert fetch(client, vol, limit=1) == expected
+    assert client.status(vol, max=1)["chunk"]["total"] == len(records)

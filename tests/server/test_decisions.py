@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+from rdirdb.rdir.store import Store
+from tests.legacy import write_legacy_chunks
 from tests.server.helpers import chunk_record, fetch_item, meta2_record, new_volume, random_hex
 
 VOLUME_ROUTES = [
@@ -362,3 +364,36 @@ def test_bad_meta2_batch_creates_nothing(server):
     bad = {"container_url": "NS/a/" + "u" * 2000, "container_id": "X"}
     assert server.request("POST", "/v1/rdir/meta2/push", {"vol": vol}, [bad]).status == 400
     assert server.request("GET", "/v1/rdir/meta2/fetch", {"vol": vol}).status == 404
+
+
+def test_openio_style_paging_lists_a_store_written_before_the_id_rule(server):
+    """Issue 14: a line break in a chunk id no longer corrupts the marker header."""
+    vol, cid = new_volume(), random_hex(64)
+    chunks = ["x\nA", "x!", "x$", "y"]
+    with Store(server.db_path) as store:
+        write_legacy_chunks(store.volume(vol, create=True), [(cid, "AB", c, 1, "p", 1) for c in chunks])
+    for route in ("/v1/rdir/fetch", "/v1/rdir/status"):
+        seen, marker, total = [], None, 0
+        while True:  # as OpenIO's client does: the header goes back unchanged as the marker
+            reply = server.request("GET", route, {"vol": vol, "max": 1, **({"marker": marker} if marker else {})})
+            assert reply.status == 200, reply
+            if route.endswith("fetch"):
+                seen += [key for key, _ in reply.json]
+            else:
+                total += reply.json["chunk"]["total"]
+            if reply.headers["x-oio-list-truncated"] != "true":
+                break
+            marker = reply.headers["x-oio-list-marker"]
+            assert marker.isascii() and marker.isprintable()
+        assert seen == [f"{cid}|{c}" for c in chunks] if route.endswith("fetch") else total == 4
+
+
+@pytest.mark.parametrize("route", VOLUME_ROUTES)
+def test_a_volume_id_that_is_not_utf8_is_400(server, route):
+    method, path = route
+    reply = server.request(method, path, query="vol=%FF%FE&create=1",
+                           body='{"container_id":"C","content_id":"X","chunk_id":"K","mtime":1,"path":"p",'
+                                '"version":1,"container_url":"NS/a/c"}')
+    assert reply.status == 400 and "UTF-8" in reply.json["message"], reply
+    status = server.request("GET", "/status").json
+    assert not any("\ufffd" in v for v in status["rawx_volumes"] + status["meta2_volumes"])

@@ -8,10 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from rdirdb._rdir import Entries, check_chunks, check_meta2
+from rdirdb._rdir import Entries
 from rdirdb.rdir.backend import ChunkEntry, RdirBackend, listing_limit
 from rdirdb.rdir.store import Store, Volume
-
 
 
 class EmbeddedBackend(RdirBackend):
@@ -35,14 +34,10 @@ class EmbeddedBackend(RdirBackend):
     # -- chunks -------------------------------------------------------------
 
     def chunk_push(self, volume: str, records: Any, *, create: bool, **options: Any) -> None:
-        if not self.store.exists(volume):
-            # As the reference: a bad batch is a 400, even for a volume that does
-            # not exist, and it creates nothing.
-            check_chunks(records)
-        self._rawx(volume, create).chunks.put_batch(records)
+        self.store.write(volume, "rawx", records, create=create)
 
     def chunk_delete(self, volume: str, keys: Any, **options: Any) -> None:
-        self._rawx(volume).chunks.delete_batch(keys)
+        self.store.write(volume, "rawx", keys, delete=True)
 
     def chunk_page(
         self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None, rebuild: bool,
@@ -100,12 +95,10 @@ class EmbeddedBackend(RdirBackend):
 
     def meta2_push(self, volume: str, records: list[dict[str, Any]], **options: Any) -> None:
         # meta2 pushes create the volume, as the reference server does by default.
-        if not self.store.exists(volume, "meta2"):
-            check_meta2(records)  # a bad batch creates nothing
-        self._meta2(volume, create=True).meta2.put_batch(records)
+        self.store.write(volume, "meta2", records, create=True)
 
     def meta2_delete(self, volume: str, records: list[dict[str, Any]], **options: Any) -> None:
-        self._meta2(volume).meta2.delete_batch([r["container_url"] for r in records])
+        self.store.write(volume, "meta2", records, delete=True)
 
     def meta2_page(
         self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None,

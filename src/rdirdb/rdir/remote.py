@@ -371,7 +371,11 @@ def remote_backend(conf: dict[str, Any], **kwargs: Any) -> RemoteBackend:
 
 def _listing(headers: Any) -> tuple[bool, str | None]:
     truncated = headers.get("x-oio-list-truncated", "false").lower() == "true"
-    return truncated, headers.get("x-oio-list-marker") if truncated else None
+    marker = headers.get("x-oio-list-marker") if truncated else None
+    if marker is not None:
+        # The server sends the key in UTF-8; http.client reads headers as Latin-1.
+        marker = marker.encode("latin-1").decode("utf-8")
+    return truncated, marker
 
 
 def _chunk_dicts(records: Any) -> list[dict[str, Any]]:
