@@ -37,6 +37,7 @@ import lmdb
 
 import rdirdb
 from rdirdb import _rdir
+from rdirdb.rdir.backend import pages
 from rdirdb.rdir.store import Store
 
 BATCH = 10_000
@@ -231,11 +232,7 @@ def timed(clock: Clock, fn, *args) -> None:
 
 
 def rdirdb_pages(chunks) -> int:
-    total, marker, truncated = 0, None, True
-    while truncated:
-        page, truncated, marker = chunks.fetch(marker=marker, limit=PAGE)
-        total += len(page)
-    return total
+    return sum(len(page) for page in pages(chunks.fetch, limit=PAGE))
 
 
 def baseline_page(env: lmdb.Environment, marker: str | None, limit: int):

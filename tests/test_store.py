@@ -113,13 +113,13 @@ def test_meta2_index(store):
     assert meta2.put_batch([{"container_url": u, "container_id": "%064X" % i, "mtime": i}
                             for i, u in enumerate(urls)]) == 7
     assert meta2.count() == 7 and meta2.count("NS/acct/") == 5
-    page, truncated = meta2.fetch(prefix="NS/acct/", limit=2)
+    page, truncated, _ = meta2.fetch(prefix="NS/acct/", limit=2)
     assert [r["container_url"] for r in page] == ["NS/acct/c0", "NS/acct/c1"] and truncated
-    page, truncated = meta2.fetch(prefix="NS/acct/", marker="NS/acct/c1", limit=3)
+    page, truncated, _ = meta2.fetch(prefix="NS/acct/", marker="NS/acct/c1", limit=3)
     assert [r["container_url"] for r in page] == ["NS/acct/c2", "NS/acct/c3", "NS/acct/c4"]
     assert not truncated  # exact: no record after the page
     # A marker that no longer exists skips nothing.
-    page, _ = meta2.fetch(marker="NS/acct/c1x")
+    page, _, _ = meta2.fetch(marker="NS/acct/c1x")
     assert page[0]["container_url"] == "NS/acct/c2"
     long_rec = meta2.fetch(prefix="NS/uu")[0][0]
     assert long_rec == {"container_id": "%064X" % 6, "container_url": urls[6], "extra_data": None, "mtime": 6}

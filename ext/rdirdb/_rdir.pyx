@@ -1715,13 +1715,15 @@ cdef class Meta2Index:
         return _apply(self.env, self.dbis, batch, True)
 
     def fetch(self, *, prefix=None, marker=None, limit=1000):
-        """One page of records in url order: ``(records, truncated)``; ``truncated``
-        is true only when one more record exists; ``marker`` is exclusive."""
+        """One page of records in url order: ``(records, truncated, next_marker)``,
+        the shape of :meth:`ChunkIndex.fetch`; ``truncated`` is true only when one
+        more record exists; ``marker`` is exclusive."""
         cdef _Page page = _Page()
         cdef Py_ssize_t i
         try:
             page.collect(self.env, self.dbis, self.canonical, 1, prefix, marker, limit, 0)
-            return [_meta2_record(&page.hits[i]) for i in range(page.count)], page.truncated
+            records = [_meta2_record(&page.hits[i]) for i in range(page.count)]
+            return records, page.truncated, page.next_marker(True)
         finally:
             page.close()
 

@@ -118,7 +118,8 @@ class Meta2Index:
         """Write a batch of encode_meta2 (delete its urls if ``key_only``) in one transaction."""
     def fetch(
         self, *, prefix: str | None = None, marker: str | None = None, limit: int = 1000
-    ) -> tuple[list[Meta2Record], bool]: ...
+    ) -> tuple[list[Meta2Record], bool, str | None]:
+        """One page: (records, truncated, next marker)."""
     def count(self, prefix: str | None = None) -> int: ...
 
 class Entries:

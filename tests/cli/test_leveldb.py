@@ -121,7 +121,7 @@ def stored(store_path) -> dict[tuple[str, str], dict]:
                     break
             out[("rawx", vid)] = records
         for vid in store.volumes("meta2"):
-            page, truncated = store.volume(vid, "meta2").meta2.fetch(limit=100)
+            page, truncated, _ = store.volume(vid, "meta2").meta2.fetch(limit=100)
             assert not truncated
             out[("meta2", vid)] = {r["container_url"]: r for r in page}
     return out

@@ -12,7 +12,7 @@ import pytest
 
 from rdirdb import RdirClient
 from rdirdb.rdir.client import CHUNK_DEFAULTS, RdirBackend, cid_from_name
-from rdirdb.errors import BadRequest, NotFound, OioTimeout
+from rdirdb.errors import BadRequest, NotFound, OioTimeout, ServerException
 
 from .conftest import entry, hexid, key, make_record
 
@@ -319,3 +319,11 @@ def test_paging_over_ids_a_header_carries_with_care(client, vol):
     expected = sorted((entry(r) for r in records), key=lambda e: f"{e[0]}|{e[1]}".encode())
     assert fetch(client, vol, limit=1) == expected
     assert client.status(vol, max=1)["chunk"]["total"] == len(records)
+
+
+def test_a_truncated_page_without_a_marker_is_an_error_not_a_loop():
+    backend = mock.create_autospec(RdirBackend, instance=True)
+    backend.chunk_page.return_value = ([("c", "k", {})], True, None)
+    with pytest.raises(ServerException, match="marker"):
+        list(RdirClient({}, backend=backend).chunk_fetch("vol"))
+    assert backend.chunk_page.call_count == 1

@@ -15,6 +15,7 @@ backend over HTTP slots in behind the same methods.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import random
@@ -33,8 +34,11 @@ from rdirdb.rdir.backend import (
     META2_FETCH_LIMIT,
     ChunkEntry,
     ChunkInput,
+    Meta2Record,
+    Page,
     RdirBackend,
     integer_field,
+    pages,
 )
 
 T = TypeVar("T")
@@ -130,17 +134,11 @@ class RdirClient:
         return request(*args, **kwargs)
 
     def _pages(
-        self, request: Callable[..., tuple[T, bool, str | None]], volume: str, max_attempts: int,
-        marker: str | None, **params: Any,
+        self, request: Callable[..., Page[T]], volume: str, max_attempts: int, marker: str | None,
+        **params: Any,
     ) -> Iterator[T]:
-        """Every page of a listing, following the markers until one is not truncated."""
-        while True:
-            page, truncated, marker = self._attempt(
-                request, max_attempts, volume, marker=marker, **params
-            )
-            yield page
-            if not truncated:
-                return
+        """Every page of a backend's listing, each request retried as OpenIO does."""
+        return pages(functools.partial(self._attempt, request, max_attempts, volume), marker, **params)
 
     # -- volumes and chunks -------------------------------------------------
 
@@ -419,20 +417,17 @@ class RdirClient:
     ) -> dict[str, Any]:
         """One page: ``{"records": [...], "truncated": bool}``, at most ``limit``
         records (capped at 10000) after the exclusive ``marker``."""
-        return self.backend.meta2_page(
-            volume_id, prefix=prefix, marker=marker, limit=limit, **_transport(kwargs)
-        )
+        page = self.backend.meta2_page(volume_id, prefix=prefix, marker=marker, limit=limit, **_transport(kwargs))
+        return {"records": page[0], "truncated": page[1]}
 
-    def meta2_index_fetch_all(self, volume_id: str, **kwargs: Any) -> list[dict[str, Any]]:
+    def meta2_index_fetch_all(
+        self, volume_id: str, prefix: str | None = None, marker: str | None = None,
+        limit: int = META2_FETCH_LIMIT, **kwargs: Any,
+    ) -> list[Meta2Record]:
         """Every record of the volume (``prefix``/``limit`` pass through), page by page."""
-        records: list[dict[str, Any]] = []
-        marker = kwargs.pop("marker", None)
-        while True:
-            page = self.meta2_index_fetch(volume_id, marker=marker, **kwargs)
-            records.extend(page["records"])
-            if not page["truncated"]:
-                return records
-            marker = page["records"][-1]["container_url"]
+        return list(itertools.chain.from_iterable(self._pages(
+            self.backend.meta2_page, volume_id, 1, marker, prefix=prefix, limit=limit, **_transport(kwargs)
+        )))
     # -- moving a volume's index to other rdir servers ------------------------
 
     def _copy_hosts(self, volume_id: str, service_type: str, sources: Any, dests: Any) -> tuple[list, list]:
@@ -486,19 +481,9 @@ class RdirClient:
     ) -> int:
         """Copy a meta2 volume's index from ``sources`` to ``dests``; returns how many records."""
         sources, dests = self._copy_hosts(volume_id, "meta2", sources, dests)
-
-        def batches() -> Iterator[list[dict[str, Any]]]:
-            marker = None
-            while True:
-                page = self.backend.meta2_page(
-                    volume_id, prefix=None, marker=marker, limit=batch_size, rdir_hosts=sources
-                )
-                yield page["records"]
-                if not page["truncated"]:
-                    return
-                marker = page["records"][-1]["container_url"]
-
-        return _copy(batches(), lambda batch: self.backend.meta2_push(volume_id, batch, rdir_hosts=dests), progress)
+        batches = self._pages(self.backend.meta2_page, volume_id, 3, None,
+                              prefix=None, limit=batch_size, rdir_hosts=sources)
+        return _copy(batches, lambda batch: self.backend.meta2_push(volume_id, batch, rdir_hosts=dests), progress)
 
 
 def _copy(batches: Iterable[list], push: Callable[[list], None], progress: Callable[[int], None] | None) -> int:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from rdirdb._rdir import Entries
-from rdirdb.rdir.backend import ChunkEntry, RdirBackend, listing_limit
+from rdirdb.rdir.backend import ChunkEntry, Meta2Record, Page, RdirBackend, listing_limit
 from rdirdb.rdir.store import Store, Volume
 
 
@@ -103,20 +103,5 @@ class EmbeddedBackend(RdirBackend):
     def meta2_page(
         self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None,
         **options: Any,
-    ) -> dict[str, Any]:
-        records, truncated = self._meta2(volume).meta2.fetch(
-            prefix=prefix, marker=marker, limit=listing_limit(limit)
-        )
-        return {"records": records, "truncated": truncated}
-
-    def container_path(self, volume: str, container_id: str, **options: Any) -> str | None:
-        index = self._meta2(volume).meta2
-        marker = None
-        while True:
-            records, truncated = index.fetch(marker=marker, limit=listing_limit(None))
-            for record in records:
-                if record["container_id"] == container_id:
-                    return record["container_url"]
-            if not truncated:
-                return None
-            marker = records[-1]["container_url"]
+    ) -> Page[list[Meta2Record]]:
+        return self._meta2(volume).meta2.fetch(prefix=prefix, marker=marker, limit=listing_limit(limit))

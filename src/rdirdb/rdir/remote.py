@@ -24,7 +24,7 @@ from urllib.parse import urlencode
 
 import numpy as np
 
-from rdirdb.rdir.backend import ChunkEntry, RdirBackend, listing_limit
+from rdirdb.rdir.backend import ChunkEntry, Meta2Record, Page, RdirBackend, listing_limit
 from rdirdb.errors import (
     BadRequest,
     ClientException,
@@ -325,20 +325,13 @@ class RemoteBackend(RdirBackend):
 
     def meta2_page(
         self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None, **options: Any
-    ) -> dict[str, Any]:
+    ) -> Page[list[Meta2Record]]:
         params = {"prefix": prefix, "marker": marker, "limit": listing_limit(limit)}
-        return self.request(volume, "GET", "fetch", service_type="meta2", params=params, **options)[2]
-
-    def container_path(self, volume: str, container_id: str, **options: Any) -> str | None:
-        marker = None
-        while True:
-            page = self.meta2_page(volume, prefix=None, marker=marker, limit=None, **options)
-            for record in page["records"]:
-                if record["container_id"] == container_id:
-                    return record["container_url"]
-            if not page["truncated"] or not page["records"]:
-                return None
-            marker = page["records"][-1]["container_url"]
+        body = self.request(volume, "GET", "fetch", service_type="meta2", params=params, **options)[2]
+        records = body["records"]
+        # The wire has no meta2 marker: a page resumes after its last record.
+        truncated = bool(body["truncated"] and records)
+        return records, truncated, records[-1]["container_url"] if truncated else None
 
 
 def remote_backend(conf: dict[str, Any], **kwargs: Any) -> RemoteBackend:

@@ -474,7 +474,7 @@ class RdirApp:
 
     def meta2_fetch(self, req: Request) -> Response:
         params = self._meta2_params(req)
-        records, truncated = self._volume(req, "meta2").meta2.fetch(**params)
+        records, truncated, _ = self._volume(req, "meta2").meta2.fetch(**params)
         return json_response({"records": records, "truncated": truncated})
 
     def meta2_count(self, req: Request) -> Response:

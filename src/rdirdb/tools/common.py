@@ -15,6 +15,7 @@ import sys
 import tempfile
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
+from rdirdb.rdir.backend import pages
 from rdirdb.rdir.client import RdirClient
 from rdirdb.errors import RdirdbError
 from rdirdb.rdir.store import SERVICE_TYPES, Store, Volume, volume_file_name
@@ -186,22 +187,15 @@ def record_count(vol: Volume) -> int:
 
 def scan(vol: Volume) -> Iterator[list[dict[str, Any]]]:
     """Every record of a volume, page by page, as the dicts ``put_batch`` accepts."""
-    marker = None
-    while True:
+    for page in pages(vol.index.fetch, limit=PAGE):
         if vol.service_type == "meta2":
-            records, truncated = vol.meta2.fetch(marker=marker, limit=PAGE)
-            if records:
-                marker = records[-1]["container_url"]
-            yield records
+            yield page
         else:
-            page, truncated, marker = vol.chunks.fetch(marker=marker, limit=PAGE)
             yield [
                 {"container_id": cid, "content_id": content, "chunk_id": chunk,
                  "mtime": mtime, "path": path, "version": version}
                 for cid, chunk, content, mtime, path, version in page
             ]
-        if not truncated:
-            return
 
 
 def put(vol: Volume, records: list) -> None:

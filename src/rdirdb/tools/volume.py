@@ -21,6 +21,7 @@ import sys
 import time
 from typing import Any, Callable, Iterable, Iterator
 
+from rdirdb.rdir.backend import pages
 from rdirdb.rdir.client import CHUNK_DEFAULTS, DEFAULT_LIMIT, RdirClient, cid_from_name
 from rdirdb.errors import RdirdbError
 from rdirdb.progress import Progress
@@ -349,14 +350,10 @@ def _meta2_fetch_main(args: argparse.Namespace) -> int:
     page = _page_size(args.limit)
 
     def records(client: RdirClient) -> Iterator[dict]:
-        marker = args.marker
-        while True:
-            body = client.meta2_index_fetch(args.volume, prefix=args.prefix, marker=marker, limit=page)
-            for record in body["records"]:
+        for records in pages(client.backend.meta2_page, args.marker, volume=args.volume, prefix=args.prefix,
+                             limit=page):
+            for record in records:
                 yield {f: record.get(f) for f in META2_FIELDS}
-            if not body["truncated"] or not body["records"]:
-                return
-            marker = body["records"][-1]["container_url"]
 
     with open_client(args) as client:
         _print_records(args, META2_FIELDS, records(client))
