@@ -7,7 +7,7 @@ after a marker in the middle of the volume.
 
 import pytest
 
-from compare import PAGE, STATUS_PAGE, baseline_page, baseline_put, encode
+from compare_common import PAGE, STATUS_PAGE, baseline_page, baseline_put, encode
 from conftest import ROUNDS
 from rdirdb import _rdir
 

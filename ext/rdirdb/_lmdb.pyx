@@ -379,10 +379,6 @@ cdef class Environment:
         self._ensure_open()
         return mdb_env_get_maxkeysize(self._env)
 
-    def set_map_size(self, size_t size):
-        """Grow the map to at least ``size`` bytes."""
-        self.grow(size)
-
     def reader_check(self):
         """Clear reader slots of dead processes; returns how many were cleared."""
         cdef int dead = 0

@@ -35,6 +35,8 @@ from rdirdb._lmdb cimport Environment, check
 
 import hashlib
 
+import numpy as np
+
 from rdirdb.errors import BadRequest, caller_error
 
 cdef extern from "stdlib.h" nogil:
@@ -87,7 +89,13 @@ DEF V_KEY_TAIL = 2
 DEF M_EXTRA_NULL = 4
 DEF M_CID_HEX = 1
 
+# The one order of the fields of a chunk record: tuples written or read, numpy
+# arrays, OpenIO's chunk_push parameters.
 CHUNK_DTYPE_FIELDS = ("container_id", "content_id", "chunk_id", "mtime", "path", "version")
+CHUNK_DTYPE = np.dtype([
+    ("container_id", f"S{C_MAX_CONTAINER_ID}"), ("content_id", f"S{C_MAX_CONTENT_ID}"),
+    ("chunk_id", f"S{C_MAX_CHUNK_ID}"), ("mtime", "<i8"), ("path", f"S{C_MAX_PATH}"), ("version", "<i8"),
+])
 _CHUNK_VALUE_FIELDS = ("content_id", "mtime", "path", "version")
 _META2_FIELDS = ("container_url", "container_id", "mtime", "extra_data")
 
@@ -1112,8 +1120,8 @@ cdef class ChunkIndex:
 
         ``marker`` (``cid|chunk``) is an exclusive start; ``prefix`` a text prefix of
         ``cid|chunk``; ``incident`` > 0 keeps only records with mtime <= incident.
-        A record is ``(container_id, chunk_id, content_id, mtime, path, version)``
-        with None for the fields not asked for; with ``entries`` it is OpenIO's
+        A record is ``(container_id, content_id, chunk_id, mtime, path, version)``,
+        the order of put_batch, with None for the fields not asked for; with ``entries`` it is OpenIO's
         ``(container_id, chunk_id, {"content_id", "mtime", "path", "version"})``.
         """
         cdef _Page page = _Page()
@@ -1128,7 +1136,7 @@ cdef class ChunkIndex:
             page.close()
 
     def fetch_arrays(self, *, prefix=None, marker=None, limit=1000, incident=0):
-        """Like :meth:`fetch`, as one numpy structured array (bytes fields)."""
+        """Like :meth:`fetch`, as one numpy structured array of CHUNK_DTYPE."""
         cdef _Page page = _Page()
         try:
             page.collect(self.env, self.dbis, self.canonical, 2, prefix, marker, limit, incident)
@@ -1300,8 +1308,8 @@ cdef class _CidCache:
 
 
 cdef object _chunk_record(Hit *h, int fields, _CidCache cache, bint entry=False):
-    """``(container_id, chunk_id, content_id, mtime, path, version)`` of a hit, or with
-    ``entry`` the client's ``(container_id, chunk_id, {content_id, mtime, path, version})``."""
+    """The record of a hit in the one order of a chunk record, CHUNK_DTYPE_FIELDS, or
+    with ``entry`` the client's ``(container_id, chunk_id, {content_id, mtime, path, version})``."""
     cdef ChunkValue cv
     cdef const uint8_t *k = <const uint8_t *>h.key.mv_data
     cdef const uint8_t *bar
@@ -1325,35 +1333,30 @@ cdef object _chunk_record(Hit *h, int fields, _CidCache cache, bint entry=False)
                              "path": _decode(cv.path, cv.path_n), "version": cv.version})
     return (
         cid,
-        chunk,
         _content_str(&cv) if fields & F_CONTENT_ID else None,
+        chunk,
         cv.mtime if fields & F_MTIME else None,
         _decode(cv.path, cv.path_n) if fields & F_PATH else None,
         cv.version if fields & F_VERSION else None,
     )
 
 
-cdef list _utf8_column(list records, int index):
-    return [(<str>r[index]).encode("utf-8", "surrogatepass") for r in records]
+def chunk_array(records):
+    """Chunk records (tuples in CHUNK_DTYPE_FIELDS order) as one numpy array of
+    CHUNK_DTYPE, whose text fields, UTF-8 bytes, are as wide as the limits: every
+    page of a listing has this dtype, so pages concatenate."""
+    array = np.empty(len(records), CHUNK_DTYPE)
+    for i, name in enumerate(CHUNK_DTYPE_FIELDS):
+        if name == "mtime" or name == "version":
+            array[name] = [r[i] for r in records]
+        else:
+            array[name] = [(<str>r[i]).encode("utf-8", "surrogatepass") for r in records]
+    return array
 
 
 cdef object _chunk_array(Hit *hits, Py_ssize_t count):
-    """A page as a numpy structured array; each bytes field is as wide as its widest item."""
-    import numpy as np
     cdef _CidCache cache = _CidCache()
-    records = [_chunk_record(&hits[i], ALL_FIELDS, cache) for i in range(count)]
-    columns = {name: _utf8_column(records, i) for name, i in
-               (("container_id", 0), ("chunk_id", 1), ("content_id", 2), ("path", 4))}
-    dtype = np.dtype([
-        (name, f"S{max(max(map(len, columns[name]), default=1), 1)}") if name in columns else (name, "<i8")
-        for name in CHUNK_DTYPE_FIELDS
-    ])
-    array = np.empty(count, dtype=dtype)
-    for name, values in columns.items():
-        array[name] = values
-    array["mtime"] = [r[3] for r in records]
-    array["version"] = [r[5] for r in records]
-    return array
+    return chunk_array([_chunk_record(&hits[i], ALL_FIELDS, cache) for i in range(count)])
 
 
 # -- counting (without the GIL) -------------------------------------------------
@@ -1536,7 +1539,6 @@ cdef object _field(dict rec, str name, Py_ssize_t i):
 
 cdef object _bytes_column(object array, str name):
     """A numpy column as (contiguous uint8 2-D view, item width), bytes encoded as UTF-8."""
-    import numpy as np
     if array.dtype.names is None or name not in array.dtype.names:
         raise BadRequest(f"the array has no field [{name}]")
     col = array[name]
@@ -1550,7 +1552,6 @@ cdef object _bytes_column(object array, str name):
 
 
 cdef object _int_column(object array, str name):
-    import numpy as np
     if array.dtype.names is None or name not in array.dtype.names:
         raise BadRequest(f"the array has no field [{name}]")
     col = array[name]
@@ -1913,4 +1914,4 @@ cdef class Entries:
             raise StopIteration
         rec = <tuple>self.records[self.i]
         self.i += 1
-        return (rec[0], rec[1], {"content_id": rec[2], "mtime": rec[3], "path": rec[4], "version": rec[5]})
+        return (rec[0], rec[2], {"content_id": rec[1], "mtime": rec[3], "path": rec[4], "version": rec[5]})

@@ -25,15 +25,20 @@ FIELD_PATH: int
 FIELD_VERSION: int
 ALL_FIELDS: int
 
-# A chunk record: (container_id, chunk_id, content_id, mtime, path, version);
-# fields a scan was not asked for are None.
-ChunkRecord = tuple[str, str, str | None, int | None, str | None, int | None]
+# A chunk record, in the one order of CHUNK_DTYPE_FIELDS:
+# (container_id, content_id, chunk_id, mtime, path, version); the fields a scan
+# was not asked for are None.
+ChunkRecord = tuple[str, str | None, str, int | None, str | None, int | None]
 ChunkInput = (
     Sequence[tuple[str, str, str, int, str, int]] | Sequence[Mapping[str, Any]] | np.ndarray
 )
 KeyInput = Sequence[tuple[str, str]] | Sequence[Mapping[str, Any]] | np.ndarray
 
 CHUNK_DTYPE_FIELDS: tuple[str, ...]
+CHUNK_DTYPE: np.dtype[Any]
+
+def chunk_array(records: Sequence[ChunkRecord]) -> np.ndarray:
+    """Records as one array of CHUNK_DTYPE (text fields as UTF-8 bytes)."""
 
 def encode_chunk_key(container_id: str, chunk_id: str) -> tuple[bool, bytes]:
     """(canonical, stored key) of a chunk; canonical keys take 64 bytes."""
@@ -89,7 +94,8 @@ class ChunkIndex:
         marker: str | None = None,
         limit: int = 1000,
         incident: int = 0,
-    ) -> tuple[np.ndarray, bool, str | None]: ...
+    ) -> tuple[np.ndarray, bool, str | None]:
+        """Like fetch, as one array of CHUNK_DTYPE."""
     def status(
         self,
         *,

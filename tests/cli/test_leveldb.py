@@ -115,7 +115,7 @@ def stored(store_path) -> dict[tuple[str, str], dict]:
             records, marker = {}, None
             while True:
                 page, truncated, marker = store.volume(vid).chunks.fetch(marker=marker, limit=1000)
-                for cid, chunk, content, mtime, path, version in page:
+                for cid, content, chunk, mtime, path, version in page:
                     records[(cid, chunk)] = (content, mtime, path, version)
                 if not truncated:
                     break

@@ -327,3 +327,16 @@ def test_a_truncated_page_without_a_marker_is_an_error_not_a_loop():
     with pytest.raises(ServerException, match="marker"):
         list(RdirClient({}, backend=backend).chunk_fetch("vol"))
     assert backend.chunk_page.call_count == 1
+
+
+def test_fetch_array_pages_share_one_dtype(client, vol):
+    """Issue 14: pages whose ids and paths differ in length still concatenate."""
+    records = [make_record(chunk_id="k" * n, path="p" * n, content_id="C" * (n % 64)) for n in (1, 100, 511)]
+    client.chunk_push_batch(vol, records, create=True)
+    arrays = list(client.chunk_fetch_array(vol, limit=1))
+    assert len(arrays) == 3 and len({a.dtype for a in arrays}) == 1
+    empty, _, _ = client.backend.chunk_array_page(vol, prefix=None, marker=None, limit=None, rebuild=True)
+    assert len(empty) == 0 and empty.dtype == arrays[0].dtype
+    rows = np.concatenate(arrays)
+    assert sorted(r.decode() for r in rows["chunk_id"]) == sorted(r["chunk_id"] for r in records)
+    assert sorted(r.decode() for r in rows["path"]) == sorted(r["path"] for r in records)

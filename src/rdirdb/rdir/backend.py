@@ -50,12 +50,31 @@ def pages(fetch: Callable[..., Page[P]], marker: str | None = None, **params: An
             raise ServerException("a truncated page came without the marker of the next one")
 
 
-def listing_limit(limit: int | None) -> int:
-    """The page size the reference server applies to a requested ``limit``."""
+def listing_limit(limit: Any) -> int:
+    """The page size the reference server applies to a requested ``limit``: the
+    default for none or a limit <= 0, at most MAX_LIMIT."""
     if limit is None:
         return DEFAULT_LIMIT
     limit = integer_field("limit", limit)
     return DEFAULT_LIMIT if limit <= 0 else min(limit, MAX_LIMIT)
+
+
+_TRUE = frozenset(("yes", "true", "on", "enable", "enabled", "1", "yeah"))
+_FALSE = frozenset(("no", "false", "off", "disable", "disabled", "0", "nope"))
+
+
+def parse_bool(value: Any, default: bool = False) -> bool:
+    """A boolean as OpenIO reads one from a query or a configuration: text in its
+    true or false words, anything else is its truth value; None or other text is
+    ``default``."""
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        return bool(value)
+    value = value.lower()
+    if value in _TRUE:
+        return True
+    return False if value in _FALSE else default
 
 
 def integer_field(name: str, value: Any) -> int:

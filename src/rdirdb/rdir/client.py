@@ -39,6 +39,7 @@ from rdirdb.rdir.backend import (
     RdirBackend,
     integer_field,
     pages,
+    parse_bool,
 )
 
 T = TypeVar("T")
@@ -50,13 +51,6 @@ def cid_from_name(account: str, container: str) -> str:
     for part in (account, "\0", container):
         digest.update(part.encode("utf-8"))
     return digest.hexdigest().upper()
-
-
-def _flag(value: Any) -> bool:
-    """A boolean of a configuration, which may come from an INI file as text."""
-    if isinstance(value, str):
-        return value.strip().lower() in ("yes", "true", "on", "enable", "enabled", "1", "yeah")
-    return bool(value)
 
 
 def _field(name: str, value: Any, data: Mapping[str, Any]) -> Any:
@@ -105,7 +99,7 @@ class RdirClient:
             if self.conf.get("db_path"):
                 from rdirdb.rdir.embedded import EmbeddedBackend
 
-                backend = EmbeddedBackend(self.conf["db_path"], sync=_flag(self.conf.get("db_sync", True)))
+                backend = EmbeddedBackend(self.conf["db_path"], sync=parse_bool(self.conf.get("db_sync", True)))
             else:
                 from rdirdb.rdir.remote import remote_backend
 

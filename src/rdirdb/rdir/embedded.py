@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from rdirdb._rdir import Entries
+from rdirdb._rdir import CHUNK_DTYPE, Entries
 from rdirdb.rdir.backend import ChunkEntry, Meta2Record, Page, RdirBackend, listing_limit
 from rdirdb.rdir.store import Store, Volume
 
@@ -59,8 +59,7 @@ class EmbeddedBackend(RdirBackend):
         vol = self._rawx(volume)
         incident = vol.rebuild_incident(rebuild)
         if incident is None:
-            array, _, _ = vol.chunks.fetch_arrays(limit=1)  # for its dtype
-            return array[:0], False, None
+            return np.empty(0, CHUNK_DTYPE), False, None
         return vol.chunks.fetch_arrays(
             prefix=prefix, marker=marker, limit=listing_limit(limit), incident=incident
         )

@@ -24,6 +24,7 @@ from urllib.parse import urlencode
 
 import numpy as np
 
+from rdirdb._rdir import CHUNK_DTYPE_FIELDS, chunk_array
 from rdirdb.rdir.backend import ChunkEntry, Meta2Record, Page, RdirBackend, listing_limit
 from rdirdb.errors import (
     BadRequest,
@@ -40,7 +41,6 @@ from rdirdb.errors import (
 CONNECT_TIMEOUT = 2.0  # seconds, as OpenIO's client
 READ_TIMEOUT = 30.0
 POOL_SIZE = 32  # idle connections kept per host
-ARRAY_DTYPE_FIELDS = ("container_id", "content_id", "chunk_id", "mtime", "path", "version")
 
 Resolver = Callable[[str, str], Sequence[str]]
 
@@ -285,7 +285,8 @@ class RemoteBackend(RdirBackend):
         page, truncated, marker = self.chunk_page(
             volume, prefix=prefix, marker=marker, limit=limit, rebuild=rebuild, **options
         )
-        return _chunk_array(page), truncated, marker
+        records = [(cid, v["content_id"], chunk, v["mtime"], v["path"], v["version"]) for cid, chunk, v in page]
+        return chunk_array(records), truncated, marker
 
     def status_page(
         self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None, **options: Any
@@ -374,23 +375,22 @@ def _listing(headers: Any) -> tuple[bool, str | None]:
 def _chunk_dicts(records: Any) -> list[dict[str, Any]]:
     """The JSON body of a push, from dicts, tuples or a numpy structured array."""
     if isinstance(records, np.ndarray):
-        def text(value: Any) -> str:
-            return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-        return [
-            {"container_id": text(r["container_id"]), "content_id": text(r["content_id"]),
-             "chunk_id": text(r["chunk_id"]), "mtime": int(r["mtime"]), "path": text(r["path"]),
-             "version": int(r["version"])}
-            for r in records
-        ]
+        return [{name: _json_value(r[name]) for name in CHUNK_DTYPE_FIELDS} for r in records]
     out = []
     for i, rec in enumerate(records):
         if isinstance(rec, tuple):
             if len(rec) != 6:
                 raise BadRequest(f"record {i}: expected (container_id, content_id, chunk_id, mtime, path, version)")
-            rec = dict(zip(ARRAY_DTYPE_FIELDS, rec))
+            rec = dict(zip(CHUNK_DTYPE_FIELDS, rec))
         out.append(dict(rec))
     return out
+
+
+def _json_value(value: Any) -> str | int:
+    """A field of a numpy record as JSON has it: text (from UTF-8 bytes) or an int."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return int(value) if isinstance(value, np.integer) else str(value)
 
 
 def _key_pairs(keys: Any) -> list[tuple[str, str]]:
@@ -401,23 +401,3 @@ def _key_pairs(keys: Any) -> list[tuple[str, str]]:
         else:
             pairs.append((key["container_id"], key["chunk_id"]))
     return pairs
-
-
-def _chunk_array(page: list[ChunkEntry]) -> np.ndarray:
-    columns = {
-        "container_id": [cid.encode() for cid, _, _ in page],
-        "content_id": [v.get("content_id", "").encode() for _, _, v in page],
-        "chunk_id": [chunk.encode() for _, chunk, _ in page],
-        "path": [v.get("path", "").encode() for _, _, v in page],
-    }
-    dtype = [
-        (name, f"S{max(max(map(len, columns[name]), default=1), 1)}") if name in columns else (name, "<i8")
-        for name in ARRAY_DTYPE_FIELDS
-    ]
-    array = np.empty(len(page), dtype=dtype)
-    for name, values in columns.items():
-        array[name] = values
-    array["mtime"] = [v.get("mtime", 0) for _, _, v in page]
-    array["version"] = [v.get("version", 0) for _, _, v in page]
-    return array
-

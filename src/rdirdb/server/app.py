@@ -18,18 +18,17 @@ from urllib.parse import quote, unquote_plus, unquote_to_bytes
 import orjson
 
 from rdirdb import errors
+from rdirdb.rdir.backend import DEFAULT_LIMIT as DEFAULT_LIMIT  # the server's settings show them
+from rdirdb.rdir.backend import MAX_LIMIT as MAX_LIMIT
+from rdirdb.rdir.backend import listing_limit, parse_bool
 from rdirdb.rdir.store import Store, Volume, volume_file_name
 
 log = logging.getLogger("rdirdb.server")
 T = TypeVar("T")
 
-DEFAULT_LIMIT = 1000
-MAX_LIMIT = 10000
 JSON = "application/json"
 TEXT = "text/plain"
 
-_TRUE = frozenset(("yes", "true", "on", "enable", "enabled", "1", "yeah"))
-_FALSE = frozenset(("no", "false", "off", "disable", "disabled", "0", "nope"))
 _LEADING_INT = re.compile(r"\s*[+-]?\d+")
 
 
@@ -90,25 +89,13 @@ def parse_query(query: str) -> dict[str, str]:
     return params
 
 
-def parse_bool(value: str | None, default: bool = False) -> bool:
-    if value is None:
-        return default
-    value = value.lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    return default
-
-
-def parse_limit(value: Any) -> int:
-    """A listing limit: a non-positive or unparsable one means the default (like strtoll)."""
+def parse_limit(value: str | int | None) -> int:
+    """The page size of a query's text limit (read as strtoll: unparsable text is 0)
+    or a body's int limit, by the rule of :func:`listing_limit`."""
     if isinstance(value, str):
         match = _LEADING_INT.match(value)
         value = int(match.group()) if match else 0
-    if value is None or value <= 0:
-        return DEFAULT_LIMIT
-    return min(value, MAX_LIMIT)
+    return listing_limit(value)
 
 
 def _is_int(value: Any) -> bool:

@@ -15,6 +15,7 @@ import sys
 import tempfile
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
+from rdirdb._rdir import CHUNK_DTYPE_FIELDS
 from rdirdb.rdir.backend import pages
 from rdirdb.rdir.client import RdirClient
 from rdirdb.errors import RdirdbError
@@ -188,14 +189,7 @@ def record_count(vol: Volume) -> int:
 def scan(vol: Volume) -> Iterator[list[dict[str, Any]]]:
     """Every record of a volume, page by page, as the dicts ``put_batch`` accepts."""
     for page in pages(vol.index.fetch, limit=PAGE):
-        if vol.service_type == "meta2":
-            yield page
-        else:
-            yield [
-                {"container_id": cid, "content_id": content, "chunk_id": chunk,
-                 "mtime": mtime, "path": path, "version": version}
-                for cid, chunk, content, mtime, path, version in page
-            ]
+        yield page if vol.service_type == "meta2" else [dict(zip(CHUNK_DTYPE_FIELDS, record)) for record in page]
 
 
 def put(vol: Volume, records: list) -> None:

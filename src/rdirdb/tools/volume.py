@@ -21,6 +21,7 @@ import sys
 import time
 from typing import Any, Callable, Iterable, Iterator
 
+from rdirdb._rdir import CHUNK_DTYPE_FIELDS
 from rdirdb.rdir.backend import pages
 from rdirdb.rdir.client import CHUNK_DEFAULTS, DEFAULT_LIMIT, RdirClient, cid_from_name
 from rdirdb.errors import RdirdbError
@@ -39,7 +40,7 @@ from rdirdb.tools.common import (
 )
 
 PUSH_BATCH = 1000  # records per request (a server caps a page at 10000)
-CHUNK_FIELDS = ("container_id", "content_id", "chunk_id", "mtime", "path", "version")
+CHUNK_FIELDS = CHUNK_DTYPE_FIELDS
 META2_FIELDS = ("container_url", "container_id", "mtime", "extra_data")
 
 
