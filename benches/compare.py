@@ -8,7 +8,7 @@ same random order, 10,000 per transaction:
 
 * rdirdb: ``ChunkIndex.put_batch`` on Python tuples, ``fetch`` pages of 1,000
   with markers (Python records out), ``status(limit=10000)`` pages.
-* ceiling: ``rdirdb._rdir.raw_insert`` / ``raw_scan``, C loops over the same
+* ceiling: ``rdirdb._ceiling.raw_insert`` / ``raw_scan``, C loops over the same
   pre-encoded keys and values (no Python object per record).
 * baseline: what a user writes with the ``lmdb`` package: text keys
   ``chunk|<cid>|<chunk>``, compact JSON values, ``txn.put`` in the given
@@ -49,7 +49,7 @@ from compare_common import (
     records,
     timed,
 )
-from rdirdb import _rdir
+from rdirdb import _ceiling
 from rdirdb.rdir.backend import pages
 from rdirdb.rdir.store import Store
 
@@ -123,7 +123,7 @@ def scan_section(n: int) -> list[Row]:
                 "pages": lambda clock: timed(clock, rdirdb_pages, volume.chunks),
                 "baseline": lambda clock: timed(clock, baseline_pages, env),
                 "status": lambda clock: timed(clock, rdirdb_status, volume.chunks),
-                "raw": lambda clock: timed(clock, _rdir.raw_scan, volume.env),
+                "raw": lambda clock: timed(clock, _ceiling.raw_scan, volume.env),
             }, common.REPS)
     return [
         ("scan rdirdb fetch pages of 1,000", rates["pages"],

@@ -3,12 +3,12 @@
 A section of ``benches/compare.py`` (same records, same interleaved medians):
 
 * ``chunk_push_batch`` of 10,000-record batches, as OpenIO-style dicts and as
-  a numpy structured array, against ``_rdir.raw_insert`` of the pre-encoded
+  a numpy structured array, against ``_ceiling.raw_insert`` of the pre-encoded
   records (target >= 0.6x);
 * a full ``chunk_fetch`` iteration (pages of 1,000, the default), against the
   baseline a user writes with py-lmdb: set_range + JSON pages (target >= 10x);
 * ``status`` over every chunk (pages of 1,000, the default), against
-  ``_rdir.raw_scan`` (target >= 0.3x).
+  ``_ceiling.raw_scan`` (target >= 0.3x).
 
 Every store runs with sync off, so commits cost the same everywhere.
 Alone: ``python benches/compare_client.py [n]``.
@@ -23,7 +23,7 @@ import lmdb
 import numpy as np
 
 import compare_common as common
-from rdirdb import _rdir
+from rdirdb import _ceiling
 from rdirdb.rdir.client import RdirClient
 
 INCIDENT_SHARE = 0.5  # the incident date leaves half of the chunks "to rebuild"
@@ -89,7 +89,7 @@ def _measure(n: int) -> list[tuple[str, float, str]]:
             "fetch": lambda clock: common.timed(clock, fetch),
             "baseline": lambda clock: common.timed(clock, common.baseline_pages, env),
             "status": lambda clock: common.timed(clock, status),
-            "raw": lambda clock: common.timed(clock, _rdir.raw_scan, volume_env),
+            "raw": lambda clock: common.timed(clock, _ceiling.raw_scan, volume_env),
         }, common.REPS)
 
     ratio = common.ratio

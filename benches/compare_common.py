@@ -19,7 +19,7 @@ from functools import lru_cache
 
 import lmdb
 
-from rdirdb import _rdir
+from rdirdb import _ceiling, _rdir
 from rdirdb.rdir.store import Store
 
 BATCH = 10_000
@@ -145,7 +145,7 @@ def raw_insert(n: int, sync: bool, clock: Clock) -> None:
     with Store(WORK.fresh(), sync=sync) as store:
         env = store.volume("vol", create=True).env
         with clock:
-            _rdir.raw_insert(env, keys, values, batch=BATCH)
+            _ceiling.raw_insert(env, keys, values, batch=BATCH)
     shutil.rmtree(store.path)
 
 

@@ -4,7 +4,15 @@ import os
 from types import TracebackType
 from typing import Any, Iterable, Iterator
 
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+MAX_MAP_GROWTHS: int
+
 def lmdb_version() -> tuple[int, int, int]: ...
+def replay(fn: Callable[..., T], *args: Any) -> T:
+    """fn(*args), run again while it raises MapGrownError, at most MAX_MAP_GROWTHS times."""
 
 class Environment:
     path: str
@@ -27,6 +35,8 @@ class Environment:
     def closed(self) -> bool: ...
     def __enter__(self) -> Environment: ...
     def __exit__(self, *exc: object) -> None: ...
+    def write(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(txn, *args) in a write transaction, committed; replayed after the map grew."""
     def begin(self, *, write: bool = False) -> Transaction: ...
     def open_db(self, name: str | None = None) -> int: ...
     def stat(self, name: str | None = None) -> dict[str, int]: ...

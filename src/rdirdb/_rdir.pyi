@@ -1,4 +1,5 @@
-"""Type stubs of rdirdb._rdir: the native rdir engine (codecs, batches, scans)."""
+"""Type stubs of rdirdb._rdir: the native rdir engine's Python API (indexes, and the
+names of its other modules, re-exported)."""
 
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -34,35 +35,18 @@ ChunkInput = (
 )
 KeyInput = Sequence[tuple[str, str]] | Sequence[Mapping[str, Any]] | np.ndarray
 
-CHUNK_DTYPE_FIELDS: tuple[str, ...]
-CHUNK_DTYPE: np.dtype[Any]
-
-def chunk_array(records: Sequence[ChunkRecord]) -> np.ndarray:
-    """Records as one array of CHUNK_DTYPE (text fields as UTF-8 bytes)."""
-
-def encode_chunk_key(container_id: str, chunk_id: str) -> tuple[bool, bytes]:
-    """(canonical, stored key) of a chunk; canonical keys take 64 bytes."""
-
-def decode_chunk_key(canonical: bool, key: bytes, value: bytes | None = None) -> tuple[str, str]: ...
-def encode_chunk_value(content_id: str, mtime: int, path: str, version: int) -> bytes: ...
-def decode_chunk_value(value: bytes) -> tuple[str, int, str, int]: ...
-def order_key(container_id: str, chunk_id: str) -> bytes:
-    """The sort key that defines the listing order (text order of ``cid|chunk``)."""
-
-def split_marker(marker: str) -> tuple[str, str]: ...
-class Batch:
-    """A validated, encoded and sorted batch; ``len()`` is its number of distinct keys."""
-
-    meta2: bool
-    key_only: bool
-    def __init__(self, expected: int, meta2: bool = False, key_only: bool = False) -> None: ...
-    def __len__(self) -> int: ...
-
-def encode_chunks(records: ChunkInput | KeyInput, *, key_only: bool = False) -> Batch:
-    """Validate and encode chunk records (keys with ``key_only``): the one validator."""
-
-def encode_meta2(records: Iterable[Mapping[str, Any]] | Iterable[str], *, key_only: bool = False) -> Batch:
-    """Validate and encode meta2 records (container urls or records to delete with ``key_only``)."""
+from rdirdb._batch import Batch as Batch
+from rdirdb._encode import encode_chunk_key as encode_chunk_key
+from rdirdb._encode import encode_chunk_value as encode_chunk_value
+from rdirdb._encode import encode_chunks as encode_chunks
+from rdirdb._encode import encode_meta2 as encode_meta2
+from rdirdb._encode import order_key as order_key
+from rdirdb._scan import CHUNK_DTYPE as CHUNK_DTYPE
+from rdirdb._scan import CHUNK_DTYPE_FIELDS as CHUNK_DTYPE_FIELDS
+from rdirdb._scan import chunk_array as chunk_array
+from rdirdb._scan import decode_chunk_key as decode_chunk_key
+from rdirdb._scan import decode_chunk_value as decode_chunk_value
+from rdirdb._scan import split_marker as split_marker
 
 class ChunkIndex:
     """The chunk records of one rawx volume, stored in ``env``."""
@@ -134,11 +118,3 @@ class Entries:
     def __init__(self, records: list[ChunkRecord]) -> None: ...
     def __iter__(self) -> Entries: ...
     def __next__(self) -> tuple[str, str, dict[str, Any]]: ...
-
-def raw_insert(
-    env: Environment, keys: Sequence[bytes], values: Sequence[bytes], batch: int = 10000, db: str = "chunk_bin"
-) -> None:
-    """Benchmark ceiling: insert pre-encoded pairs in a C loop, ``batch`` per transaction."""
-
-def raw_scan(env: Environment, db: str = "chunk_bin") -> int:
-    """Benchmark ceiling: walk every record in a C loop; returns the count."""

@@ -98,6 +98,13 @@ class MapFullError(LmdbError):
     hint = "the memory map is full and could not be grown"
 
 
+class MapGrownError(MapFullError):
+    """The map was full: the write transaction was aborted and the map grown.
+    Run the transaction again (rdirdb._lmdb.replay and Environment.write do)."""
+
+    hint = ""
+
+
 class DbsFullError(LmdbError):
     hint = "too many named databases in this environment"
 
@@ -176,6 +183,10 @@ class LmdbReadOnlyError(LmdbError):
 
 class LmdbBusyError(LmdbError):
     hint = "the database is busy"
+
+
+class UnsupportedLmdbError(LmdbError):
+    hint = "this liblmdb cannot hold rdirdb's stores; install a standard build (Debian: liblmdb-dev)"
 
 
 # --------------------------------------------------------------------------
