@@ -6,10 +6,10 @@ import numpy as np
 
 from rdirdb._batch import Batch
 
-ChunkInput = Sequence[tuple[str, str, str, int, str, int]] | Sequence[Mapping[str, Any]] | np.ndarray
-KeyInput = Sequence[tuple[str, str]] | Sequence[Mapping[str, Any]] | np.ndarray
+_ChunkInput = Sequence[tuple[str, str, str, int, str, int]] | Sequence[Mapping[str, Any]] | np.ndarray
+_KeyInput = Sequence[tuple[str, str]] | Sequence[Mapping[str, Any]] | np.ndarray
 
-def encode_chunks(records: ChunkInput | KeyInput, *, key_only: bool = False) -> Batch:
+def encode_chunks(records: _ChunkInput | _KeyInput, *, key_only: bool = False) -> Batch:
     """Validate and encode chunk records (keys with ``key_only``)."""
 
 def encode_meta2(records: Iterable[Mapping[str, Any]] | Iterable[str], *, key_only: bool = False) -> Batch:

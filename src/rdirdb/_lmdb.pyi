@@ -2,18 +2,19 @@
 
 import os
 from types import TracebackType
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, final
 
 from typing import Callable, TypeVar
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 MAX_MAP_GROWTHS: int
 
 def lmdb_version() -> tuple[int, int, int]: ...
-def replay(fn: Callable[..., T], *args: Any) -> T:
+def replay(fn: Callable[..., _T], *args: Any) -> _T:
     """fn(*args), run again while it raises MapGrownError, at most MAX_MAP_GROWTHS times."""
 
+@final
 class Environment:
     path: str
     readonly: bool
@@ -35,7 +36,7 @@ class Environment:
     def closed(self) -> bool: ...
     def __enter__(self) -> Environment: ...
     def __exit__(self, *exc: object) -> None: ...
-    def write(self, fn: Callable[..., T], *args: Any) -> T:
+    def write(self, fn: Callable[..., _T], *args: Any) -> _T:
         """fn(txn, *args) in a write transaction, committed; replayed after the map grew."""
     def begin(self, *, write: bool = False) -> Transaction: ...
     def open_db(self, name: str | None = None) -> int: ...
@@ -49,7 +50,9 @@ class Environment:
     def sync(self, force: bool = True) -> None: ...
     def copy(self, path: str | os.PathLike[str], *, compact: bool = True) -> None: ...
 
+@final
 class Transaction:
+    def __init__(self, *args: object, **kwargs: object) -> None: ...
     env: Environment
     write: bool
     def commit(self) -> None: ...
@@ -71,7 +74,9 @@ class Transaction:
     def delete(self, key: bytes, *, db: str | None = None) -> bool: ...
     def cursor(self, *, db: str | None = None) -> Cursor: ...
 
+@final
 class Cursor:
+    def __init__(self, *args: object, **kwargs: object) -> None: ...
     txn: Transaction
     def close(self) -> None: ...
     @property

@@ -1,7 +1,7 @@
 """Type stubs of rdirdb._rdir: the native rdir engine's Python API (indexes, and the
 names of its other modules, re-exported)."""
 
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence, final
 
 import numpy as np
 
@@ -29,11 +29,11 @@ ALL_FIELDS: int
 # A chunk record, in the one order of CHUNK_DTYPE_FIELDS:
 # (container_id, content_id, chunk_id, mtime, path, version); the fields a scan
 # was not asked for are None.
-ChunkRecord = tuple[str, str | None, str, int | None, str | None, int | None]
-ChunkInput = (
+_ChunkRecord = tuple[str, str | None, str, int | None, str | None, int | None]
+_ChunkInput = (
     Sequence[tuple[str, str, str, int, str, int]] | Sequence[Mapping[str, Any]] | np.ndarray
 )
-KeyInput = Sequence[tuple[str, str]] | Sequence[Mapping[str, Any]] | np.ndarray
+_KeyInput = Sequence[tuple[str, str]] | Sequence[Mapping[str, Any]] | np.ndarray
 
 from rdirdb._batch import Batch as Batch
 from rdirdb._encode import encode_chunk_key as encode_chunk_key
@@ -48,18 +48,19 @@ from rdirdb._scan import decode_chunk_key as decode_chunk_key
 from rdirdb._scan import decode_chunk_value as decode_chunk_value
 from rdirdb._scan import split_marker as split_marker
 
+@final
 class ChunkIndex:
     """The chunk records of one rawx volume, stored in ``env``."""
 
     env: Environment
     def __init__(self, env: Environment) -> None: ...
-    def put_batch(self, records: ChunkInput) -> int:
+    def put_batch(self, records: _ChunkInput) -> int:
         """Validate and write every record in one transaction (all or nothing)."""
-    def delete_batch(self, keys: KeyInput) -> int:
+    def delete_batch(self, keys: _KeyInput) -> int:
         """Delete every key in one transaction; returns how many existed."""
     def apply(self, batch: Batch) -> int:
         """Write a batch of encode_chunks (delete its keys if ``key_only``) in one transaction."""
-    def get(self, container_id: str, chunk_id: str) -> ChunkRecord | None: ...
+    def get(self, container_id: str, chunk_id: str) -> _ChunkRecord | None: ...
     def fetch(
         self,
         *,
@@ -95,8 +96,9 @@ class ChunkIndex:
     ) -> tuple[int, int, int]:
         """(removed, repaired, errors)."""
 
-Meta2Record = dict[str, Any]
+_Meta2Record = dict[str, Any]
 
+@final
 class Meta2Index:
     """The container records of one meta2 volume, stored in ``env``."""
 
@@ -108,13 +110,14 @@ class Meta2Index:
         """Write a batch of encode_meta2 (delete its urls if ``key_only``) in one transaction."""
     def fetch(
         self, *, prefix: str | None = None, marker: str | None = None, limit: int = 1000
-    ) -> tuple[list[Meta2Record], bool, str | None]:
+    ) -> tuple[list[_Meta2Record], bool, str | None]:
         """One page: (records, truncated, next marker)."""
     def count(self, prefix: str | None = None) -> int: ...
 
+@final
 class Entries:
     """A fetched page as OpenIO's ``(container_id, chunk_id, value)`` entries, made lazily."""
 
-    def __init__(self, records: list[ChunkRecord]) -> None: ...
+    def __new__(cls, records: list[_ChunkRecord]) -> Entries: ...
     def __iter__(self) -> Entries: ...
     def __next__(self) -> tuple[str, str, dict[str, Any]]: ...

@@ -397,3 +397,35 @@ def test_a_volume_id_that_is_not_utf8_is_400(server, route):
     assert reply.status == 400 and "UTF-8" in reply.json["message"], reply
     status = server.request("GET", "/status").json
     assert not any("\ufffd" in v for v in status["rawx_volumes"] + status["meta2_volumes"])
+
+
+def test_engine_failures_are_500_with_a_log_line_and_mistakes_400(tmp_path, caplog):
+    """A bug or a storage failure is never disguised as the client's mistake."""
+    from rdirdb import errors
+    from rdirdb.server.app import RdirApp
+
+    with Store(tmp_path / "db") as store:
+        app = RdirApp(store)
+        vol = "v1"
+        assert app.handle("POST", "/v1/rdir/create", f"vol={vol}", b"").status == 201
+        index = store.volume(vol).chunks
+
+        class Broken:
+            def fetch(self, **kwargs):
+                raise TypeError("an engine bug")
+
+            def status(self, **kwargs):
+                raise errors.CorruptedError("chunk value", -30796, "a stored chunk record cannot be decoded")
+
+        store.volume(vol).chunks = Broken()
+        with caplog.at_level("ERROR", logger="rdirdb.server"):
+            for route in ("/v1/rdir/fetch", "/v1/rdir/status"):
+                reply = app.handle("GET", route, f"vol={vol}", b"")
+                assert reply.status == 500, (route, reply)
+        assert len([r for r in caplog.records if r.levelname == "ERROR"]) == 2
+        store.volume(vol).chunks = index
+        # The engine's verdicts on a request stay 400: a wrong type, a bad value.
+        reply = app.handle("POST", "/v1/rdir/push", f"vol={vol}", b'{"container_id":1}')
+        assert reply.status == 400 and b"Invalid type for field [container_id]" in reply.body
+        reply = app.handle("GET", "/v1/rdir/fetch", f"vol={vol}&limit=x&prefix=" + "p" * 600, b"")
+        assert reply.status == 400 and b"prefix" in reply.body

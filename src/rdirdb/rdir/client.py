@@ -424,7 +424,7 @@ class RdirClient:
         )))
     # -- moving a volume's index to other rdir servers ------------------------
 
-    def _copy_hosts(self, volume_id: str, service_type: str, sources: Any, dests: Any) -> tuple[list, list]:
+    def _copy_hosts(self, volume_id: str, service_type: str, sources: Any, dests: Any) -> tuple[list[str], list[str]]:
         hosts = getattr(self.backend, "hosts", None)
         if hosts is None:
             raise OioException("copying a volume needs the remote mode (rdir servers)")
@@ -480,7 +480,7 @@ class RdirClient:
         return _copy(batches, lambda batch: self.backend.meta2_push(volume_id, batch, rdir_hosts=dests), progress)
 
 
-def _copy(batches: Iterable[list], push: Callable[[list], None], progress: Callable[[int], None] | None) -> int:
+def _copy(batches: Iterable[Any], push: Callable[[Any], None], progress: Callable[[int], None] | None) -> int:
     """Push every non-empty batch; returns how many records were pushed."""
     copied = 0
     for batch in batches:

@@ -55,7 +55,9 @@ class _Pool:
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
 
-    def request(self, method: str, url: str, body: bytes | None, headers: dict[str, str]):
+    def request(
+        self, method: str, url: str, body: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, http.client.HTTPMessage, bytes]:
         """``(status, headers, body)``; a stale pooled connection is retried once."""
         for attempt in range(2):
             try:
@@ -198,7 +200,7 @@ class RemoteBackend(RdirBackend):
             headers["Content-Type"] = "application/json"
         hosts = self.hosts(volume, service_type, options)
 
-        def send(host: str):
+        def send(host: str) -> tuple[int, Any, Any]:
             status, resp_headers, data = self._pool(host).request(method, url, payload, headers)
             decoded = _json_or_raw(status, resp_headers, data)
             if status >= 400:
@@ -206,11 +208,12 @@ class RemoteBackend(RdirBackend):
                 # The server's message as is (the same as the embedded client's);
                 # which replica answered is kept aside.
                 exc = from_status(status, message)
-                exc.host = host
+                exc.host = host  # type: ignore[attr-defined]
                 raise exc
             return status, resp_headers, decoded
 
         errors: list[tuple[str, Exception]] = []
+        result: tuple[int, Any, Any] | None = None
         if method in ("GET", "HEAD"):
             for host in hosts:
                 try:
@@ -220,9 +223,8 @@ class RemoteBackend(RdirBackend):
                     continue
                 self._check_quorum(errors, len(hosts), options, method)
                 return result
-            self._raise(errors, method)
+            raise self._error(errors, method)
         futures = [(host, self._executor.submit(send, host)) for host in hosts]
-        result = None
         for host, future in futures:
             try:
                 result = future.result()
@@ -230,10 +232,11 @@ class RemoteBackend(RdirBackend):
                 errors.append((host, exc))
         self._check_quorum(errors, len(hosts), options, method)
         if result is None:
-            self._raise(errors, method)
+            raise self._error(errors, method)
         return result
 
-    def _check_quorum(self, errors: list, total: int, options: dict[str, Any], method: str) -> None:
+    def _check_quorum(self, errors: list[tuple[str, Exception]], total: int, options: dict[str, Any],
+                      method: str) -> None:
         """OpenIO's rule: fail when too few replicas answered for ``write_quorum``."""
         if not errors:
             return
@@ -243,15 +246,16 @@ class RemoteBackend(RdirBackend):
             or (quorum <= 0 and len(errors) > -quorum)
             or (quorum > 0 and total - len(errors) < quorum)
         ):
-            self._raise(errors, method)
+            raise self._error(errors, method)
 
     @staticmethod
-    def _raise(errors: list[tuple[str, Exception]], method: str) -> None:
+    def _error(errors: list[tuple[str, Exception]], method: str) -> Exception:
+        """The error to raise for the replicas' errors: theirs when of one class."""
         classes = {type(exc) for _, exc in errors}
         if len(classes) == 1:
-            raise errors[0][1]
+            return errors[0][1]
         detail = ", ".join(f"{host}: {exc}" for host, exc in errors)
-        raise OioException(f"Several errors encountered: {detail} {method}")
+        return OioException(f"Several errors encountered: {detail} {method}")
 
     # -- chunks ---------------------------------------------------------------
 
@@ -301,7 +305,7 @@ class RemoteBackend(RdirBackend):
         self.request(volume, "POST", "admin/incident", body={"date": int(date)}, create=create, **options)
 
     def incident_get(self, volume: str, **options: Any) -> int:
-        return self.request(volume, "GET", "admin/incident", **options)[2].get("date", 0)
+        return int(self.request(volume, "GET", "admin/incident", **options)[2].get("date", 0))
 
     def lock(self, volume: str, who: str, *, create: bool, **options: Any) -> None:
         self.request(volume, "POST", "admin/lock", body={"who": who}, create=create, **options)
@@ -314,7 +318,8 @@ class RemoteBackend(RdirBackend):
 
     def clear(self, volume: str, *, all: bool, before_incident: bool, repair: bool, **options: Any) -> dict[str, int]:
         params = {"all": str(all), "before_incident": str(before_incident), "repair": str(repair)}
-        return self.request(volume, "POST", "admin/clear", params=params, **options)[2]
+        result: dict[str, int] = self.request(volume, "POST", "admin/clear", params=params, **options)[2]
+        return result
 
     # -- meta2 ----------------------------------------------------------------
 

@@ -60,7 +60,7 @@ def bad_request(message: str) -> HttpError:
     return HttpError(400, message)
 
 
-def json_response(obj: Any, status: int = 200, headers: tuple = ()) -> Response:
+def json_response(obj: Any, status: int = 200, headers: tuple[tuple[str, str], ...] = ()) -> Response:
     return Response(status, orjson.dumps(obj), JSON, headers)
 
 
@@ -123,7 +123,7 @@ def field(obj: Any, name: str, kind: type, *, mandatory: bool = True) -> Any:
     return value
 
 
-def records_of(body: Any) -> list:
+def records_of(body: Any) -> list[Any]:
     """The records of a push/delete body: an object is a batch of one."""
     if body is None:
         raise bad_request("null body")
