@@ -123,13 +123,15 @@ cdef int _add_chunk(Batch batch, Py_ssize_t index,
     _check_text(chunk, chunk_n, C_MAX_CHUNK_ID, "chunk_id", index)
     if cid_n and memchr(cid, 124, cid_n) != NULL:
         raise BadRequest(f"{_where(index)}container_id contains '|', the key separator")
+    cdef bint canonical = cid_n == CANON_LEN and chunk_n == CANON_LEN and _is_upper_hex(cid, CANON_LEN) \
+        and _is_upper_hex(chunk, CANON_LEN)
     if not key_only:
-        _check_id(cid, cid_n, "container_id", index)
-        _check_id(chunk, chunk_n, "chunk_id", index)
+        if not canonical:  # hex ids hold no control character
+            _check_id(cid, cid_n, "container_id", index)
+            _check_id(chunk, chunk_n, "chunk_id", index)
         _check_text(content, content_n, C_MAX_CONTENT_ID, "content_id", index)
         _check_text(path, path_n, C_MAX_PATH, "path", index)
-    if cid_n == CANON_LEN and chunk_n == CANON_LEN and _is_upper_hex(cid, CANON_LEN) \
-            and _is_upper_hex(chunk, CANON_LEN):
+    if canonical:
         e = batch.add(0, index)
         p = batch.reserve(CANON_KEY)
         _pack_hex(cid, 32, p)
