@@ -8,7 +8,7 @@ APT_PACKAGES := liblmdb-dev
 STAMP := .make-installed
 DEMO_ARGS ?=
 
-.PHONY: all system-deps bench-deps install compile debug test demo bench compare clean distclean
+.PHONY: all system-deps bench-deps install compile debug test test-debug demo bench compare clean distclean
 
 all: compile
 
@@ -23,7 +23,7 @@ system-deps:
 
 # The package, its build tools and its test extras, in the current environment.
 $(STAMP): pyproject.toml setup.py | system-deps
-	$(PIP) install -q "setuptools>=64" wheel "Cython>=3.0,<3.2"
+	$(PIP) install -q "setuptools>=77" "Cython>=3.0,<3.2"
 	$(PIP) install -q --no-build-isolation -e ".[test,leveldb]"
 	touch $(STAMP)
 
@@ -37,8 +37,19 @@ bench-deps:
 compile: install
 	$(PYTHON) setup.py -q build_ext --inplace
 
+# The debug build (bounds checks, assertions, warnings as errors) goes to a tree of
+# its own, next to a copy of the Python sources: the release build in src/ stays.
+DEBUG_TREE := build/debug-tree
+NATIVE_TESTS := tests/test_lmdb.py tests/test_codec.py tests/test_batch.py tests/test_scan.py \
+	tests/test_store.py tests/reliability/test_bad_input.py
+
 debug: install
-	RDIRDB_DEBUG=1 $(PYTHON) setup.py -q build_ext --inplace --force
+	rm -rf $(DEBUG_TREE) && mkdir -p $(DEBUG_TREE)
+	cp -r src/rdirdb $(DEBUG_TREE)/ && rm -f $(DEBUG_TREE)/rdirdb/*.so
+	RDIRDB_DEBUG=1 $(PYTHON) setup.py -q build_ext --build-lib $(DEBUG_TREE) --build-temp build/debug-temp
+
+test-debug: debug
+	PYTHONPATH=$(DEBUG_TREE) $(PYTHON) -m pytest $(NATIVE_TESTS) $(PYTEST_ARGS)
 
 test: compile
 	$(PYTHON) -m pytest tests $(PYTEST_ARGS)

@@ -7,8 +7,7 @@ over those 100,000 records with the default pages of 1,000.
 
 import pytest
 
-from compare import MTIME
-from compare_client import FIELDS
+from compare_common import FIELDS, MTIME
 from conftest import ROUNDS
 from rdirdb.rdir.client import RdirClient
 

@@ -7,9 +7,9 @@ after a marker in the middle of the volume.
 
 import pytest
 
-from compare import PAGE, STATUS_PAGE, baseline_page, baseline_put, encode
+from compare_common import PAGE, STATUS_PAGE, baseline_page, baseline_put, encode
 from conftest import ROUNDS
-from rdirdb import _rdir
+from rdirdb import _ceiling
 
 
 def _rounds(benchmark, fn, batches):
@@ -29,7 +29,7 @@ def test_put_batch(benchmark, volume, dataset):
 @pytest.mark.parametrize("volume", [True, False], ids=["sync", "nosync"], indirect=True)
 def test_raw_insert_ceiling(benchmark, volume, dataset):
     encoded = [encode(batch) for batch in dataset[1][:ROUNDS]]
-    _rounds(benchmark, lambda kv: _rdir.raw_insert(volume.env, *kv, batch=10_000), encoded)
+    _rounds(benchmark, lambda kv: _ceiling.raw_insert(volume.env, *kv, batch=10_000), encoded)
 
 
 @pytest.mark.benchmark(group="insert 10,000")

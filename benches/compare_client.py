@@ -3,12 +3,12 @@
 A section of ``benches/compare.py`` (same records, same interleaved medians):
 
 * ``chunk_push_batch`` of 10,000-record batches, as OpenIO-style dicts and as
-  a numpy structured array, against ``_rdir.raw_insert`` of the pre-encoded
+  a numpy structured array, against ``_ceiling.raw_insert`` of the pre-encoded
   records (target >= 0.6x);
 * a full ``chunk_fetch`` iteration (pages of 1,000, the default), against the
   baseline a user writes with py-lmdb: set_range + JSON pages (target >= 10x);
 * ``status`` over every chunk (pages of 1,000, the default), against
-  ``_rdir.raw_scan`` (target >= 0.3x).
+  ``_ceiling.raw_scan`` (target >= 0.3x).
 
 Every store runs with sync off, so commits cost the same everywhere.
 Alone: ``python benches/compare_client.py [n]``.
@@ -17,16 +17,15 @@ Alone: ``python benches/compare_client.py [n]``.
 from __future__ import annotations
 
 import sys
-import tempfile
 from typing import Any
 
 import lmdb
 import numpy as np
 
-from rdirdb import _rdir
+import compare_common as common
+from rdirdb import _ceiling
 from rdirdb.rdir.client import RdirClient
 
-FIELDS = ("container_id", "content_id", "chunk_id", "mtime", "path", "version")
 INCIDENT_SHARE = 0.5  # the incident date leaves half of the chunks "to rebuild"
 
 
@@ -39,46 +38,44 @@ def as_array(items: list[tuple]) -> np.ndarray:
 
 def compare_client(n: int) -> list[tuple[str, float, str]]:
     """RdirClient, embedded: chunk_push_batch, full chunk_fetch, status"""
-    import compare  # here, not at the top: compare.py imports this module at its end
-
-    own_workdir = compare.WORK is None
+    own_workdir = common.WORK is None
     if own_workdir:
-        compare.WORK = compare.Workdir()
+        common.WORK = common.Workdir()
     try:
-        return _measure(compare, n)
+        return _measure(n)
     finally:
         if own_workdir:
-            compare.WORK.close()
-            compare.WORK = None
+            common.WORK.close()
+            common.WORK = None
 
 
-def _measure(compare: Any, n: int) -> list[tuple[str, float, str]]:
-    items = compare.records(n)
-    dicts = [dict(zip(FIELDS, t)) for t in items]
+def _measure(n: int) -> list[tuple[str, float, str]]:
+    items = common.records(n)
+    dicts = [dict(zip(common.FIELDS, t)) for t in items]
     array = as_array(items)
-    compare.encoded(n)  # built before any clock starts
+    common.encoded(n)  # built before any clock starts
 
     def push(records: Any, clock: Any) -> None:
-        with RdirClient({"db_path": compare.WORK.fresh(), "db_sync": False}) as client:
+        with RdirClient({"db_path": common.WORK.fresh(), "db_sync": False}) as client:
             client.create("vol")
             with clock:
-                for start in range(0, len(records), compare.BATCH):
-                    client.chunk_push_batch("vol", records[start:start + compare.BATCH])
+                for start in range(0, len(records), common.BATCH):
+                    client.chunk_push_batch("vol", records[start:start + common.BATCH])
 
-    pushes = compare.median_rates(n, {
+    pushes = common.median_rates(n, {
         "dicts": lambda clock: push(dicts, clock),
         "numpy": lambda clock: push(array, clock),
-        "ceiling": lambda clock: compare.raw_insert(n, False, clock),
-    }, compare.REPS)
+        "ceiling": lambda clock: common.raw_insert(n, False, clock),
+    }, common.REPS)
     del dicts, array
 
     incident = sorted(t[3] for t in items)[int(n * INCIDENT_SHARE)]
-    with RdirClient({"db_path": compare.WORK.fresh(), "db_sync": False}) as client, \
-            lmdb.open(compare.WORK.fresh(), map_size=compare.BASELINE_MAP_SIZE, sync=False) as env:
-        for batch in compare.batches(items):
+    with RdirClient({"db_path": common.WORK.fresh(), "db_sync": False}) as client, \
+            lmdb.open(common.WORK.fresh(), map_size=common.BASELINE_MAP_SIZE, sync=False) as env:
+        for batch in common.batches(items):
             client.chunk_push_batch("vol", batch, create=True)
         client.admin_incident_set("vol", incident)
-        compare.baseline_load(env, items)
+        common.baseline_load(env, items)
         volume_env = client.backend.store.volume("vol").env
 
         def fetch() -> int:
@@ -87,15 +84,15 @@ def _measure(compare: Any, n: int) -> list[tuple[str, float, str]]:
         def status() -> int:
             return client.status("vol")["chunk"]["total"]
 
-        assert fetch() == status() == compare.baseline_pages(env) == n
-        scans = compare.median_rates(n, {
-            "fetch": lambda clock: compare.timed(clock, fetch),
-            "baseline": lambda clock: compare.timed(clock, compare.baseline_pages, env),
-            "status": lambda clock: compare.timed(clock, status),
-            "raw": lambda clock: compare.timed(clock, _rdir.raw_scan, volume_env),
-        }, compare.REPS)
+        assert fetch() == status() == common.baseline_pages(env) == n
+        scans = common.median_rates(n, {
+            "fetch": lambda clock: common.timed(clock, fetch),
+            "baseline": lambda clock: common.timed(clock, common.baseline_pages, env),
+            "status": lambda clock: common.timed(clock, status),
+            "raw": lambda clock: common.timed(clock, _ceiling.raw_scan, volume_env),
+        }, common.REPS)
 
-    ratio = compare.ratio
+    ratio = common.ratio
     return [
         ("client chunk_push_batch, dicts", pushes["dicts"], f"{ratio(pushes['dicts'], pushes['ceiling'], 0.6)} ceiling"),
         ("client chunk_push_batch, numpy", pushes["numpy"], f"{ratio(pushes['numpy'], pushes['ceiling'], 0.6)} ceiling"),

@@ -2,7 +2,7 @@
 
 The suite stays out of ``make test``: pytest's ``testpaths`` is ``tests``, and
 the files here are named ``bench_*.py`` (test functions inside), collected only
-by the hook below when ``benches`` is given on the command line. Data come from ``compare.py``, so the
+by the hook below when ``benches`` is given on the command line. Data come from ``compare_common.py``, so the
 benchmarks and the comparison measure the same records.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from compare import BASELINE_MAP_SIZE, baseline_load, batches, records
+from compare_common import BASELINE_MAP_SIZE, baseline_load, batches, records
 from rdirdb.rdir.store import Store
 
 PRELOAD = 100_000  # records in a volume before the measured batches or pages

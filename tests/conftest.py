@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from rdirdb.rdir.store import Store
+from tests.pg import pg_admin, pg_root_dsn  # noqa: F401 (the PostgreSQL fixtures of every test)
 
 # CI gets more examples than a developer's run; both stay within minutes.
 settings.register_profile(

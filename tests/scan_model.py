@@ -57,7 +57,7 @@ class ChunkModel:
                 continue
             if len(page) == limit:
                 return page, True, f"{prev[0]}|{prev[1]}"
-            page.append((key[0], key[1], content, mtime, path, version))
+            page.append((key[0], content, key[1], mtime, path, version))
             prev = key
         return page, False, None
 

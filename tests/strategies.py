@@ -16,6 +16,11 @@ lower_hex_id = st.text("0123456789abcdef", min_size=64, max_size=64)
 free_text = st.text(
     st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12
 )
+# The ids of a chunk key: not empty, no control character (U+0000-U+001F, U+007F).
+CONTROL_CHARACTERS = "".join(map(chr, [*range(0x20), 0x7F]))
+id_text = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters=CONTROL_CHARACTERS), min_size=1, max_size=12
+)
 
 
 def _fits(limit):
@@ -26,8 +31,8 @@ container_id = st.one_of(
     short_canonical_id,
     canonical_id,
     lower_hex_id,
-    free_text.map(lambda s: s.replace("|", "")).filter(_fits(64)),
-    st.sampled_from(["", "A", "AB", "ABC", "c1"]),
+    id_text.map(lambda s: s.replace("|", "")).filter(lambda s: s and _fits(64)(s)),
+    st.sampled_from(["A", "AB", "ABC", "c1"]),
 )
 url_chunk_id = canonical_id.map(lambda h: f"http://127.0.0.1:6201/{h}")
 # Long ids share a long common start, so their stored keys collide on the prefix.
@@ -41,7 +46,7 @@ chunk_id = st.one_of(
     canonical_id,
     lower_hex_id,
     url_chunk_id,
-    free_text.filter(_fits(511)),
+    id_text.filter(_fits(511)),
     long_chunk_id,
     long_multibyte_id,
     canonical_id.map(lambda h: h + "x"),

@@ -34,7 +34,7 @@ def test_one_bad_record_writes_nothing(chunks, bad, error, message):
     with pytest.raises(error, match=message):
         chunks.put_batch(batch)
     assert chunks.count() == 1
-    assert chunks.fetch()[0] == [(CID, "%064X" % 100, "C" * 32, 10, "obj-100", 1)]
+    assert chunks.fetch()[0] == [(CID, "C" * 32, "%064X" % 100, 10, "obj-100", 1)]
 
 
 def test_last_duplicate_wins(chunks):
@@ -47,7 +47,7 @@ def test_push_overwrites_whole_value(chunks):
     chunks.put_batch([("c", "content-a", "k", 5, "path-a", 1)])
     chunks.put_batch([{"container_id": "c", "content_id": "b", "chunk_id": "k", "mtime": 0,
                        "path": "p", "version": 2, "extra": "ignored"}])
-    assert chunks.get("c", "k") == ("c", "k", "b", 0, "p", 2)
+    assert chunks.get("c", "k") == ("c", "b", "k", 0, "p", 2)
 
 
 def test_negative_mtime_reads_back_as_zero(chunks):
@@ -74,7 +74,7 @@ def test_appends_after_existing_keys_and_inserts_before(chunks):
     chunks.put_batch([rec(i) for i in range(100, 200)])
     chunks.put_batch([rec(i) for i in list(range(0, 50)) + list(range(300, 350))])
     listing, _, _ = chunks.fetch(limit=10_000)
-    assert [r[1] for r in listing] == ["%064X" % i for i in sorted(set(range(0, 50)) | set(range(100, 200)) | set(range(300, 350)))]
+    assert [r[2] for r in listing] == ["%064X" % i for i in sorted(set(range(0, 50)) | set(range(100, 200)) | set(range(300, 350)))]
 
 
 def _array(rows, cid_dtype="S64"):
@@ -88,7 +88,7 @@ def test_numpy_structured_array_input(chunks):
     assert chunks.put_batch(_array(rows)) == 30
     assert chunks.put_batch(_array(rows[:2], cid_dtype="U8")) == 2
     listing, _, _ = chunks.fetch(limit=100)
-    assert sorted(listing) == sorted((c, k, x, m, p, v) for c, x, k, m, p, v in rows)
+    assert sorted(listing) == sorted(rows)
     keys = np.array([(b"c0", b"k000"), (b"c1", b"k001")], dtype=[("container_id", "S4"), ("chunk_id", "S8")])
     assert chunks.delete_batch(keys) == 2
 
@@ -130,7 +130,7 @@ def test_repair_rewrites_into_current_encoding(chunks, volume):
     old = bytes([0, 10, 2, 32]) + b"C" * 32 + bytes([5]) + b"obj-1"
     with volume.env.begin(write=True) as txn:
         txn.put(key, old, db="chunk_bin")
-    assert chunks.get(CID, "%064X" % 1) == (CID, "%064X" % 1, "C" * 32, 10, "obj-1", 1)
+    assert chunks.get(CID, "%064X" % 1) == (CID, "C" * 32, "%064X" % 1, 10, "obj-1", 1)
     assert chunks.clear(repair=True) == (0, 1, 0)
     with volume.env.begin() as txn:
         assert txn.get(key, db="chunk_bin") == _rdir.encode_chunk_value("C" * 32, 10, "obj-1", 1)

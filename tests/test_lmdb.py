@@ -199,3 +199,30 @@ def test_backup_copy_is_consistent(tmp_path):
         env.copy(tmp_path / "copy")
     with Environment(tmp_path / "copy", databases=["t"], readonly=True) as copy, copy.begin() as txn:
         assert txn.get(b"k", db="t") == b"v"
+
+
+def test_write_replays_a_full_map_a_bounded_number_of_times(tmp_path):
+    """MAP_FULL in one place: the transaction is aborted, the map doubled, the write run again."""
+    from rdirdb._lmdb import MAX_MAP_GROWTHS
+
+    calls = []
+
+    def fill(txn):
+        calls.append(txn)
+        for i in range(200):
+            txn.put(b"%06d" % i, b"x" * 1000, db="t")
+        return "written"
+
+    with Environment(tmp_path / "g", databases=["t"], map_size=64 << 10) as env:
+        assert env.write(fill) == "written"
+        assert len(calls) > 1 and env.stat("t")["entries"] == 200
+
+        def always_full(txn):
+            calls.append(txn)
+            raise errors.MapGrownError("mdb_put", -30792, "full again")
+
+        calls.clear()
+        with pytest.raises(errors.MapGrownError):
+            env.write(always_full)
+        assert len(calls) == MAX_MAP_GROWTHS + 1
+        assert all(txn.closed for txn in calls)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import re
 import os
 
 import pytest
@@ -112,13 +113,13 @@ def test_meta2_index(store):
     assert meta2.put_batch([{"container_url": u, "container_id": "%064X" % i, "mtime": i}
                             for i, u in enumerate(urls)]) == 7
     assert meta2.count() == 7 and meta2.count("NS/acct/") == 5
-    page, truncated = meta2.fetch(prefix="NS/acct/", limit=2)
+    page, truncated, _ = meta2.fetch(prefix="NS/acct/", limit=2)
     assert [r["container_url"] for r in page] == ["NS/acct/c0", "NS/acct/c1"] and truncated
-    page, truncated = meta2.fetch(prefix="NS/acct/", marker="NS/acct/c1", limit=3)
+    page, truncated, _ = meta2.fetch(prefix="NS/acct/", marker="NS/acct/c1", limit=3)
     assert [r["container_url"] for r in page] == ["NS/acct/c2", "NS/acct/c3", "NS/acct/c4"]
     assert not truncated  # exact: no record after the page
     # A marker that no longer exists skips nothing.
-    page, _ = meta2.fetch(marker="NS/acct/c1x")
+    page, _, _ = meta2.fetch(marker="NS/acct/c1x")
     assert page[0]["container_url"] == "NS/acct/c2"
     long_rec = meta2.fetch(prefix="NS/uu")[0][0]
     assert long_rec == {"container_id": "%064X" % 6, "container_url": urls[6], "extra_data": None, "mtime": 6}
@@ -158,3 +159,80 @@ def test_snapshot_reads_one_state(store):
         vol.chunks.fetch(txn=txn)
     with pytest.raises(TypeError):
         vol.chunks.fetch(txn="not a transaction")
+
+
+# -- the one write path ------------------------------------------------------------
+
+GOOD_CHUNK = ("C" * 64, "AB", "K" * 64, 1, "p", 1)
+BAD_CHUNK = ("a|b", "AB", "K", 1, "p", 1)
+
+
+@pytest.mark.parametrize("service_type, bad", [
+    ("rawx", [GOOD_CHUNK, BAD_CHUNK]),
+    ("rawx", [GOOD_CHUNK, dict(zip(("container_id", "content_id", "chunk_id", "mtime", "path"), GOOD_CHUNK))]),
+    ("meta2", [{"container_url": "NS/a/c", "container_id": "X"}, {"container_url": "", "container_id": "X"}]),
+])
+@pytest.mark.parametrize("delete", [False, True])
+def test_write_refuses_a_bad_batch_before_creating_the_volume(store, service_type, bad, delete):
+    if delete and service_type == "rawx":
+        bad = [(GOOD_CHUNK[0], GOOD_CHUNK[2]), ("C" * 65, "x")]
+    with pytest.raises((BadRequest, TypeError)):
+        store.write("v", service_type, bad, delete=delete, create=True)
+    assert store.volumes(service_type) == [] and store.opened_count == 0
+
+
+def test_write_creates_only_when_asked(store):
+    with pytest.raises(NotFound):
+        store.write("v", "rawx", [GOOD_CHUNK])
+    with pytest.raises(NotFound):
+        store.write("v", "rawx", [(GOOD_CHUNK[0], GOOD_CHUNK[2])], delete=True)
+    assert store.write("v", "rawx", [GOOD_CHUNK, GOOD_CHUNK], create=True) == 1
+    assert store.write("v", "rawx", [(GOOD_CHUNK[0], GOOD_CHUNK[2])], delete=True) == 1
+    assert store.write("m", "meta2", [{"container_url": "NS/a/c", "container_id": "X"}], create=True) == 1
+    assert store.write("m", "meta2", [{"container_url": "NS/a/c", "container_id": "X"}], delete=True) == 1
+
+
+def test_write_to_an_open_volume_touches_no_file(store, monkeypatch):
+    store.write("v", "rawx", [GOOD_CHUNK], create=True)
+
+    def no_file_system(*args, **kwargs):
+        raise AssertionError("a write to an open volume looked at the file system")
+
+    monkeypatch.setattr(os.path, "exists", no_file_system)
+    monkeypatch.setattr(os, "stat", no_file_system)
+    assert store.write("v", "rawx", [GOOD_CHUNK[:2] + ("L" * 64,) + GOOD_CHUNK[3:]]) == 1
+    monkeypatch.undo()
+    assert store.volume("v").chunks.count() == 2
+
+
+def test_a_volume_id_that_is_not_utf8_is_a_bad_request(store):
+    with pytest.raises(BadRequest, match="UTF-8"):
+        store.volume("\ud800", create=True)
+    with pytest.raises(BadRequest, match="UTF-8"):
+        store.write("\udcff\udcfe", "rawx", [GOOD_CHUNK], create=True)
+    assert store.volumes() == []
+
+
+@pytest.mark.parametrize("vol", ["..", "/etc", "a\x01b", "fz\n", "a b", "é"])
+def test_volume_ids_of_any_text_stay_inside(store, vol):
+    """The rule of volume ids (docs/openapi.yaml): any non-empty UTF-8 text without NUL."""
+    store.write(vol, "rawx", [GOOD_CHUNK], create=True)
+    assert store.volumes() == [vol]
+    assert os.listdir(os.path.join(store.path, "rawx")) == [volume_file_name(vol)]
+
+
+@pytest.mark.parametrize("field, value, problem", [
+    (0, "", "container_id is empty"),
+    (2, "", "chunk_id is empty"),
+    (2, "x\nA", "chunk_id contains the control character U+000A"),
+    (0, "c\rd", "container_id contains the control character U+000D"),
+    (2, "tab\there", "chunk_id contains the control character U+0009"),
+    (2, "del\x7f", "chunk_id contains the control character U+007F"),
+])
+def test_the_id_rule(store, field, value, problem):
+    """An id of a chunk key may be neither empty nor hold a control character."""
+    record = list(GOOD_CHUNK)
+    record[field] = value
+    with pytest.raises(BadRequest, match=re.escape(f"record 1: {problem}")):
+        store.write("v", "rawx", [GOOD_CHUNK, tuple(record)], create=True)
+    assert store.volumes() == []

@@ -26,6 +26,7 @@ cdef class Environment:
     cdef int begin_raw(self, MDB_txn **txn, bint write) except -1
     cdef int end_raw(self, MDB_txn *txn, bint commit) except -1
     cdef int grow(self, size_t needed) except -1
+    cdef int map_full(self, const char *what) except -1
 
 
 cdef class Transaction:
@@ -37,6 +38,7 @@ cdef class Transaction:
 
     cdef int _ensure_open(self) except -1
     cdef int _finish(self, bint commit) except -1
+    cdef int fail(self, int rc, const char *what) except -1
 
 
 cdef class Cursor:

@@ -6,10 +6,13 @@ Every handle follows one lifecycle: a pointer that starts NULL, an idempotent
 :class:`rdirdb.errors.ClosedError` when used after close. Parents close their
 children first (environment -> transactions -> cursors).
 
-The map grows on its own: write transactions start with half the map free, and
-the engine's batch writers retry after growing on MDB_MAP_FULL. Growing needs
-no live transaction in this process, so every transaction holds the shared
-side of ``_resize_lock`` and a resize takes the exclusive side.
+The map grows on its own: write transactions start with half the map free.
+A write that still finds the map full (MDB_MAP_FULL, at a put or at the
+commit) aborts its transaction and doubles the map (Environment.map_full);
+:func:`replay` then runs the write again, a bounded number of times. These
+two are the only places that handle a full map. Growing needs no live
+transaction in this process, so every transaction holds the shared side of
+``_resize_lock`` and a resize takes the exclusive side.
 """
 
 cimport cython
@@ -123,6 +126,27 @@ def _disk_full(path):
 
 # The longest a resize waits for this process's other transactions to end.
 DEF RESIZE_WAIT_SECONDS = 30
+
+# How many times replay() runs a write again after its map grew (each growth
+# doubles the map, so one write may need up to 1,024 times the map it found).
+MAX_MAP_GROWTHS = 10
+
+
+def replay(fn, *args):
+    """``fn(*args)``, run again while it raises MapGrownError (its write
+    transaction was aborted and the map grown), at most MAX_MAP_GROWTHS times.
+
+    The one replay of a write that found the map full; ``fn`` must have no
+    effect outside its transaction.
+    """
+    cdef int growths = 0
+    while True:
+        try:
+            return fn(*args)
+        except errors.MapGrownError:
+            if growths == MAX_MAP_GROWTHS:
+                raise
+            growths += 1
 
 
 # ---------------------------------------------------------------------------
@@ -258,6 +282,8 @@ cdef class Environment:
             else:
                 mdb_txn_abort(txn)
             pthread_rwlock_unlock(&self._resize_lock)
+        if rc == MDB_MAP_FULL:  # the commit freed the transaction
+            self.map_full(b"mdb_txn_commit")
         if rc == EIO and _disk_full(self.path):
             # liblmdb reports a short write as EIO: name the real cause.
             raise errors.DiskFullError("mdb_txn_commit", ENOSPC,
@@ -298,6 +324,14 @@ cdef class Environment:
             pthread_rwlock_unlock(&self._resize_lock)
         return 0
 
+    cdef int map_full(self, const char *what) except -1:
+        """Double the map after a write found it full (its transaction has ended),
+        then raise MapGrownError: the write is to be run again (see replay())."""
+        self.grow(<size_t>self.info()["map_size"] * 2)
+        raise errors.MapGrownError(
+            what.decode(), MDB_MAP_FULL, "the map was full: the transaction was aborted and the map "
+            "grown; run the transaction again")
+
     cdef MDB_dbi dbi(self, name) except? 0:
         """The handle of a database opened with the environment (None: the main one)."""
         try:
@@ -307,6 +341,16 @@ cdef class Environment:
             raise ValueError(f"unknown database {name!r}: list it in Environment(databases=...)") from None
 
     # -- Python API -----------------------------------------------------------
+
+    def write(self, fn, *args):
+        """``fn(txn, *args)`` in a write transaction, committed when it returns;
+        returns its result. A write that finds the map full is run again in a
+        new transaction once the map has grown (see :func:`replay`)."""
+        return replay(self._write_once, fn, args)
+
+    def _write_once(self, fn, args):
+        with self.begin(write=True) as txn:
+            return fn(txn, *args)
 
     def begin(self, *, bint write=False):
         """Start a transaction; use it as a context manager (commit, or abort on error)."""
@@ -379,10 +423,6 @@ cdef class Environment:
         self._ensure_open()
         return mdb_env_get_maxkeysize(self._env)
 
-    def set_map_size(self, size_t size):
-        """Grow the map to at least ``size`` bytes."""
-        self.grow(size)
-
     def reader_check(self):
         """Clear reader slots of dead processes; returns how many were cleared."""
         cdef int dead = 0
@@ -451,6 +491,17 @@ cdef class Transaction:
         self.env.end_raw(txn, commit)
         return 0
 
+    cdef int fail(self, int rc, const char *what) except -1:
+        """Raise the error of ``rc`` from a write in this transaction (none for 0).
+
+        A full map aborts the transaction and grows the map (LMDB cannot grow it
+        under a live transaction): MapGrownError, run the transaction again.
+        """
+        if rc == MDB_MAP_FULL:
+            self._finish(False)
+            self.env.map_full(what)
+        return check(rc, what)
+
     def commit(self):
         """Commit; the transaction is closed afterwards."""
         self._ensure_open()
@@ -498,15 +549,7 @@ cdef class Transaction:
         rc = mdb_put(self._txn, self.env.dbi(db), &k, &v, flags)
         if rc == MDB_KEYEXIST and not overwrite:
             return False
-        if rc == MDB_MAP_FULL:
-            # LMDB cannot grow the map under a live transaction: abort it, grow,
-            # and let the caller replay it (the engine's batch writers do so).
-            self._finish(False)
-            self.env.grow(self.env.info()["map_size"] * 2)
-            raise errors.MapFullError(
-                "mdb_put", rc, "the map was full: the transaction was aborted and the map "
-                "grown; run the transaction again")
-        check(rc, b"mdb_put")
+        self.fail(rc, b"mdb_put")
         return True
 
     def delete(self, key, *, db=None):

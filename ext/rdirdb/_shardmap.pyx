@@ -1,4 +1,4 @@
-# cython: language_level=3, boundscheck=False, wraparound=False
+# cython: language_level=3
 """Hot read paths of SharedBase's LMDB backend: obj_id -> shard id lookups.
 
 An entry of the ``sigs`` database maps a 32-byte obj_id to 9 bytes: the
@@ -52,6 +52,8 @@ def lookup_one(Environment env, str db, bytes obj_id):
     return shard if shard else None
 
 
+@cython.boundscheck(False)  # the hot loop: i < shape[0], rows of exactly OBJ_ID_SIZE bytes
+@cython.wraparound(False)
 def lookup_many(Environment env, str db, const unsigned char[:, ::1] obj_ids):
     """Shard ids (int64, 0 when absent) for each row of an (n, 32) uint8 array.
 

@@ -1,6 +1,7 @@
-"""Type stubs of rdirdb._rdir: the native rdir engine (codecs, batches, scans)."""
+"""Type stubs of rdirdb._rdir: the native rdir engine's Python API (indexes, and the
+names of its other modules, re-exported)."""
 
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence, final
 
 import numpy as np
 
@@ -25,42 +26,41 @@ FIELD_PATH: int
 FIELD_VERSION: int
 ALL_FIELDS: int
 
-# A chunk record: (container_id, chunk_id, content_id, mtime, path, version);
-# fields a scan was not asked for are None.
-ChunkRecord = tuple[str, str, str | None, int | None, str | None, int | None]
-ChunkInput = (
+# A chunk record, in the one order of CHUNK_DTYPE_FIELDS:
+# (container_id, content_id, chunk_id, mtime, path, version); the fields a scan
+# was not asked for are None.
+_ChunkRecord = tuple[str, str | None, str, int | None, str | None, int | None]
+_ChunkInput = (
     Sequence[tuple[str, str, str, int, str, int]] | Sequence[Mapping[str, Any]] | np.ndarray
 )
-KeyInput = Sequence[tuple[str, str]] | Sequence[Mapping[str, Any]] | np.ndarray
+_KeyInput = Sequence[tuple[str, str]] | Sequence[Mapping[str, Any]] | np.ndarray
 
-CHUNK_DTYPE_FIELDS: tuple[str, ...]
+from rdirdb._batch import Batch as Batch
+from rdirdb._encode import encode_chunk_key as encode_chunk_key
+from rdirdb._encode import encode_chunk_value as encode_chunk_value
+from rdirdb._encode import encode_chunks as encode_chunks
+from rdirdb._encode import encode_meta2 as encode_meta2
+from rdirdb._encode import order_key as order_key
+from rdirdb._scan import CHUNK_DTYPE as CHUNK_DTYPE
+from rdirdb._scan import CHUNK_DTYPE_FIELDS as CHUNK_DTYPE_FIELDS
+from rdirdb._scan import chunk_array as chunk_array
+from rdirdb._scan import decode_chunk_key as decode_chunk_key
+from rdirdb._scan import decode_chunk_value as decode_chunk_value
+from rdirdb._scan import split_marker as split_marker
 
-def encode_chunk_key(container_id: str, chunk_id: str) -> tuple[bool, bytes]:
-    """(canonical, stored key) of a chunk; canonical keys take 64 bytes."""
-
-def decode_chunk_key(canonical: bool, key: bytes, value: bytes | None = None) -> tuple[str, str]: ...
-def encode_chunk_value(content_id: str, mtime: int, path: str, version: int) -> bytes: ...
-def decode_chunk_value(value: bytes) -> tuple[str, int, str, int]: ...
-def order_key(container_id: str, chunk_id: str) -> bytes:
-    """The sort key that defines the listing order (text order of ``cid|chunk``)."""
-
-def split_marker(marker: str) -> tuple[str, str]: ...
-def check_meta2(records: Iterable[Mapping[str, Any]] | Iterable[str], *, key_only: bool = False) -> int:
-    """Validate meta2 records as Meta2Index.put_batch would, writing nothing."""
-
-def check_chunks(records: ChunkInput | KeyInput, *, key_only: bool = False) -> int:
-    """Validate a batch as put_batch/delete_batch would, writing nothing."""
-
+@final
 class ChunkIndex:
     """The chunk records of one rawx volume, stored in ``env``."""
 
     env: Environment
     def __init__(self, env: Environment) -> None: ...
-    def put_batch(self, records: ChunkInput) -> int:
+    def put_batch(self, records: _ChunkInput) -> int:
         """Validate and write every record in one transaction (all or nothing)."""
-    def delete_batch(self, keys: KeyInput) -> int:
+    def delete_batch(self, keys: _KeyInput) -> int:
         """Delete every key in one transaction; returns how many existed."""
-    def get(self, container_id: str, chunk_id: str) -> ChunkRecord | None: ...
+    def apply(self, batch: Batch) -> int:
+        """Write a batch of encode_chunks (delete its keys if ``key_only``) in one transaction."""
+    def get(self, container_id: str, chunk_id: str) -> _ChunkRecord | None: ...
     def fetch(
         self,
         *,
@@ -80,7 +80,8 @@ class ChunkIndex:
         marker: str | None = None,
         limit: int = 1000,
         incident: int = 0,
-    ) -> tuple[np.ndarray, bool, str | None]: ...
+    ) -> tuple[np.ndarray, bool, str | None]:
+        """Like fetch, as one array of CHUNK_DTYPE."""
     def status(
         self,
         *,
@@ -96,15 +97,18 @@ class ChunkIndex:
     ) -> tuple[int, int, int]:
         """(removed, repaired, errors)."""
 
-Meta2Record = dict[str, Any]
+_Meta2Record = dict[str, Any]
 
+@final
 class Meta2Index:
     """The container records of one meta2 volume, stored in ``env``."""
 
     env: Environment
     def __init__(self, env: Environment) -> None: ...
     def put_batch(self, records: Iterable[Mapping[str, Any]]) -> int: ...
-    def delete_batch(self, container_urls: Iterable[str]) -> int: ...
+    def delete_batch(self, container_urls: Iterable[str] | Iterable[Mapping[str, Any]]) -> int: ...
+    def apply(self, batch: Batch) -> int:
+        """Write a batch of encode_meta2 (delete its urls if ``key_only``) in one transaction."""
     def fetch(
         self,
         *,
@@ -112,20 +116,14 @@ class Meta2Index:
         marker: str | None = None,
         limit: int = 1000,
         txn: Transaction | None = None,
-    ) -> tuple[list[Meta2Record], bool]: ...
+    ) -> tuple[list[_Meta2Record], bool, str | None]:
+        """One page: (records, truncated, next marker)."""
     def count(self, prefix: str | None = None) -> int: ...
 
+@final
 class Entries:
     """A fetched page as OpenIO's ``(container_id, chunk_id, value)`` entries, made lazily."""
 
-    def __init__(self, records: list[ChunkRecord]) -> None: ...
+    def __new__(cls, records: list[_ChunkRecord]) -> Entries: ...
     def __iter__(self) -> Entries: ...
     def __next__(self) -> tuple[str, str, dict[str, Any]]: ...
-
-def raw_insert(
-    env: Environment, keys: Sequence[bytes], values: Sequence[bytes], batch: int = 10000, db: str = "chunk_bin"
-) -> None:
-    """Benchmark ceiling: insert pre-encoded pairs in a C loop, ``batch`` per transaction."""
-
-def raw_scan(env: Environment, db: str = "chunk_bin") -> int:
-    """Benchmark ceiling: walk every record in a C loop; returns the count."""

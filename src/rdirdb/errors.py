@@ -10,10 +10,32 @@ Two families share one base, :class:`RdirdbError`:
   code written against OpenIO catches the same classes.
 
 Bad input raises :class:`BadRequest`, which is also a :class:`ValueError`, or a
-plain :class:`TypeError` for a value of the wrong type.
+plain :class:`TypeError` for a value of the wrong type; either is marked with
+:func:`caller_error`, so that a server tells the caller's mistakes (400) from
+bugs and storage failures (500).
 """
 
 from __future__ import annotations
+
+from typing import TypeVar
+
+E = TypeVar("E", bound=Exception)
+
+
+def caller_error(exc: E, reference: str | None = None) -> E:
+    """Mark ``exc`` as the caller's mistake and return it.
+
+    ``exc.reference`` is then the message an rdir server answers with a 400:
+    ``reference`` when given (what OpenIO's server says for the same mistake,
+    e.g. ``Missing field [mtime]``), else the exception's own message.
+    """
+    exc.reference = reference if reference is not None else getattr(exc, "message", str(exc))  # type: ignore[attr-defined]
+    return exc
+
+
+def caller_message(exc: BaseException) -> str | None:
+    """The 400 message of an exception marked by :func:`caller_error`, else None."""
+    return getattr(exc, "reference", None)
 
 
 class RdirdbError(Exception):
@@ -74,6 +96,13 @@ class InvalidError(LmdbError):
 
 class MapFullError(LmdbError):
     hint = "the memory map is full and could not be grown"
+
+
+class MapGrownError(MapFullError):
+    """The map was full: the write transaction was aborted and the map grown.
+    Run the transaction again (rdirdb._lmdb.replay and Environment.write do)."""
+
+    hint = ""
 
 
 class DbsFullError(LmdbError):
@@ -154,6 +183,10 @@ class LmdbReadOnlyError(LmdbError):
 
 class LmdbBusyError(LmdbError):
     hint = "the database is busy"
+
+
+class UnsupportedLmdbError(LmdbError):
+    hint = "this liblmdb cannot hold rdirdb's stores; install a standard build (Debian: liblmdb-dev)"
 
 
 # --------------------------------------------------------------------------

@@ -115,13 +115,13 @@ def stored(store_path) -> dict[tuple[str, str], dict]:
             records, marker = {}, None
             while True:
                 page, truncated, marker = store.volume(vid).chunks.fetch(marker=marker, limit=1000)
-                for cid, chunk, content, mtime, path, version in page:
+                for cid, content, chunk, mtime, path, version in page:
                     records[(cid, chunk)] = (content, mtime, path, version)
                 if not truncated:
                     break
             out[("rawx", vid)] = records
         for vid in store.volumes("meta2"):
-            page, truncated = store.volume(vid, "meta2").meta2.fetch(limit=100)
+            page, truncated, _ = store.volume(vid, "meta2").meta2.fetch(limit=100)
             assert not truncated
             out[("meta2", vid)] = {r["container_url"]: r for r in page}
     return out

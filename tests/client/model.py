@@ -80,6 +80,9 @@ def check_record(record: dict[str, Any]) -> tuple[tuple[str, str], dict[str, Any
             raise BadRequest(f"invalid {name}")
     if "|" in record["container_id"]:
         raise BadRequest("'|' in container_id")
+    for name in ("container_id", "chunk_id"):  # the id rule: not empty, no control character
+        if not record[name] or any(c < " " or c == "\x7f" for c in record[name]):
+            raise BadRequest(f"invalid {name}")
     for name in ("mtime", "version"):
         check_field(record, name, int)
     key = (record["container_id"], record["chunk_id"])

@@ -12,7 +12,7 @@ import pytest
 
 from rdirdb import RdirClient
 from rdirdb.rdir.client import CHUNK_DEFAULTS, RdirBackend, cid_from_name
-from rdirdb.errors import BadRequest, NotFound, OioTimeout
+from rdirdb.errors import BadRequest, NotFound, OioTimeout, ServerException
 
 from .conftest import entry, hexid, key, make_record
 
@@ -299,3 +299,44 @@ def test_meta2_fetch_all_with_prefix(client, vol):
     client.backend.meta2_push(vol, [{"container_url": u, "container_id": "C", "mtime": 0} for u in urls])
     got = client.meta2_index_fetch_all(vol, prefix="NS/b/", limit=3)
     assert [r["container_url"] for r in got] == urls[7:]
+
+
+@pytest.mark.parametrize("field, value", [("container_id", ""), ("chunk_id", ""), ("chunk_id", "x\nA"),
+                                          ("container_id", "a\x01b"), ("chunk_id", "\x7f")])
+def test_both_paths_refuse_the_same_ids(client, vol, field, value):
+    """The one id rule of the native validator, in process and through a server."""
+    with pytest.raises(BadRequest, match=field):
+        client.chunk_push_batch(vol, [make_record(), make_record(**{field: value})], create=True)
+    with pytest.raises(NotFound):
+        client.admin_show(vol)  # not even created
+
+
+def test_paging_over_ids_a_header_carries_with_care(client, vol):
+    """Non-ASCII ids (raw UTF-8 in the marker header) and spaces at the ends of a key."""
+    records = [make_record(container_id=cid, chunk_id=chunk) for cid, chunk in [
+        ("C", "é0"), ("C", "é1"), ("C", "ß é"), ("C", "end "), (" lead", "x"), ("é", "ü"), ("é", "ü ")]]
+    client.chunk_push_batch(vol, records, create=True)
+    expected = sorted((entry(r) for r in records), key=lambda e: f"{e[0]}|{e[1]}".encode())
+    assert fetch(client, vol, limit=1) == expected
+    assert client.status(vol, max=1)["chunk"]["total"] == len(records)
+
+
+def test_a_truncated_page_without_a_marker_is_an_error_not_a_loop():
+    backend = mock.create_autospec(RdirBackend, instance=True)
+    backend.chunk_page.return_value = ([("c", "k", {})], True, None)
+    with pytest.raises(ServerException, match="marker"):
+        list(RdirClient({}, backend=backend).chunk_fetch("vol"))
+    assert backend.chunk_page.call_count == 1
+
+
+def test_fetch_array_pages_share_one_dtype(client, vol):
+    """Issue 14: pages whose ids and paths differ in length still concatenate."""
+    records = [make_record(chunk_id="k" * n, path="p" * n, content_id="C" * (n % 64)) for n in (1, 100, 511)]
+    client.chunk_push_batch(vol, records, create=True)
+    arrays = list(client.chunk_fetch_array(vol, limit=1))
+    assert len(arrays) == 3 and len({a.dtype for a in arrays}) == 1
+    empty, _, _ = client.backend.chunk_array_page(vol, prefix=None, marker=None, limit=None, rebuild=True)
+    assert len(empty) == 0 and empty.dtype == arrays[0].dtype
+    rows = np.concatenate(arrays)
+    assert sorted(r.decode() for r in rows["chunk_id"]) == sorted(r["chunk_id"] for r in records)
+    assert sorted(r.decode() for r in rows["path"]) == sorted(r["path"] for r in records)

@@ -1,42 +1,25 @@
 """Registry fixtures: every dispatch test runs on the file and the PostgreSQL backend.
 
-PostgreSQL comes from ``RDIRDB_TEST_PG_DSN``; each test module gets a fresh
-database. An unreachable server skips the PostgreSQL cases, unless
-``RDIRDB_REQUIRE_PG=1`` (CI), where it fails them.
+PostgreSQL comes from tests/pg.py (RDIRDB_TEST_PG_DSN, else a throwaway
+cluster); each test module gets a fresh database.
 """
 
 from __future__ import annotations
 
-import os
 import threading
-import uuid
 
 import pytest
 
 from rdirdb.rdir.registry import Registry, Service, open_registry
-
-PG_DSN = os.environ.get("RDIRDB_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+from tests.pg import create_db, drop_db, with_dbname
 
 
 @pytest.fixture(scope="module")
-def pg_dsn():
+def pg_dsn(pg_admin, pg_root_dsn):
     """A DSN to a database created for this module, dropped afterwards."""
-    psycopg = pytest.importorskip("psycopg")
-    from psycopg.conninfo import make_conninfo
-
-    try:
-        admin = psycopg.connect(PG_DSN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        if os.environ.get("RDIRDB_REQUIRE_PG") == "1":
-            pytest.fail(f"PostgreSQL required (RDIRDB_REQUIRE_PG=1) but unreachable at {PG_DSN}: {exc}")
-        pytest.skip(f"PostgreSQL unreachable at {PG_DSN}: {exc}")
-    name = f"rdirdb_dispatch_{uuid.uuid4().hex[:12]}"
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield make_conninfo(PG_DSN, dbname=name)
-        finally:
-            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    name = create_db(pg_admin, "dispatch")
+    yield with_dbname(pg_root_dsn, name)
+    drop_db(pg_admin, name)
 
 
 def _registry_url(request, tmp_path) -> str:

@@ -1,7 +1,7 @@
 """SharedBase across a PostgreSQL server restart, on a throwaway cluster.
 
 The machine's PostgreSQL is shared with other test sessions, so this starts its own
-cluster (initdb on a free port, as asyncpg's test harness does), restarts it while a
+cluster (tests/pg.py: initdb on a free port, as asyncpg's test harness does), restarts it while a
 SharedBase is in use, and checks: calls during the outage fail clearly (psycopg's
 OperationalError, no hang), the pool recovers once the server is back, and no object is
 recorded twice or lost.
@@ -9,72 +9,21 @@ recorded twice or lost.
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
 
 import pytest
 
 from rdirdb.sharedbase import SharedBase, init_schema
+from tests.pg import throwaway_cluster
 
 psycopg = pytest.importorskip("psycopg")
-
-BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
-TIMEOUT = 60
-
-
-def _as_postgres(args: list[str]) -> list[str]:
-    """PostgreSQL refuses to run as root: run its tools as the postgres user then."""
-    return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Cluster:
-    def __init__(self, root: str) -> None:
-        self.bin = BIN[-1]
-        self.data = os.path.join(root, "data")
-        self.port = _free_port()
-        os.makedirs(self.data)
-        if os.geteuid() == 0:
-            shutil.chown(root, "postgres")
-            shutil.chown(self.data, "postgres")
-        self.run("initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "--no-sync")
-        self.dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-
-    def run(self, tool: str, *args: str) -> None:
-        # No pipes: the server started by pg_ctl would hold them open.
-        subprocess.run(_as_postgres([os.path.join(self.bin, tool), *args]), check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=TIMEOUT)
-
-    def pg_ctl(self, action: str) -> None:
-        options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off"
-        log = os.path.join(self.data, "server.log")
-        self.run("pg_ctl", "-D", self.data, "-l", log, "-o", options, "-m", "fast", "-w", "-t", "30", action)
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    if not BIN or (os.geteuid() == 0 and shutil.which("runuser") is None):
-        pytest.skip("no PostgreSQL server binaries to start a throwaway cluster")
-    # Not under pytest's temporary directory: the postgres user must be able to reach it.
-    root = tempfile.mkdtemp(prefix="rdirdb-pg-")
-    os.chmod(root, 0o755)
-    try:
-        cluster = Cluster(root)
-        cluster.pg_ctl("start")
+    with throwaway_cluster() as cluster:
         yield cluster
-        cluster.pg_ctl("stop")
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_server_restart(cluster):

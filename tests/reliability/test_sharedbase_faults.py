@@ -30,25 +30,18 @@ from rdirdb.sharedbase import SharedBase, ShardState, init_schema
 
 psycopg = pytest.importorskip("psycopg")
 
-from tests.sharedbase.conftest import PG_DSN, _admin_connect, _create_db, _with_dbname  # noqa: E402
+from tests.pg import create_db, drop_db, with_dbname  # noqa: E402
 
 TIMEOUT = 10.0
 
 
 @pytest.fixture(scope="module")
-def pg_admin():
-    conn = _admin_connect()
-    yield conn
-    conn.close()
-
-
-@pytest.fixture(scope="module")
-def pg_dsn(pg_admin):
-    name = _create_db(pg_admin, "faults")
-    dsn = _with_dbname(PG_DSN, name)
+def pg_dsn(pg_admin, pg_root_dsn):
+    name = create_db(pg_admin, "sb_faults")
+    dsn = with_dbname(pg_root_dsn, name)
     init_schema(dsn)
     yield dsn
-    pg_admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_db(pg_admin, name)
 
 
 @pytest.fixture

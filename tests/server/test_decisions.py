@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+from rdirdb.rdir.store import Store
+from tests.legacy import write_legacy_chunks
 from tests.server.helpers import chunk_record, fetch_item, meta2_record, new_volume, random_hex
 
 VOLUME_ROUTES = [
@@ -362,3 +364,68 @@ def test_bad_meta2_batch_creates_nothing(server):
     bad = {"container_url": "NS/a/" + "u" * 2000, "container_id": "X"}
     assert server.request("POST", "/v1/rdir/meta2/push", {"vol": vol}, [bad]).status == 400
     assert server.request("GET", "/v1/rdir/meta2/fetch", {"vol": vol}).status == 404
+
+
+def test_openio_style_paging_lists_a_store_written_before_the_id_rule(server):
+    """Issue 14: a line break in a chunk id no longer corrupts the marker header."""
+    vol, cid = new_volume(), random_hex(64)
+    chunks = ["x\nA", "x!", "x$", "y"]
+    with Store(server.db_path) as store:
+        write_legacy_chunks(store.volume(vol, create=True), [(cid, "AB", c, 1, "p", 1) for c in chunks])
+    for route in ("/v1/rdir/fetch", "/v1/rdir/status"):
+        seen, marker, total = [], None, 0
+        while True:  # as OpenIO's client does: the header goes back unchanged as the marker
+            reply = server.request("GET", route, {"vol": vol, "max": 1, **({"marker": marker} if marker else {})})
+            assert reply.status == 200, reply
+            if route.endswith("fetch"):
+                seen += [key for key, _ in reply.json]
+            else:
+                total += reply.json["chunk"]["total"]
+            if reply.headers["x-oio-list-truncated"] != "true":
+                break
+            marker = reply.headers["x-oio-list-marker"]
+            assert marker.isascii() and marker.isprintable()
+        assert seen == [f"{cid}|{c}" for c in chunks] if route.endswith("fetch") else total == 4
+
+
+@pytest.mark.parametrize("route", VOLUME_ROUTES)
+def test_a_volume_id_that_is_not_utf8_is_400(server, route):
+    method, path = route
+    reply = server.request(method, path, query="vol=%FF%FE&create=1",
+                           body='{"container_id":"C","content_id":"X","chunk_id":"K","mtime":1,"path":"p",'
+                                '"version":1,"container_url":"NS/a/c"}')
+    assert reply.status == 400 and "UTF-8" in reply.json["message"], reply
+    status = server.request("GET", "/status").json
+    assert not any("\ufffd" in v for v in status["rawx_volumes"] + status["meta2_volumes"])
+
+
+def test_engine_failures_are_500_with_a_log_line_and_mistakes_400(tmp_path, caplog):
+    """A bug or a storage failure is never disguised as the client's mistake."""
+    from rdirdb import errors
+    from rdirdb.server.app import RdirApp
+
+    with Store(tmp_path / "db") as store:
+        app = RdirApp(store)
+        vol = "v1"
+        assert app.handle("POST", "/v1/rdir/create", f"vol={vol}", b"").status == 201
+        index = store.volume(vol).chunks
+
+        class Broken:
+            def fetch(self, **kwargs):
+                raise TypeError("an engine bug")
+
+            def status(self, **kwargs):
+                raise errors.CorruptedError("chunk value", -30796, "a stored chunk record cannot be decoded")
+
+        store.volume(vol).chunks = Broken()
+        with caplog.at_level("ERROR", logger="rdirdb.server"):
+            for route in ("/v1/rdir/fetch", "/v1/rdir/status"):
+                reply = app.handle("GET", route, f"vol={vol}", b"")
+                assert reply.status == 500, (route, reply)
+        assert len([r for r in caplog.records if r.levelname == "ERROR"]) == 2
+        store.volume(vol).chunks = index
+        # The engine's verdicts on a request stay 400: a wrong type, a bad value.
+        reply = app.handle("POST", "/v1/rdir/push", f"vol={vol}", b'{"container_id":1}')
+        assert reply.status == 400 and b"Invalid type for field [container_id]" in reply.body
+        reply = app.handle("GET", "/v1/rdir/fetch", f"vol={vol}&limit=x&prefix=" + "p" * 600, b"")
+        assert reply.status == 400 and b"prefix" in reply.body

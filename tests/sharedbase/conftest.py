@@ -1,71 +1,34 @@
 """Fixtures of the SharedBase tests: one base per backend.
 
-PostgreSQL: the server named by RDIRDB_TEST_PG_DSN (default
-postgresql://postgres@127.0.0.1:5432/test, trust auth). Each test module gets
-a database of its own, created from that DSN and dropped afterwards; tests
-empty its tables. When the server is unreachable the PostgreSQL cases are
-skipped, or fail if RDIRDB_REQUIRE_PG=1 (CI).
+PostgreSQL: the server of tests/pg.py (RDIRDB_TEST_PG_DSN, else a throwaway
+cluster). Each test module gets a database of its own, created there and
+dropped afterwards; tests empty its tables.
 """
 
 from __future__ import annotations
 
-import os
-import uuid
-
 import pytest
 
 from rdirdb.sharedbase import SharedBase, init_schema
+from tests.pg import create_db, drop_db, with_dbname
 
-PG_DSN = os.environ.get("RDIRDB_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 BACKENDS = ["lmdb", "pg"]
 
 
-def _with_dbname(dsn: str, dbname: str) -> str:
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-    return make_conninfo(**{**conninfo_to_dict(dsn), "dbname": dbname})
-
-
-def _admin_connect():
-    import psycopg
-
-    try:
-        return psycopg.connect(PG_DSN, autocommit=True, connect_timeout=5)
-    except Exception as error:
-        message = f"PostgreSQL unreachable at {PG_DSN}: {error}"
-        if os.environ.get("RDIRDB_REQUIRE_PG") == "1":
-            pytest.fail(f"{message} (RDIRDB_REQUIRE_PG=1)", pytrace=False)
-        pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
-def pg_server():
-    """The admin connection; skips (or fails, in CI) without a server."""
-    conn = _admin_connect()
-    yield conn
-    conn.close()
-
-
-def _create_db(server, label: str) -> str:
-    name = f"rdirdb_sb_{label}_{uuid.uuid4().hex[:8]}"
-    server.execute(f'CREATE DATABASE "{name}"')
-    return name
-
-
-@pytest.fixture(scope="module")
-def pg_empty_db(pg_server, request):
+def pg_empty_db(pg_admin, pg_root_dsn, request):
     """A fresh, empty database for this test module; yields its DSN."""
-    name = _create_db(pg_server, request.module.__name__.rpartition(".")[2])
-    yield _with_dbname(PG_DSN, name)
-    pg_server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    name = create_db(pg_admin, "sb_" + request.module.__name__.rpartition(".")[2])
+    yield with_dbname(pg_root_dsn, name)
+    drop_db(pg_admin, name)
 
 
 @pytest.fixture
-def pg_scratch_db(pg_server):
+def pg_scratch_db(pg_admin, pg_root_dsn):
     """A fresh, empty database for one test; yields its DSN."""
-    name = _create_db(pg_server, "scratch")
-    yield _with_dbname(PG_DSN, name)
-    pg_server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    name = create_db(pg_admin, "sb_scratch")
+    yield with_dbname(pg_root_dsn, name)
+    drop_db(pg_admin, name)
 
 
 @pytest.fixture(scope="module")

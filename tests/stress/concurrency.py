@@ -66,12 +66,12 @@ def writer(store_path: str, volume: str, writer_id: str, batches: int, size: int
 
 def _whole_batches(records) -> list[str]:
     """Errors for the batches of ``records`` (one snapshot) that are not whole."""
-    seen = Counter(r[2] for r in records if r[0] != "common")
+    seen = Counter(r[1] for r in records if r[0] != "common")
     errors = []
     for r in records:
         if r[0] == "common":
             continue
-        batch_id, size = r[2], r[4].rsplit("/", 1)[1]
+        batch_id, size = r[1], r[4].rsplit("/", 1)[1]
         if seen[batch_id] != int(size):
             errors.append(f"batch {batch_id}: {seen[batch_id]} of {size} records in one snapshot")
             break
@@ -178,7 +178,7 @@ def _check_after(store_path: str, writers: int, batches: int, size: int, figures
                               f"status {status[0]}, expected {expected}")
             if shared:
                 common = [r for r in records if r[0] == "common"]
-                if sorted(r[1] for r in common) != [f"key-{j:03d}" for j in range(SHARED_KEYS)]:
+                if sorted(r[2] for r in common) != [f"key-{j:03d}" for j in range(SHARED_KEYS)]:
                     errors.append("shared keys are not there exactly once each")
                 figures.shared_file_mib = os.path.getsize(
                     os.path.join(store._dir(volume, "rawx"), "data.mdb")) / (1 << 20)

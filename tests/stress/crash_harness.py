@@ -210,10 +210,10 @@ def check_store(store_path: str, log_path: str, sync: bool, inflight: list[list[
         records = full_scan(chunks)
         total, per_container = full_status(chunks)
         count = chunks.count()
-    seen = Counter(r[2] for r in records)
+    seen = Counter(r[1] for r in records)
     result.records, result.batches = len(records), len(seen)
     for r in records:
-        if r[4] != f"{r[2]}/{sizes.get(r[2], optional_puts.get(r[2], -1))}":
+        if r[4] != f"{r[1]}/{sizes.get(r[1], optional_puts.get(r[1], -1))}":
             result.errors.append(f"record of unknown or resized batch: {r}")
             break
     for batch_id, n in seen.items():

@@ -61,7 +61,7 @@ def _batch(b: int, size: int = BATCH) -> list[tuple]:
 def _batches(chunks) -> Counter:
     records, truncated, _ = chunks.fetch(limit=1_000_000)
     assert not truncated
-    return Counter(r[2] for r in records)
+    return Counter(r[1] for r in records)
 
 
 @dataclass

@@ -3,18 +3,18 @@
 :class:`RdirBackend` is answered by :class:`rdirdb.rdir.embedded.EmbeddedBackend`
 (LMDB in this process) and :class:`rdirdb.rdir.remote.RemoteBackend` (rdir
 servers over HTTP). Both, and the client above them, share the page limits and
-record shapes defined here.
+record shapes defined here, and the one paging loop, :func:`pages`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
-from rdirdb.errors import BadRequest
+from rdirdb.errors import BadRequest, ServerException
 
 DEFAULT_LIMIT = 1000  # page size of chunk and meta2 listings when none is given
 MAX_LIMIT = 10000  # the server caps every page at this size
@@ -29,14 +29,52 @@ CHUNK_DEFAULTS: dict[str, Any] = {"mtime": 0, "path": "", "version": 0}
 ChunkValue = dict[str, Any]  # {"content_id", "mtime", "path", "version"}
 ChunkEntry = tuple[str, str, ChunkValue]  # (container_id, chunk_id, value)
 ChunkInput = Sequence[Mapping[str, Any]] | np.ndarray
+Meta2Record = dict[str, Any]  # {"container_url", "container_id", "mtime", "extra_data"}
+P = TypeVar("P")
+
+# A page of a listing, as every listing of the engine and of the backends
+# returns it: (records, truncated, next_marker). ``truncated`` is true only when
+# another record follows, and the next page starts right after next_marker.
+Page = tuple[P, bool, str | None]
 
 
-def listing_limit(limit: int | None) -> int:
-    """The page size the reference server applies to a requested ``limit``."""
+def pages(fetch: Callable[..., Page[P]], marker: str | None = None, **params: Any) -> Iterator[P]:
+    """The records of every page of a listing, page by page: ``fetch(marker=...,
+    **params)`` answers one, the next one starts after its marker."""
+    while True:
+        records, truncated, marker = fetch(marker=marker, **params)
+        yield records
+        if not truncated:
+            return
+        if marker is None:
+            raise ServerException("a truncated page came without the marker of the next one")
+
+
+def listing_limit(limit: Any) -> int:
+    """The page size the reference server applies to a requested ``limit``: the
+    default for none or a limit <= 0, at most MAX_LIMIT."""
     if limit is None:
         return DEFAULT_LIMIT
     limit = integer_field("limit", limit)
     return DEFAULT_LIMIT if limit <= 0 else min(limit, MAX_LIMIT)
+
+
+_TRUE = frozenset(("yes", "true", "on", "enable", "enabled", "1", "yeah"))
+_FALSE = frozenset(("no", "false", "off", "disable", "disabled", "0", "nope"))
+
+
+def parse_bool(value: Any, default: bool = False) -> bool:
+    """A boolean as OpenIO reads one from a query or a configuration: text in its
+    true or false words, anything else is its truth value; None or other text is
+    ``default``."""
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        return bool(value)
+    value = value.lower()
+    if value in _TRUE:
+        return True
+    return False if value in _FALSE else default
 
 
 def integer_field(name: str, value: Any) -> int:
@@ -114,12 +152,16 @@ class RdirBackend(ABC):
     def meta2_page(
         self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None,
         **options: Any,
-    ) -> dict[str, Any]:
-        """``{"records": [...], "truncated": bool}``."""
+    ) -> Page[list[Meta2Record]]: ...
 
-    @abstractmethod
     def container_path(self, volume: str, container_id: str, **options: Any) -> str | None:
-        """The container URL (``NS/account/container``) of a container id, if known."""
+        """The container URL (``NS/account/container``) of a container id, if the
+        volume's own records know it (a full scan)."""
+        for records in pages(self.meta2_page, volume=volume, prefix=None, limit=None, **options):
+            for record in records:
+                if record["container_id"] == container_id:
+                    return str(record["container_url"])
+        return None
 
     def close(self) -> None:
         """Release what the backend holds. Idempotent."""

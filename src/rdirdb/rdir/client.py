@@ -15,6 +15,7 @@ backend over HTTP slots in behind the same methods.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import random
@@ -33,8 +34,12 @@ from rdirdb.rdir.backend import (
     META2_FETCH_LIMIT,
     ChunkEntry,
     ChunkInput,
+    Meta2Record,
+    Page,
     RdirBackend,
     integer_field,
+    pages,
+    parse_bool,
 )
 
 T = TypeVar("T")
@@ -46,13 +51,6 @@ def cid_from_name(account: str, container: str) -> str:
     for part in (account, "\0", container):
         digest.update(part.encode("utf-8"))
     return digest.hexdigest().upper()
-
-
-def _flag(value: Any) -> bool:
-    """A boolean of a configuration, which may come from an INI file as text."""
-    if isinstance(value, str):
-        return value.strip().lower() in ("yes", "true", "on", "enable", "enabled", "1", "yeah")
-    return bool(value)
 
 
 def _field(name: str, value: Any, data: Mapping[str, Any]) -> Any:
@@ -101,7 +99,7 @@ class RdirClient:
             if self.conf.get("db_path"):
                 from rdirdb.rdir.embedded import EmbeddedBackend
 
-                backend = EmbeddedBackend(self.conf["db_path"], sync=_flag(self.conf.get("db_sync", True)))
+                backend = EmbeddedBackend(self.conf["db_path"], sync=parse_bool(self.conf.get("db_sync", True)))
             else:
                 from rdirdb.rdir.remote import remote_backend
 
@@ -130,17 +128,11 @@ class RdirClient:
         return request(*args, **kwargs)
 
     def _pages(
-        self, request: Callable[..., tuple[T, bool, str | None]], volume: str, max_attempts: int,
-        marker: str | None, **params: Any,
+        self, request: Callable[..., Page[T]], volume: str, max_attempts: int, marker: str | None,
+        **params: Any,
     ) -> Iterator[T]:
-        """Every page of a listing, following the markers until one is not truncated."""
-        while True:
-            page, truncated, marker = self._attempt(
-                request, max_attempts, volume, marker=marker, **params
-            )
-            yield page
-            if not truncated:
-                return
+        """Every page of a backend's listing, each request retried as OpenIO does."""
+        return pages(functools.partial(self._attempt, request, max_attempts, volume), marker, **params)
 
     # -- volumes and chunks -------------------------------------------------
 
@@ -419,23 +411,20 @@ class RdirClient:
     ) -> dict[str, Any]:
         """One page: ``{"records": [...], "truncated": bool}``, at most ``limit``
         records (capped at 10000) after the exclusive ``marker``."""
-        return self.backend.meta2_page(
-            volume_id, prefix=prefix, marker=marker, limit=limit, **_transport(kwargs)
-        )
+        page = self.backend.meta2_page(volume_id, prefix=prefix, marker=marker, limit=limit, **_transport(kwargs))
+        return {"records": page[0], "truncated": page[1]}
 
-    def meta2_index_fetch_all(self, volume_id: str, **kwargs: Any) -> list[dict[str, Any]]:
+    def meta2_index_fetch_all(
+        self, volume_id: str, prefix: str | None = None, marker: str | None = None,
+        limit: int = META2_FETCH_LIMIT, **kwargs: Any,
+    ) -> list[Meta2Record]:
         """Every record of the volume (``prefix``/``limit`` pass through), page by page."""
-        records: list[dict[str, Any]] = []
-        marker = kwargs.pop("marker", None)
-        while True:
-            page = self.meta2_index_fetch(volume_id, marker=marker, **kwargs)
-            records.extend(page["records"])
-            if not page["truncated"]:
-                return records
-            marker = page["records"][-1]["container_url"]
+        return list(itertools.chain.from_iterable(self._pages(
+            self.backend.meta2_page, volume_id, 1, marker, prefix=prefix, limit=limit, **_transport(kwargs)
+        )))
     # -- moving a volume's index to other rdir servers ------------------------
 
-    def _copy_hosts(self, volume_id: str, service_type: str, sources: Any, dests: Any) -> tuple[list, list]:
+    def _copy_hosts(self, volume_id: str, service_type: str, sources: Any, dests: Any) -> tuple[list[str], list[str]]:
         hosts = getattr(self.backend, "hosts", None)
         if hosts is None:
             raise OioException("copying a volume needs the remote mode (rdir servers)")
@@ -486,22 +475,12 @@ class RdirClient:
     ) -> int:
         """Copy a meta2 volume's index from ``sources`` to ``dests``; returns how many records."""
         sources, dests = self._copy_hosts(volume_id, "meta2", sources, dests)
-
-        def batches() -> Iterator[list[dict[str, Any]]]:
-            marker = None
-            while True:
-                page = self.backend.meta2_page(
-                    volume_id, prefix=None, marker=marker, limit=batch_size, rdir_hosts=sources
-                )
-                yield page["records"]
-                if not page["truncated"]:
-                    return
-                marker = page["records"][-1]["container_url"]
-
-        return _copy(batches(), lambda batch: self.backend.meta2_push(volume_id, batch, rdir_hosts=dests), progress)
+        batches = self._pages(self.backend.meta2_page, volume_id, 3, None,
+                              prefix=None, limit=batch_size, rdir_hosts=sources)
+        return _copy(batches, lambda batch: self.backend.meta2_push(volume_id, batch, rdir_hosts=dests), progress)
 
 
-def _copy(batches: Iterable[list], push: Callable[[list], None], progress: Callable[[int], None] | None) -> int:
+def _copy(batches: Iterable[Any], push: Callable[[Any], None], progress: Callable[[int], None] | None) -> int:
     """Push every non-empty batch; returns how many records were pushed."""
     copied = 0
     for batch in batches:

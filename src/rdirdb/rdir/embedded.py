@@ -8,10 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from rdirdb._rdir import Entries, check_chunks, check_meta2
-from rdirdb.rdir.backend import ChunkEntry, RdirBackend, listing_limit
+from rdirdb._rdir import CHUNK_DTYPE, Entries
+from rdirdb.rdir.backend import ChunkEntry, Meta2Record, Page, RdirBackend, listing_limit
 from rdirdb.rdir.store import Store, Volume
-
 
 
 class EmbeddedBackend(RdirBackend):
@@ -35,14 +34,10 @@ class EmbeddedBackend(RdirBackend):
     # -- chunks -------------------------------------------------------------
 
     def chunk_push(self, volume: str, records: Any, *, create: bool, **options: Any) -> None:
-        if not self.store.exists(volume):
-            # As the reference: a bad batch is a 400, even for a volume that does
-            # not exist, and it creates nothing.
-            check_chunks(records)
-        self._rawx(volume, create).chunks.put_batch(records)
+        self.store.write(volume, "rawx", records, create=create)
 
     def chunk_delete(self, volume: str, keys: Any, **options: Any) -> None:
-        self._rawx(volume).chunks.delete_batch(keys)
+        self.store.write(volume, "rawx", keys, delete=True)
 
     def chunk_page(
         self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None, rebuild: bool,
@@ -64,8 +59,7 @@ class EmbeddedBackend(RdirBackend):
         vol = self._rawx(volume)
         incident = vol.rebuild_incident(rebuild)
         if incident is None:
-            array, _, _ = vol.chunks.fetch_arrays(limit=1)  # for its dtype
-            return array[:0], False, None
+            return np.empty(0, CHUNK_DTYPE), False, None
         return vol.chunks.fetch_arrays(
             prefix=prefix, marker=marker, limit=listing_limit(limit), incident=incident
         )
@@ -100,30 +94,13 @@ class EmbeddedBackend(RdirBackend):
 
     def meta2_push(self, volume: str, records: list[dict[str, Any]], **options: Any) -> None:
         # meta2 pushes create the volume, as the reference server does by default.
-        if not self.store.exists(volume, "meta2"):
-            check_meta2(records)  # a bad batch creates nothing
-        self._meta2(volume, create=True).meta2.put_batch(records)
+        self.store.write(volume, "meta2", records, create=True)
 
     def meta2_delete(self, volume: str, records: list[dict[str, Any]], **options: Any) -> None:
-        self._meta2(volume).meta2.delete_batch([r["container_url"] for r in records])
+        self.store.write(volume, "meta2", records, delete=True)
 
     def meta2_page(
         self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None,
         **options: Any,
-    ) -> dict[str, Any]:
-        records, truncated = self._meta2(volume).meta2.fetch(
-            prefix=prefix, marker=marker, limit=listing_limit(limit)
-        )
-        return {"records": records, "truncated": truncated}
-
-    def container_path(self, volume: str, container_id: str, **options: Any) -> str | None:
-        index = self._meta2(volume).meta2
-        marker = None
-        while True:
-            records, truncated = index.fetch(marker=marker, limit=listing_limit(None))
-            for record in records:
-                if record["container_id"] == container_id:
-                    return record["container_url"]
-            if not truncated:
-                return None
-            marker = records[-1]["container_url"]
+    ) -> Page[list[Meta2Record]]:
+        return self._meta2(volume).meta2.fetch(prefix=prefix, marker=marker, limit=listing_limit(limit))

@@ -24,7 +24,8 @@ from urllib.parse import urlencode
 
 import numpy as np
 
-from rdirdb.rdir.backend import ChunkEntry, RdirBackend, listing_limit
+from rdirdb._rdir import CHUNK_DTYPE_FIELDS, chunk_array
+from rdirdb.rdir.backend import ChunkEntry, Meta2Record, Page, RdirBackend, listing_limit
 from rdirdb.errors import (
     BadRequest,
     ClientException,
@@ -40,7 +41,6 @@ from rdirdb.errors import (
 CONNECT_TIMEOUT = 2.0  # seconds, as OpenIO's client
 READ_TIMEOUT = 30.0
 POOL_SIZE = 32  # idle connections kept per host
-ARRAY_DTYPE_FIELDS = ("container_id", "content_id", "chunk_id", "mtime", "path", "version")
 
 Resolver = Callable[[str, str], Sequence[str]]
 
@@ -55,7 +55,9 @@ class _Pool:
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
 
-    def request(self, method: str, url: str, body: bytes | None, headers: dict[str, str]):
+    def request(
+        self, method: str, url: str, body: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, http.client.HTTPMessage, bytes]:
         """``(status, headers, body)``; a stale pooled connection is retried once."""
         for attempt in range(2):
             try:
@@ -198,7 +200,7 @@ class RemoteBackend(RdirBackend):
             headers["Content-Type"] = "application/json"
         hosts = self.hosts(volume, service_type, options)
 
-        def send(host: str):
+        def send(host: str) -> tuple[int, Any, Any]:
             status, resp_headers, data = self._pool(host).request(method, url, payload, headers)
             decoded = _json_or_raw(status, resp_headers, data)
             if status >= 400:
@@ -206,11 +208,12 @@ class RemoteBackend(RdirBackend):
                 # The server's message as is (the same as the embedded client's);
                 # which replica answered is kept aside.
                 exc = from_status(status, message)
-                exc.host = host
+                exc.host = host  # type: ignore[attr-defined]
                 raise exc
             return status, resp_headers, decoded
 
         errors: list[tuple[str, Exception]] = []
+        result: tuple[int, Any, Any] | None = None
         if method in ("GET", "HEAD"):
             for host in hosts:
                 try:
@@ -220,9 +223,8 @@ class RemoteBackend(RdirBackend):
                     continue
                 self._check_quorum(errors, len(hosts), options, method)
                 return result
-            self._raise(errors, method)
+            raise self._error(errors, method)
         futures = [(host, self._executor.submit(send, host)) for host in hosts]
-        result = None
         for host, future in futures:
             try:
                 result = future.result()
@@ -230,10 +232,11 @@ class RemoteBackend(RdirBackend):
                 errors.append((host, exc))
         self._check_quorum(errors, len(hosts), options, method)
         if result is None:
-            self._raise(errors, method)
+            raise self._error(errors, method)
         return result
 
-    def _check_quorum(self, errors: list, total: int, options: dict[str, Any], method: str) -> None:
+    def _check_quorum(self, errors: list[tuple[str, Exception]], total: int, options: dict[str, Any],
+                      method: str) -> None:
         """OpenIO's rule: fail when too few replicas answered for ``write_quorum``."""
         if not errors:
             return
@@ -243,15 +246,16 @@ class RemoteBackend(RdirBackend):
             or (quorum <= 0 and len(errors) > -quorum)
             or (quorum > 0 and total - len(errors) < quorum)
         ):
-            self._raise(errors, method)
+            raise self._error(errors, method)
 
     @staticmethod
-    def _raise(errors: list[tuple[str, Exception]], method: str) -> None:
+    def _error(errors: list[tuple[str, Exception]], method: str) -> Exception:
+        """The error to raise for the replicas' errors: theirs when of one class."""
         classes = {type(exc) for _, exc in errors}
         if len(classes) == 1:
-            raise errors[0][1]
+            return errors[0][1]
         detail = ", ".join(f"{host}: {exc}" for host, exc in errors)
-        raise OioException(f"Several errors encountered: {detail} {method}")
+        return OioException(f"Several errors encountered: {detail} {method}")
 
     # -- chunks ---------------------------------------------------------------
 
@@ -285,7 +289,8 @@ class RemoteBackend(RdirBackend):
         page, truncated, marker = self.chunk_page(
             volume, prefix=prefix, marker=marker, limit=limit, rebuild=rebuild, **options
         )
-        return _chunk_array(page), truncated, marker
+        records = [(cid, v["content_id"], chunk, v["mtime"], v["path"], v["version"]) for cid, chunk, v in page]
+        return chunk_array(records), truncated, marker
 
     def status_page(
         self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None, **options: Any
@@ -300,7 +305,7 @@ class RemoteBackend(RdirBackend):
         self.request(volume, "POST", "admin/incident", body={"date": int(date)}, create=create, **options)
 
     def incident_get(self, volume: str, **options: Any) -> int:
-        return self.request(volume, "GET", "admin/incident", **options)[2].get("date", 0)
+        return int(self.request(volume, "GET", "admin/incident", **options)[2].get("date", 0))
 
     def lock(self, volume: str, who: str, *, create: bool, **options: Any) -> None:
         self.request(volume, "POST", "admin/lock", body={"who": who}, create=create, **options)
@@ -313,7 +318,8 @@ class RemoteBackend(RdirBackend):
 
     def clear(self, volume: str, *, all: bool, before_incident: bool, repair: bool, **options: Any) -> dict[str, int]:
         params = {"all": str(all), "before_incident": str(before_incident), "repair": str(repair)}
-        return self.request(volume, "POST", "admin/clear", params=params, **options)[2]
+        result: dict[str, int] = self.request(volume, "POST", "admin/clear", params=params, **options)[2]
+        return result
 
     # -- meta2 ----------------------------------------------------------------
 
@@ -325,20 +331,13 @@ class RemoteBackend(RdirBackend):
 
     def meta2_page(
         self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None, **options: Any
-    ) -> dict[str, Any]:
+    ) -> Page[list[Meta2Record]]:
         params = {"prefix": prefix, "marker": marker, "limit": listing_limit(limit)}
-        return self.request(volume, "GET", "fetch", service_type="meta2", params=params, **options)[2]
-
-    def container_path(self, volume: str, container_id: str, **options: Any) -> str | None:
-        marker = None
-        while True:
-            page = self.meta2_page(volume, prefix=None, marker=marker, limit=None, **options)
-            for record in page["records"]:
-                if record["container_id"] == container_id:
-                    return record["container_url"]
-            if not page["truncated"] or not page["records"]:
-                return None
-            marker = page["records"][-1]["container_url"]
+        body = self.request(volume, "GET", "fetch", service_type="meta2", params=params, **options)[2]
+        records = body["records"]
+        # The wire has no meta2 marker: a page resumes after its last record.
+        truncated = bool(body["truncated"] and records)
+        return records, truncated, records[-1]["container_url"] if truncated else None
 
 
 def remote_backend(conf: dict[str, Any], **kwargs: Any) -> RemoteBackend:
@@ -371,29 +370,32 @@ def remote_backend(conf: dict[str, Any], **kwargs: Any) -> RemoteBackend:
 
 def _listing(headers: Any) -> tuple[bool, str | None]:
     truncated = headers.get("x-oio-list-truncated", "false").lower() == "true"
-    return truncated, headers.get("x-oio-list-marker") if truncated else None
+    marker = headers.get("x-oio-list-marker") if truncated else None
+    if marker is not None:
+        # The server sends the key in UTF-8; http.client reads headers as Latin-1.
+        marker = marker.encode("latin-1").decode("utf-8")
+    return truncated, marker
 
 
 def _chunk_dicts(records: Any) -> list[dict[str, Any]]:
     """The JSON body of a push, from dicts, tuples or a numpy structured array."""
     if isinstance(records, np.ndarray):
-        def text(value: Any) -> str:
-            return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-        return [
-            {"container_id": text(r["container_id"]), "content_id": text(r["content_id"]),
-             "chunk_id": text(r["chunk_id"]), "mtime": int(r["mtime"]), "path": text(r["path"]),
-             "version": int(r["version"])}
-            for r in records
-        ]
+        return [{name: _json_value(r[name]) for name in CHUNK_DTYPE_FIELDS} for r in records]
     out = []
     for i, rec in enumerate(records):
         if isinstance(rec, tuple):
             if len(rec) != 6:
                 raise BadRequest(f"record {i}: expected (container_id, content_id, chunk_id, mtime, path, version)")
-            rec = dict(zip(ARRAY_DTYPE_FIELDS, rec))
+            rec = dict(zip(CHUNK_DTYPE_FIELDS, rec))
         out.append(dict(rec))
     return out
+
+
+def _json_value(value: Any) -> str | int:
+    """A field of a numpy record as JSON has it: text (from UTF-8 bytes) or an int."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return int(value) if isinstance(value, np.integer) else str(value)
 
 
 def _key_pairs(keys: Any) -> list[tuple[str, str]]:
@@ -404,23 +406,3 @@ def _key_pairs(keys: Any) -> list[tuple[str, str]]:
         else:
             pairs.append((key["container_id"], key["chunk_id"]))
     return pairs
-
-
-def _chunk_array(page: list[ChunkEntry]) -> np.ndarray:
-    columns = {
-        "container_id": [cid.encode() for cid, _, _ in page],
-        "content_id": [v.get("content_id", "").encode() for _, _, v in page],
-        "chunk_id": [chunk.encode() for _, chunk, _ in page],
-        "path": [v.get("path", "").encode() for _, _, v in page],
-    }
-    dtype = [
-        (name, f"S{max(max(map(len, columns[name]), default=1), 1)}") if name in columns else (name, "<i8")
-        for name in ARRAY_DTYPE_FIELDS
-    ]
-    array = np.empty(len(page), dtype=dtype)
-    for name, values in columns.items():
-        array[name] = values
-    array["mtime"] = [v.get("mtime", 0) for _, _, v in page]
-    array["version"] = [v.get("version", 0) for _, _, v in page]
-    return array
-

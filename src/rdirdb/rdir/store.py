@@ -5,9 +5,14 @@ Layout::
     <root>/rawx/<volume file name>/{data,lock}.mdb    chunk records + admin keys
     <root>/meta2/<volume file name>/{data,lock}.mdb   container records
 
-A volume id maps to its file name by percent-encoding every byte outside
-``[A-Za-z0-9_.:-]`` and a leading dot, so no id can escape the directory
-(``..``, ``/``) and the mapping is reversible for listings.
+A volume id is any non-empty text of valid UTF-8 without NUL (``..``, ``/x``
+and control characters included: OpenIO names volumes freely). It maps to its
+file name by percent-encoding every byte outside ``[A-Za-z0-9_.:-]`` and a
+leading dot, so no id can escape the directory and the mapping is reversible
+for listings; the file name may not exceed 255 bytes.
+
+:meth:`Store.write` is the one write path of records, for the embedded client
+and the HTTP server alike.
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ from typing import Any, Iterator
 from urllib.parse import quote, unquote
 
 from rdirdb._lmdb import Environment, Transaction
-from rdirdb._rdir import CHUNK_DATABASES, META2_DATABASES, ChunkIndex, Meta2Index
-from rdirdb.errors import BadRequest, ClosedError, Forbidden, LmdbFileNotFoundError, NotFound
+from rdirdb._rdir import CHUNK_DATABASES, META2_DATABASES, ChunkIndex, Meta2Index, encode_chunks, encode_meta2
+from rdirdb.errors import BadRequest, ClosedError, Forbidden, LmdbFileNotFoundError, NotFound, caller_error
 
 SERVICE_TYPES = ("rawx", "meta2")
 DEFAULT_MAP_SIZE = 64 << 20  # grows on its own; only the address space is reserved
@@ -34,14 +39,22 @@ CLEAR_LOCK_OWNER = "admin_clear"
 
 
 def volume_file_name(volume_id: str) -> str:
-    """The directory name that stores ``volume_id`` (reversible, traversal-proof)."""
+    """The directory name that stores ``volume_id`` (reversible, traversal-proof).
+
+    This is the rule of volume ids (see the module docstring): BadRequest for
+    any other id, TypeError for a value that is not text.
+    """
     if not isinstance(volume_id, str):
-        raise TypeError(f"volume id must be str, not {type(volume_id).__name__}")
+        raise caller_error(TypeError(f"volume id must be str, not {type(volume_id).__name__}"))
     if not volume_id:
         raise BadRequest("volume id is empty")
     if "\x00" in volume_id:
         raise BadRequest("volume id contains a NUL character")
-    name = quote(volume_id, safe=_SAFE)
+    try:
+        encoded = volume_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("volume id is not valid UTF-8 text") from None
+    name = quote(encoded, safe=_SAFE)
     if name.startswith("."):
         name = "%2E" + name[1:]
     if len(name) > MAX_VOLUME_ID:
@@ -71,10 +84,11 @@ class Volume:
         self.volume_id = volume_id
         self.service_type = service_type
         self.env = env
+        self.index: ChunkIndex | Meta2Index
         if service_type == "rawx":
-            self.chunks: ChunkIndex = ChunkIndex(env)
+            self.chunks = self.index = ChunkIndex(env)
         else:
-            self.meta2: Meta2Index = Meta2Index(env)
+            self.meta2 = self.index = Meta2Index(env)
 
     def snapshot(self) -> Transaction:
         """A read transaction: the volume as of now, for as long as it stays open.
@@ -227,16 +241,42 @@ class Store:
     def exists(self, volume_id: str, service_type: str = "rawx") -> bool:
         return os.path.exists(os.path.join(self._dir(volume_id, service_type), "data.mdb"))
 
-    def volume(self, volume_id: str, service_type: str = "rawx", *, create: bool = False) -> Volume:
-        """The open volume; ``NotFound`` when it does not exist and not ``create``."""
+    def write(
+        self, volume_id: str, service_type: str, records: Any, *, delete: bool = False, create: bool = False
+    ) -> int:
+        """Write records to a volume in one transaction, all or nothing (delete
+        them with ``delete``); returns how many were written (or existed).
+
+        The one write path of records: the volume id is checked, then the batch
+        is validated and encoded once (the native encoder is the only
+        validator), and only then is the volume opened, or created with
+        ``create``: a bad batch is refused even for an absent volume, and
+        creates nothing. An open volume costs no file system call.
+        """
+        vol = self._cached(volume_id, service_type)
+        if vol is None:
+            self._dir(volume_id, service_type)  # the id is checked before the batch
+        encode = encode_chunks if service_type == "rawx" else encode_meta2
+        batch = encode(records, key_only=delete)
+        if vol is None:
+            vol = self.volume(volume_id, service_type, create=create)
+        return vol.index.apply(batch)
+
+    def _cached(self, volume_id: str, service_type: str) -> Volume | None:
         if self._volumes is None:
             raise ClosedError("store is closed")
-        key = (service_type, volume_id)
-        vol = self._volumes.get(key)
+        return self._volumes.get((service_type, volume_id))
+
+    def volume(self, volume_id: str, service_type: str = "rawx", *, create: bool = False) -> Volume:
+        """The open volume; ``NotFound`` when it does not exist and not ``create``."""
+        vol = self._cached(volume_id, service_type)
         if vol is not None:
             return vol
+        key = (service_type, volume_id)
         path = self._dir(volume_id, service_type)
         with self._lock:
+            if self._volumes is None:
+                raise ClosedError("store is closed")
             vol = self._volumes.get(key)
             if vol is not None:
                 return vol

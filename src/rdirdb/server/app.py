@@ -11,24 +11,24 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from typing import Any, Callable, NamedTuple
-from urllib.parse import unquote_plus
+import string
+from typing import Any, Callable, NamedTuple, TypeVar
+from urllib.parse import quote, unquote_plus, unquote_to_bytes
 
 import orjson
 
 from rdirdb import errors
-from rdirdb._rdir import check_chunks, check_meta2
+from rdirdb.rdir.backend import DEFAULT_LIMIT as DEFAULT_LIMIT  # the server's settings show them
+from rdirdb.rdir.backend import MAX_LIMIT as MAX_LIMIT
+from rdirdb.rdir.backend import listing_limit, parse_bool
 from rdirdb.rdir.store import Store, Volume, volume_file_name
 
 log = logging.getLogger("rdirdb.server")
+T = TypeVar("T")
 
-DEFAULT_LIMIT = 1000
-MAX_LIMIT = 10000
 JSON = "application/json"
 TEXT = "text/plain"
 
-_TRUE = frozenset(("yes", "true", "on", "enable", "enabled", "1", "yeah"))
-_FALSE = frozenset(("no", "false", "off", "disable", "disabled", "0", "nope"))
 _LEADING_INT = re.compile(r"\s*[+-]?\d+")
 
 
@@ -60,13 +60,15 @@ def bad_request(message: str) -> HttpError:
     return HttpError(400, message)
 
 
-def json_response(obj: Any, status: int = 200, headers: tuple = ()) -> Response:
+def json_response(obj: Any, status: int = 200, headers: tuple[tuple[str, str], ...] = ()) -> Response:
     return Response(status, orjson.dumps(obj), JSON, headers)
 
 
 def error_response(exc: HttpError) -> Response:
     headers = (("Retry-After", "1"),) if exc.status == 503 else ()
-    return json_response({"status": exc.code, "message": exc.message}, exc.status, headers)
+    # A message may quote invalid UTF-8 of the request (lone surrogates): show it escaped.
+    message = exc.message.encode("utf-8", "backslashreplace").decode("utf-8")
+    return json_response({"status": exc.code, "message": message}, exc.status, headers)
 
 
 # -- query string and body fields ---------------------------------------------
@@ -81,32 +83,21 @@ def parse_query(query: str) -> dict[str, str]:
     params: dict[str, str] = {}
     for token in query.split("&"):
         if "%" in token or "+" in token:  # like the reference: unescape, then split
-            token = unquote_plus(token)
+            # Invalid UTF-8 stays visible (as lone surrogates): refused where it matters.
+            token = unquote_plus(token, errors="surrogateescape")
         name, sep, value = token.partition("=")
         if sep:
             params.setdefault(name, value)
     return params
 
 
-def parse_bool(value: str | None, default: bool = False) -> bool:
-    if value is None:
-        return default
-    value = value.lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    return default
-
-
-def parse_limit(value: Any) -> int:
-    """A listing limit: a non-positive or unparsable one means the default (like strtoll)."""
+def parse_limit(value: str | int | None) -> int:
+    """The page size of a query's text limit (read as strtoll: unparsable text is 0)
+    or a body's int limit, by the rule of :func:`listing_limit`."""
     if isinstance(value, str):
         match = _LEADING_INT.match(value)
         value = int(match.group()) if match else 0
-    if value is None or value <= 0:
-        return DEFAULT_LIMIT
-    return min(value, MAX_LIMIT)
+    return listing_limit(value)
 
 
 def _is_int(value: Any) -> bool:
@@ -134,7 +125,7 @@ def field(obj: Any, name: str, kind: type, *, mandatory: bool = True) -> Any:
     return value
 
 
-def records_of(body: Any) -> list:
+def records_of(body: Any) -> list[Any]:
     """The records of a push/delete body: an object is a batch of one."""
     if body is None:
         raise bad_request("null body")
@@ -161,69 +152,37 @@ def check_volume_id(vol: str | None, what: str = "volume") -> str:
     return vol
 
 
-def _chunk_record(obj: Any) -> tuple[str, str, str, int, str, int]:
-    """(container_id, content_id, chunk_id, mtime, path, version): put_batch's tuple."""
-    if type(obj) is dict:  # the fast path (a batch push is 1,000 of these)
-        try:
-            cid, content, chunk = obj["container_id"], obj["content_id"], obj["chunk_id"]
-            mtime, path, version = obj["mtime"], obj["path"], obj["version"]
-        except KeyError:
-            pass
-        else:
-            if (
-                type(cid) is str and type(content) is str and type(chunk) is str
-                and type(mtime) is int and type(path) is str and type(version) is int
-                and _header_safe(cid) and _header_safe(chunk)
-            ):
-                return cid, content, chunk, max(mtime, 0), path, version
-    # the slow path finds the reference's error message
-    return (
-        _key_part(obj, "container_id"),
-        field(obj, "content_id", str),
-        _key_part(obj, "chunk_id"),
-        max(field(obj, "mtime", int), 0),  # mtime <= 0 means "none", read back as 0
-        field(obj, "path", str),
-        field(obj, "version", int),
-    )
-
-
-def _header_safe(text: str) -> bool:
-    return "\n" not in text and "\r" not in text
-
-
-def _key_part(obj: Any, name: str) -> str:
-    """A container or chunk id: it may come back in the x-oio-list-marker header."""
-    value = field(obj, name, str)
-    if not _header_safe(value):
-        raise bad_request(f"Invalid value for field [{name}]: line breaks are not allowed")
-    return value
-
-
-def _chunk_key(obj: Any) -> tuple[str, str]:
-    key = (field(obj, "container_id", str), field(obj, "chunk_id", str))
-    for name, kind in (("content_id", str), ("mtime", int), ("path", str), ("version", int)):
-        field(obj, name, kind, mandatory=False)  # optional, but type-checked when present
-    return key
-
-
-def _meta2_record(obj: Any) -> dict[str, Any]:
-    return {
-        "container_id": field(obj, "container_id", str),
-        "container_url": field(obj, "container_url", str),
-        "mtime": field(obj, "mtime", int, mandatory=False) or 0,
-        "extra_data": field(obj, "extra_data", str, mandatory=False),
-    }
-
-
-def _meta2_url(obj: Any) -> str:
-    field(obj, "container_id", str)
-    return field(obj, "container_url", str)
-
-
 def _listing_headers(truncated: bool, marker: str | None) -> tuple[tuple[str, str], ...]:
     if truncated and marker is not None:
-        return (("x-oio-list-truncated", "true"), ("x-oio-list-marker", marker))
+        return (("x-oio-list-truncated", "true"), ("x-oio-list-marker", marker_header(marker)))
     return (("x-oio-list-truncated", "false"),)
+
+
+# The x-oio-list-marker header carries the key a listing resumes after, and
+# clients send it back unchanged as the ``marker`` parameter. A key travels as
+# is, in UTF-8, as in the reference (a key always holds a '|'), unless a header
+# cannot carry it: a control character (of a record stored before the id rule
+# refused them) or a space at an end (header parsers strip it). Such a key
+# travels percent-encoded, its '|' included, and a marker without '|' is decoded.
+_MARKER_SAFE = "".join(c for c in string.punctuation if c not in "%|")
+_HEADER_UNSAFE = re.compile(r"[\x00-\x1f\x7f]|^ | $")
+
+
+def marker_header(key: str) -> str:
+    """The x-oio-list-marker value of ``key``; :func:`marker_param` restores the key."""
+    if _HEADER_UNSAFE.search(key) is None:
+        return key
+    return quote(key.encode("utf-8", "surrogatepass"), safe=_MARKER_SAFE)
+
+
+def marker_param(value: str) -> str:
+    """The key of a ``marker`` parameter: as given, or decoded from :func:`marker_header`'s form."""
+    if "|" in value or "%" not in value:
+        return value
+    try:
+        return unquote_to_bytes(value).decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad_request("marker is not valid UTF-8 text") from None
 
 
 def meta2_volume_name(volume_id: str) -> str:
@@ -305,13 +264,15 @@ class RdirApp:
         except HttpError as exc:
             return error_response(exc)
         except errors.ClientException as exc:
-            return error_response(HttpError(exc.http_status, exc.message))
-        except (ValueError, TypeError, errors.BadValSizeError) as exc:  # the engine's verdict
-            return error_response(bad_request(str(exc)))
+            return error_response(HttpError(exc.http_status, errors.caller_message(exc) or exc.message))
         except (errors.ReadersFullError, errors.LmdbBusyError) as exc:
             log.warning("busy: %s", exc)
             return error_response(HttpError(503, str(exc)))
-        except Exception as exc:  # a bug or a storage failure, never the client's
+        except Exception as exc:
+            message = errors.caller_message(exc)
+            if message is not None:  # the engine's verdict on the request (a bad type)
+                return error_response(bad_request(message))
+            # A bug or a storage failure, never the client's.
             log.exception("%s %s failed", method, path)
             return error_response(HttpError(500, f"Backend error: {exc}"))
 
@@ -323,11 +284,22 @@ class RdirApp:
         return self._open(check_volume_id(req.query.get("vol"), what), service_type, create)
 
     def _open(self, vol: str, service_type: str, create: bool = False) -> Volume:
+        return self._opening(service_type, vol, self.store.volume, vol, service_type, create=create)
+
+    def _write(self, req: Request, service_type: str, *, delete: bool = False, create: bool = False) -> Response:
+        """A push or a delete: the body's records go to :meth:`Store.write` as parsed."""
+        vol = check_volume_id(req.query.get("vol"), "volume" if service_type == "rawx" else "meta2")
+        records = records_of(req.body)
+        self._opening(service_type, vol, self.store.write, vol, service_type, records, delete=delete, create=create)
+        return NO_CONTENT
+
+    def _opening(self, service_type: str, vol: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)``, telling ``on_open`` if it opened the volume."""
         before = self.store.opened_count
-        volume = self.store.volume(vol, service_type, create=create)
+        result = fn(*args, **kwargs)
         if self._on_open is not None and self.store.opened_count != before:
             self._on_open(service_type, vol)
-        return volume
+        return result
 
     # -- service --
 
@@ -413,31 +385,10 @@ class RdirApp:
         return CREATED
 
     def push(self, req: Request) -> Response:
-        check_volume_id(req.query.get("vol"))
-        records = [_chunk_record(r) for r in records_of(req.body)]  # validate before opening
-        volume = self._write_volume(req, records, create=parse_bool(req.query.get("create")), keys=False)
-        if records:
-            volume.chunks.put_batch(records)
-        return NO_CONTENT
+        return self._write(req, "rawx", create=parse_bool(req.query.get("create")))
 
     def delete(self, req: Request) -> Response:
-        check_volume_id(req.query.get("vol"))
-        keys = [_chunk_key(r) for r in records_of(req.body)]
-        volume = self._write_volume(req, keys, create=False, keys=True)
-        if keys:
-            volume.chunks.delete_batch(keys)
-        return NO_CONTENT
-
-    def _write_volume(self, req: Request, batch: list[tuple], *, create: bool, keys: bool) -> Volume:
-        """The volume a chunk batch goes to. For an absent volume the engine's own checks
-        (lengths, separators) run first: a bad batch is 400, not 404, and creates nothing."""
-        try:
-            return self._volume(req)
-        except errors.NotFound:
-            check_chunks(batch, key_only=keys)
-            if not create:
-                raise
-            return self._volume(req, create=True)
+        return self._write(req, "rawx", delete=True)
 
     def _listing(self, req: Request, legacy_body: bool) -> tuple[Volume, dict[str, Any], bool]:
         """The volume, the scan parameters and ``rebuild`` (query first, then legacy body)."""
@@ -450,6 +401,8 @@ class RdirApp:
         marker = q.get("marker")
         if marker is None:
             marker = field(body, "start_after", str, mandatory=False)
+        if marker:
+            marker = marker_param(marker)
         prefix = q.get("prefix")
         if prefix is None:
             prefix = field(body, "container_id", str, mandatory=False)
@@ -488,21 +441,11 @@ class RdirApp:
         return CREATED
 
     def meta2_push(self, req: Request) -> Response:
-        check_volume_id(req.query.get("vol"), "meta2")
-        records = [_meta2_record(r) for r in records_of(req.body)]
-        if not self.store.exists(req.query["vol"], "meta2"):
-            check_meta2(records)  # a bad batch is a 400 and creates nothing
-        volume = self._volume(req, "meta2", create=parse_bool(req.query.get("create"), True))
-        if records:
-            volume.meta2.put_batch(records)
-        return NO_CONTENT
+        return self._write(req, "meta2", create=parse_bool(req.query.get("create"), True))
 
     def meta2_delete(self, req: Request) -> Response:
-        urls = [_meta2_url(r) for r in records_of(req.body)]  # "null body" before the volume
-        volume = self._volume(req, "meta2")
-        if urls:
-            volume.meta2.delete_batch(urls)
-        return NO_CONTENT
+        records_of(req.body)  # as the reference: "null body" before the volume id
+        return self._write(req, "meta2", delete=True)
 
     def _meta2_params(self, req: Request) -> dict[str, Any]:
         """prefix/marker/limit: from the body when there is one, else from the query."""
@@ -520,7 +463,7 @@ class RdirApp:
 
     def meta2_fetch(self, req: Request) -> Response:
         params = self._meta2_params(req)
-        records, truncated = self._volume(req, "meta2").meta2.fetch(**params)
+        records, truncated, _ = self._volume(req, "meta2").meta2.fetch(**params)
         return json_response({"records": records, "truncated": truncated})
 
     def meta2_count(self, req: Request) -> Response:

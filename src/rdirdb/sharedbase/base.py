@@ -16,7 +16,8 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 
-from rdirdb.errors import FencingError, MapFullError, ShardNotFound
+from rdirdb._lmdb import replay
+from rdirdb.errors import FencingError, ShardNotFound
 from rdirdb.sharedbase.states import (
     OBJ_ID_SIZE,
     RELEASED_STATE,
@@ -37,11 +38,6 @@ OpenShard = tuple[str, ShardState, Optional[datetime], Optional[str]]
 
 # list_signatures reads this many ids per query, holding no connection between pages.
 _SIGNATURES_PAGE = 10_000
-
-# How many times a batch of our own is replayed after LMDB grew its map (each
-# growth doubles it).
-_REPLAYS = 8
-
 
 def _open_backend(base_dsn: str, application_name: str, kwargs: dict[str, Any]):
     if not isinstance(base_dsn, str):
@@ -390,6 +386,10 @@ class SharedBase:
         """``(name, state)`` of the shard holding ``obj_id``, or None."""
         return self._backend.get(check_obj_id(obj_id))
 
+    def _record_in_own_transaction(self, ids: list[bytes]) -> dict[bytes, Optional[int]]:
+        with self.transaction() as own:
+            return self.record_new_obj_ids(own, ids)
+
     def record_new_obj_ids(self, db: Any, obj_ids: Iterable[bytes]) -> dict[bytes, Optional[int]]:
         """Record ``obj_ids`` in our shard within ``db``'s transaction.
 
@@ -402,14 +402,8 @@ class SharedBase:
         if not ids:
             return {}
         if db is None:
-            for attempt in range(_REPLAYS):
-                try:
-                    with self.transaction() as own:
-                        return self.record_new_obj_ids(own, ids)
-                except MapFullError:
-                    # LMDB aborted our transaction and grew its map: run it again.
-                    if attempt == _REPLAYS - 1:
-                        raise
+            # Our own transaction: run again if LMDB aborted it to grow its map.
+            return replay(self._record_in_own_transaction, ids)
         self._backend.check_db(db)
         # On LMDB this may lock the shard inside ``db`` (see transaction()).
         with self._backend.transaction(db) if self._backend.locks_in_transaction else contextlib.nullcontext():

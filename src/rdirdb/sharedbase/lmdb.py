@@ -29,8 +29,8 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 
 from rdirdb import _shardmap
-from rdirdb._lmdb import Environment, Transaction
-from rdirdb.errors import MapFullError, SchemaVersionError, ShardExists
+from rdirdb._lmdb import Environment, Transaction, replay
+from rdirdb.errors import SchemaVersionError, ShardExists
 from rdirdb.sharedbase.rows import ShardRow
 from rdirdb.sharedbase.schema import SCHEMA_VERSION
 from rdirdb.sharedbase.states import ShardState
@@ -151,15 +151,15 @@ class LmdbBackend:
             yield txn
 
     def _run_write(self, fn: Callable[[Transaction], Any], db: Optional[Transaction] = None) -> Any:
-        """``fn(txn)`` in a write transaction, replayed once the map has grown."""
-        while True:
-            try:
-                with self.transaction(db) as txn:
-                    return fn(txn)
-            except MapFullError:
-                if db is not None or getattr(self._shared.local, "txn", None) is not None:
-                    raise  # not ours to replay
-                # Transaction.put grew the map and aborted: replay.
+        """``fn(txn)`` in a write transaction; one of our own is replayed once the map has grown."""
+        if db is not None or getattr(self._shared.local, "txn", None) is not None:
+            with self.transaction(db) as txn:  # the caller's: not ours to replay
+                return fn(txn)
+        return replay(self._run_in_own, fn)
+
+    def _run_in_own(self, fn: Callable[[Transaction], Any]) -> Any:
+        with self.transaction() as txn:
+            return fn(txn)
 
     # -- shard records --------------------------------------------------------
 

@@ -16,6 +16,8 @@ import tempfile
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
 from rdirdb._lmdb import Transaction
+from rdirdb._rdir import CHUNK_DTYPE_FIELDS
+from rdirdb.rdir.backend import pages
 from rdirdb.rdir.client import RdirClient
 from rdirdb.errors import RdirdbError
 from rdirdb.rdir.store import SERVICE_TYPES, Store, Volume, volume_file_name
@@ -223,22 +225,8 @@ def record_count(vol: Volume) -> int:
 def scan(vol: Volume, txn: Transaction | None = None) -> Iterator[list[dict[str, Any]]]:
     """Every record of a volume, page by page, as the dicts ``put_batch`` accepts;
     with ``txn`` (:meth:`~rdirdb.rdir.store.Volume.snapshot`), all as of that one state."""
-    marker = None
-    while True:
-        if vol.service_type == "meta2":
-            records, truncated = vol.meta2.fetch(marker=marker, limit=PAGE, txn=txn)
-            if records:
-                marker = records[-1]["container_url"]
-            yield records
-        else:
-            page, truncated, marker = vol.chunks.fetch(marker=marker, limit=PAGE, txn=txn)
-            yield [
-                {"container_id": cid, "content_id": content, "chunk_id": chunk,
-                 "mtime": mtime, "path": path, "version": version}
-                for cid, chunk, content, mtime, path, version in page
-            ]
-        if not truncated:
-            return
+    for page in pages(vol.index.fetch, limit=PAGE, txn=txn):
+        yield page if vol.service_type == "meta2" else [dict(zip(CHUNK_DTYPE_FIELDS, record)) for record in page]
 
 
 def put(vol: Volume, records: list) -> None:

@@ -27,7 +27,8 @@ import tempfile
 import time
 from typing import IO, Any, Callable, Iterable, Iterator
 
-from rdirdb._rdir import check_chunks, check_meta2
+from rdirdb._rdir import CHUNK_DTYPE_FIELDS, encode_chunks, encode_meta2
+from rdirdb.rdir.backend import pages
 from rdirdb.rdir.client import CHUNK_DEFAULTS, DEFAULT_LIMIT, RdirClient, cid_from_name
 from rdirdb.errors import RdirdbError
 from rdirdb.progress import Progress
@@ -47,7 +48,7 @@ from rdirdb.tools.common import (
 )
 
 PUSH_BATCH = 1000  # records per request (a server caps a page at 10000)
-CHUNK_FIELDS = ("container_id", "content_id", "chunk_id", "mtime", "path", "version")
+CHUNK_FIELDS = CHUNK_DTYPE_FIELDS
 META2_FIELDS = ("container_url", "container_id", "mtime", "extra_data")
 
 
@@ -231,7 +232,7 @@ def _status_main(args: argparse.Namespace) -> int:
 # -- push ---------------------------------------------------------------------------
 
 
-Check = Callable[[list], Any]  # check_chunks or check_meta2: raises for a bad batch
+Check = Callable[[list], Any]  # encode_chunks or encode_meta2: raises for a bad batch
 
 
 def _checked_batches(stream: Iterable[bytes], size: int, record: Callable[[dict], dict], check: Check,
@@ -343,14 +344,14 @@ def _meta2_record(obj: dict) -> dict:
 
 
 def _push_main(args: argparse.Namespace) -> int:
-    return _push(args, _chunk_record, check_chunks,
+    return _push(args, _chunk_record, encode_chunks,
                  lambda client, batch: client.chunk_push_batch(args.volume, batch, create=args.create),
                  create=args.create)
 
 
 def _meta2_push_main(args: argparse.Namespace) -> int:
     # As the reference, a meta2 push creates the volume.
-    return _push(args, _meta2_record, check_meta2,
+    return _push(args, _meta2_record, encode_meta2,
                  lambda client, batch: client.backend.meta2_push(args.volume, batch), create=True)
 
 
@@ -403,14 +404,10 @@ def _meta2_fetch_main(args: argparse.Namespace) -> int:
     page = _page_size(args.limit)
 
     def records(client: RdirClient) -> Iterator[dict]:
-        marker = args.marker
-        while True:
-            body = client.meta2_index_fetch(args.volume, prefix=args.prefix, marker=marker, limit=page)
-            for record in body["records"]:
+        for records in pages(client.backend.meta2_page, args.marker, volume=args.volume, prefix=args.prefix,
+                             limit=page):
+            for record in records:
                 yield {f: record.get(f) for f in META2_FIELDS}
-            if not body["truncated"] or not body["records"]:
-                return
-            marker = body["records"][-1]["container_url"]
 
     with open_client(args) as client:
         _print_records(args, META2_FIELDS, records(client))

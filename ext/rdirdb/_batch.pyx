@@ -1,0 +1,195 @@
+# cython: language_level=3, cdivision=True
+"""Batches of the rdir engine: what the encoders (_encode) fill and the indexes
+(_rdir) write.
+
+A batch holds the stored keys and values of its records in one growing arena;
+sort_unique() orders them by database and key (the last of equal keys wins),
+and apply_batch() writes them in one LMDB write transaction, without the GIL,
+appending where a key is past the end of its database (MDB_APPEND): all or
+nothing.
+"""
+
+cimport cython
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcmp, memcpy
+
+from rdirdb._codec cimport _text_cmp
+from rdirdb._lmdb cimport Environment, Transaction
+from rdirdb.lmdb cimport *
+
+cdef extern from "stdlib.h" nogil:
+    void qsort_r(void *base, size_t nmemb, size_t size,
+                 int (*compar)(const void *, const void *, void *) noexcept nogil, void *arg)
+
+
+cdef int _entry_cmp(const void *a, const void *b, void *arena) noexcept nogil:
+    cdef const Entry *x = <const Entry *>a
+    cdef const Entry *y = <const Entry *>b
+    cdef const uint8_t *base = <const uint8_t *>arena
+    if x.kind != y.kind:
+        return (x.kind > y.kind) - (x.kind < y.kind)
+    if x.head != y.head:
+        return 1 if x.head > y.head else -1
+    cdef int c = _text_cmp(base + x.koff, x.klen, base + y.koff, y.klen)
+    if c != 0:
+        return c
+    return (x.index > y.index) - (x.index < y.index)
+
+
+@cython.final
+cdef class Batch:
+    """A validated batch, encoded into one growing arena and sorted: what
+    ``encode_chunks`` and ``encode_meta2`` return and the indexes' ``apply``
+    writes. ``len()`` is the number of distinct keys."""
+
+    def __cinit__(self, Py_ssize_t expected, bint meta2=False, bint key_only=False):
+        self.meta2 = meta2
+        self.key_only = key_only
+        self.cap = <size_t>max(4096, expected * 128)
+        self.ncap = max(16, expected)
+        self.arena = <uint8_t *>malloc(self.cap)
+        self.entries = <Entry *>malloc(<size_t>self.ncap * sizeof(Entry))
+        if self.arena == NULL or self.entries == NULL:
+            raise MemoryError()
+        self.used = 0
+        self.n = 0
+
+    def __dealloc__(self):
+        free(self.arena)
+        free(self.entries)
+
+    cdef uint8_t *reserve(self, size_t size) except NULL:
+        """Room for ``size`` more bytes at the end of the arena."""
+        cdef uint8_t *grown
+        cdef size_t cap = self.cap
+        if self.used + size > cap:
+            while self.used + size > cap:
+                cap *= 2
+            grown = <uint8_t *>realloc(self.arena, cap)
+            if grown == NULL:
+                raise MemoryError()
+            self.arena = grown
+            self.cap = cap
+        return self.arena + self.used
+
+    cdef Entry *add(self, uint32_t kind, Py_ssize_t index) except NULL:
+        cdef Entry *grown
+        if self.n == self.ncap:
+            grown = <Entry *>realloc(self.entries, <size_t>self.ncap * 2 * sizeof(Entry))
+            if grown == NULL:
+                raise MemoryError()
+            self.entries = grown
+            self.ncap *= 2
+        cdef Entry *e = &self.entries[self.n]
+        self.n += 1
+        e.kind = kind
+        e.index = index
+        e.dead = 0
+        e.klen = 0
+        e.vlen = 0
+        return e
+
+    cdef int append(self, const void *data, size_t size) except -1:
+        memcpy(self.reserve(size), data, size)
+        self.used += size
+        return 0
+
+    cdef int sort_unique(self) except -1:
+        """Sort by (database, key, position); mark all but the last of equal keys dead."""
+        cdef Py_ssize_t i
+        cdef uint32_t j
+        cdef Entry *a
+        cdef Entry *b
+        cdef uint64_t head
+        for i in range(self.n):
+            a = &self.entries[i]
+            head = 0
+            for j in range(8):
+                head = (head << 8) | (self.arena[a.koff + j] if j < a.klen else 0)
+            a.head = head
+        with nogil:
+            qsort_r(self.entries, <size_t>self.n, sizeof(Entry), _entry_cmp, self.arena)
+        for i in range(self.n - 1):
+            a = &self.entries[i]
+            b = &self.entries[i + 1]
+            if a.kind == b.kind and a.klen == b.klen and \
+                    memcmp(self.arena + a.koff, self.arena + b.koff, a.klen) == 0:
+                a.dead = 1
+        return 0
+
+    def __len__(self):
+        cdef Py_ssize_t i, count = 0
+        for i in range(self.n):
+            count += not self.entries[i].dead
+        return count
+
+
+cdef int _write_entries(MDB_txn *txn, Batch batch, Py_ssize_t *count) noexcept nogil:
+    """Put (or delete, for keys) every live entry in ``txn``; returns an LMDB code."""
+    cdef MDB_cursor *cur
+    cdef MDB_val k, v, last, last_value
+    cdef Py_ssize_t i = 0
+    cdef int rc = MDB_SUCCESS
+    cdef uint32_t kind
+    cdef bint appending
+    cdef Entry *e
+    while i < batch.n and rc == MDB_SUCCESS:
+        kind = batch.entries[i].kind
+        rc = mdb_cursor_open(txn, batch.dbis[kind], &cur)
+        if rc != MDB_SUCCESS:
+            break
+        appending = False
+        if not batch.key_only:
+            rc = mdb_cursor_get(cur, &last, &last_value, MDB_LAST)
+            if rc == MDB_NOTFOUND:
+                appending = True
+                rc = MDB_SUCCESS
+        while i < batch.n and batch.entries[i].kind == kind and rc == MDB_SUCCESS:
+            e = &batch.entries[i]
+            i += 1
+            if e.dead:
+                continue
+            k.mv_data = batch.arena + e.koff
+            k.mv_size = e.klen
+            if batch.key_only:
+                rc = mdb_del(txn, batch.dbis[kind], &k, NULL)
+                if rc == MDB_SUCCESS:
+                    count[0] += 1
+                elif rc == MDB_NOTFOUND:
+                    rc = MDB_SUCCESS
+                continue
+            v.mv_data = batch.arena + e.voff
+            v.mv_size = e.vlen
+            if not appending and _text_cmp(<uint8_t *>k.mv_data, k.mv_size,
+                                           <uint8_t *>last.mv_data, last.mv_size) > 0:
+                appending = True
+            rc = mdb_cursor_put(cur, &k, &v, MDB_APPEND if appending else 0)
+            count[0] += 1
+        mdb_cursor_close(cur)
+    return rc
+
+
+def _write_into(Transaction txn, Batch batch):
+    """Environment.write's function: the batch in ``txn``; how many records it wrote."""
+    cdef Py_ssize_t count = 0
+    cdef int rc
+    with nogil:
+        rc = _write_entries(txn._txn, batch, &count)
+    txn.fail(rc, b"mdb_del" if batch.key_only else b"mdb_cursor_put")
+    return count
+
+
+cdef Py_ssize_t apply_batch(Environment env, const MDB_dbi *dbis, Batch batch, bint meta2) except -1:
+    """Write a sorted batch (delete its keys if ``key_only``) in one write
+    transaction, all or nothing; returns how many records were written (or
+    existed). ``dbis`` are the databases of the batch's kinds."""
+    if batch.meta2 != meta2:
+        raise TypeError(f"a batch of {'meta2' if batch.meta2 else 'chunk'} records "
+                        f"cannot be applied to a {'meta2' if meta2 else 'chunk'} index")
+    if batch.n == 0:
+        return 0
+    batch.dbis[0] = dbis[0]
+    if not meta2:
+        batch.dbis[1] = dbis[1]
+    return env.write(_write_into, batch)

@@ -1,0 +1,1 @@
+"""rdirdb._count has no Python API: its counts are reached through rdirdb._rdir."""
