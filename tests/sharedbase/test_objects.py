@@ -81,9 +81,23 @@ def test_bad_obj_ids_change_nothing(base, bad, error):
         record(base, bad)
     assert base.contains(obj_id(9)) is None
     assert list(base.list_shards()) == []
-    for call in (base.contains, base.get, base.delete, base.clean_deleted_object):
-        with pytest.raises((TypeError, ValueError)):
-            call(b"unknown")
+    for write in (base.delete, base.clean_deleted_object):
+        with pytest.raises(ValueError, match="32-byte"):
+            write(b"unknown")
+
+
+def test_lookups_of_ids_of_another_size_find_nothing(base):
+    """winery's test_winery_add_get reads b"unknown" and expects "not found"."""
+    record(base, [obj_id(1)])
+    for other_size in (b"", b"unknown", obj_id(1)[:31], obj_id(1) + b"\0"):
+        assert base.contains(other_size) is None
+        assert base.get(other_size) is None
+    assert base.contains(bytearray(obj_id(1))) == base.locked_shard_id
+    for not_bytes in ("a" * 32, None, 42):
+        with pytest.raises(TypeError, match="obj_id must be bytes"):
+            base.contains(not_bytes)
+        with pytest.raises(TypeError, match="obj_id must be bytes"):
+            base.get(not_bytes)
 
 
 def test_delete_and_tombstones(base):
@@ -99,6 +113,21 @@ def test_delete_and_tombstones(base):
     assert base.contains(obj_id(2)) is not None
     base.clean_deleted_object(obj_id(1))
     assert list(base.deleted_objects()) == []
+
+
+def test_deleted_objects_are_grouped_by_pool_then_shard(open_base):
+    """winery's cleaner groups them with itertools.groupby: one run per shard."""
+    bases = {pool: open_base(active_pool_name=pool) for pool in ("pool-b", "pool-a", "pool-c")}
+    ids = {pool: [obj_id(f"{pool}-{i}") for i in range(4)] for pool in bases}
+    for pool, base in bases.items():
+        record(base, ids[pool])
+        for i in ids[pool]:
+            base.delete(i)
+    entries = list(bases["pool-a"].deleted_objects())
+    expected = sorted((i, bases[pool].locked_shard, S.WRITING, pool) for pool in bases for i in ids[pool])
+    assert entries == sorted(expected, key=lambda e: (e[3], e[1], e[0]))
+    assert [e[3] for e in entries] == ["pool-a"] * 4 + ["pool-b"] * 4 + ["pool-c"] * 4
+    assert list(bases["pool-a"].deleted_objects("pool-c")) == entries[8:]
 
 
 def test_re_add_after_delete_moves_to_the_current_shard(open_base):

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import struct
+import threading
 import uuid
-from datetime import timedelta
+from datetime import timedelta, timezone
 from typing import Any, Iterator, Optional
 
 import numpy as np
@@ -20,7 +21,7 @@ from psycopg.adapt import Dumper
 from psycopg.pq import Format
 from psycopg_pool import ConnectionPool
 
-from rdirdb.errors import ShardBusy, ShardExists
+from rdirdb.errors import ClosedError, ShardBusy, ShardExists
 from rdirdb.sharedbase.rows import ShardRow
 from rdirdb.sharedbase.schema import check_version
 from rdirdb.sharedbase.states import ShardState
@@ -128,7 +129,19 @@ def _prepare_hot(conn: psycopg.Connection) -> None:
 def _row(values) -> ShardRow:
     id_, name, state, locker, locker_ts, pool_name, mapped = values
     # char(32) pads short names with blanks on output; names never end with one.
+    # Timestamps in UTC, as the LMDB backend gives them (psycopg uses the session's zone).
+    locker_ts = locker_ts.astimezone(timezone.utc) if locker_ts is not None else None
     return ShardRow(id_, name.rstrip(), ShardState(state), locker, locker_ts, pool_name, list(mapped))
+
+
+def _close_pool(pool: ConnectionPool) -> None:
+    """Close ``pool``, from any thread. The garbage collector can run in one of
+    the pool's own worker threads (daemons), which cannot join themselves: a
+    daemon thread hands the close to a new thread."""
+    if threading.current_thread().daemon:
+        threading.Thread(target=pool.close, name=f"{pool.name}-close", daemon=True).start()
+    else:
+        pool.close()
 
 
 class PgBackend:
@@ -136,30 +149,54 @@ class PgBackend:
     # the caller's transaction does afterwards.
     locks_in_transaction = False
 
-    def __init__(self, dsn: str, application_name: str, *, min_size: int = 1, max_size: int = 4) -> None:
+    def __init__(self, dsn: str, application_name: str, *, min_size: int = 0, max_size: int = 4) -> None:
         if max_size < 2:
             # A writer holds one connection for its transaction and may need
             # another to lock a shard.
             raise ValueError("the connection pool needs max_size >= 2")
         self.dsn = dsn
-        kwargs: dict[str, Any] = {"application_name": application_name, "autocommit": True}
+        self.application_name = application_name
+        self._pool_size = (min_size, max_size)
+        self._pool: Optional[ConnectionPool] = None
+        self._pool_lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def pool(self) -> ConnectionPool:
+        """The connection pool, opened on first use (as winery's), after a
+        check of the schema version."""
+        if self._pool is None:
+            with self._pool_lock:
+                if self._closed:
+                    raise ClosedError("this SharedBase is closed")
+                if self._pool is None:
+                    self._pool = self._open_pool()
+        return self._pool
+
+    def _open_pool(self) -> ConnectionPool:
+        kwargs: dict[str, Any] = {"application_name": self.application_name, "autocommit": True}
         # Checked before the pool exists: its connections prepare statements
         # on tables an empty or foreign database does not have.
-        with psycopg.connect(dsn, **kwargs) as conn:
+        with psycopg.connect(self.dsn, **kwargs) as conn:
             check_version(conn)
-        self.pool = ConnectionPool(
-            conninfo=dsn,
+        min_size, max_size = self._pool_size
+        return ConnectionPool(
+            conninfo=self.dsn,
             kwargs=kwargs,
             min_size=min_size,
             max_size=max_size,
             max_idle=60,
             configure=_prepare_hot,
-            name=f"pool-{application_name}",
+            name=f"pool-{self.application_name}",
             open=True,
         )
 
     def close(self) -> None:
-        self.pool.close()
+        with self._pool_lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            _close_pool(pool)
 
     # -- plumbing ------------------------------------------------------------
 
@@ -267,6 +304,16 @@ class PgBackend:
             {"host": host, "name": name})
         return set(row[0]) if row else None
 
+    def list_shard_tables(self) -> list[str]:
+        # winery's query: the visible ordinary tables named shard_*, but its template.
+        rows = self._all(
+            "SELECT c.relname FROM pg_catalog.pg_class c "
+            "LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind = 'r' AND n.nspname <> 'pg_catalog' AND n.nspname !~ '^pg_toast' "
+            "AND n.nspname <> 'information_schema' AND pg_catalog.pg_table_is_visible(c.oid) "
+            "AND c.relname ~ '^shard_' AND c.relname <> 'shard_template' ORDER BY c.relname")
+        return [name.removeprefix("shard_") for (name,) in rows]
+
     def count_present(self, name: str) -> int:
         row = self._one(
             "SELECT COUNT(*) FROM signature2shard WHERE state = 'present' "
@@ -353,7 +400,8 @@ class PgBackend:
         rows = self._all(
             "SELECT o.signature, s.name, s.state, s.pool_name FROM signature2shard o "
             "JOIN shards s ON s.id = o.shard WHERE o.state = 'deleted' "
-            "AND (%(pool)s::text IS NULL OR s.pool_name = %(pool)s::text) ORDER BY o.signature",
+            "AND (%(pool)s::text IS NULL OR s.pool_name = %(pool)s::text) "
+            "ORDER BY s.pool_name, s.name, o.signature",
             {"pool": pool_name})
         return [(bytes(sig), name.rstrip(), ShardState(state), pool) for sig, name, state, pool in rows]
 
