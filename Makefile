@@ -83,12 +83,15 @@ $(PEER_VENV)/.installed: tests/peer/constraints.txt | peer-deps
 	$(PEER_VENV)/bin/pip install -q -c tests/peer/constraints.txt "$(SWH_OBJSTORAGE)"
 	touch $@
 
-# rdirdb goes in as a user would install it: a wheel of this tree, with its pg extra.
-peer-test: system-deps $(PEER_VENV)/.installed
+# rdirdb goes in as a user would install it: a wheel of this tree, with its pg
+# extra. Then our interoperability tests, which need winery's SharedBase too.
+peer-test: compile $(PEER_VENV)/.installed
 	rm -rf .venv-peer && ln -s $(PEER_VENV) .venv-peer
 	$(PEER_VENV)/bin/pip install -q -c tests/peer/constraints.txt ".[pg]"
 	$(SUDO) $(PEER_VENV)/bin/python tests/peer/run_peer.py --user $(PEER_USER) \
 		--min-passes $(PEER_MIN_PASSES) $(PEER_ARGS)
+	RDIRDB_PEER_PYTHON=$(PEER_VENV)/bin/python $(PYTHON) -m pytest -p no:cacheprovider -q \
+		tests/sharedbase/test_winery_interop.py
 
 # After changing SWH_OBJSTORAGE: pin the new set of packages.
 peer-constraints: peer-deps system-deps

@@ -117,17 +117,18 @@ def test_delete_and_tombstones(base):
 
 def test_deleted_objects_are_grouped_by_pool_then_shard(open_base):
     """winery's cleaner groups them with itertools.groupby: one run per shard."""
-    bases = {pool: open_base(active_pool_name=pool) for pool in ("pool-b", "pool-a", "pool-c")}
-    ids = {pool: [obj_id(f"{pool}-{i}") for i in range(4)] for pool in bases}
-    for pool, base in bases.items():
-        record(base, ids[pool])
-        for i in ids[pool]:
-            base.delete(i)
-    entries = list(bases["pool-a"].deleted_objects())
-    expected = sorted((i, bases[pool].locked_shard, S.WRITING, pool) for pool in bases for i in ids[pool])
-    assert entries == sorted(expected, key=lambda e: (e[3], e[1], e[0]))
-    assert [e[3] for e in entries] == ["pool-a"] * 4 + ["pool-b"] * 4 + ["pool-c"] * 4
-    assert list(bases["pool-a"].deleted_objects("pool-c")) == entries[8:]
+    writers = [open_base(active_pool_name=pool) for pool in ("pool-b", "pool-a", "pool-c", "pool-a")]
+    expected = []
+    for n, writer in enumerate(writers):
+        ids = [obj_id(f"{n}-{i}") for i in range(4)]
+        record(writer, ids)
+        for i in ids:
+            writer.delete(i)
+        expected += [(i, writer.locked_shard, S.WRITING, writer.active_pool_name) for i in ids]
+    entries = list(writers[0].deleted_objects())
+    assert sorted(entries) == sorted(expected)
+    assert [(e[3], e[1]) for e in entries] == sorted((e[3], e[1]) for e in expected)
+    assert sorted(writers[0].deleted_objects("pool-a")) == sorted(e for e in expected if e[3] == "pool-a")
 
 
 def test_re_add_after_delete_moves_to_the_current_shard(open_base):

@@ -509,7 +509,8 @@ class SharedBase:
 
     def deleted_objects(self, pool_name: Optional[str] = None) -> Iterator[tuple[bytes, str, ShardState, str]]:
         """Tombstones as ``(obj_id, shard name, shard state, pool name)``, grouped
-        as winery's cleaner expects: by pool, then shard name, then obj_id."""
+        as winery's cleaner expects: by pool, then shard name. Within a shard,
+        PostgreSQL's order (winery's query), by obj_id on LMDB."""
         if pool_name is not None:
             check_pool_name(pool_name)
         yield from self._backend.deleted_objects(pool_name)
