@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import sys
@@ -33,6 +34,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+CLOSING = re.compile(r"^=* ?\d+ (passed|failed|errors?|skipped)\b.* in [\d.]+s")
 WINERY_TESTS = "swh/objstorage/tests/winery"
 IMPLEMENTATIONS = ("winery", "rdirdb")
 
@@ -115,7 +117,7 @@ def main() -> int:
         lines = log.read_text(errors="replace").splitlines()
         print(f"\n== winery's suite with {impl}'s SharedBase (exit {process.returncode}): {log}")
         # pytest's short summary (-rfE) and its closing line.
-        print("\n".join([line for line in lines if line.startswith(("FAILED", "ERROR"))] + lines[-1:]))
+        print("\n".join(line for line in lines if line.startswith(("FAILED", "ERROR")) or CLOSING.search(line)))
         if not report.exists():
             print("\n".join(lines[-60:]))
             print(f"run_peer: the {impl} run produced no report")

@@ -60,6 +60,25 @@ def test_present_objects_keep_their_shard(open_base):
     assert first.count_objects() == 2 and second.count_objects() == 1
 
 
+def test_batch_mixing_new_present_and_deleted_ids(open_base, dsn):
+    """The conflict path of a batch (new ids first try a plain insert, rolled
+    back to a savepoint on a conflict), with lookups between."""
+    other, base = open_base(), open_base(**({} if dsn.startswith("lmdb:") else {"max_size": 2}))
+    for _ in range(12):  # psycopg prepares, on each connection, what it ran 5 times
+        base.get_shard_state("nothing")
+    for round in range(8):
+        present, deleted, new = obj_id(f"p{round}"), obj_id(f"d{round}"), obj_id(f"n{round}")
+        record(other, [present, deleted])
+        other.delete(deleted)
+        owners = record(base, [new, present, deleted])
+        assert owners == {new: base.locked_shard_id, present: other.locked_shard_id,
+                          deleted: base.locked_shard_id}
+        assert base.contains(present) == other.locked_shard_id
+        assert base.get(deleted) == (base.locked_shard, S.WRITING)
+        assert list(base.deleted_objects()) == []
+    assert base.count_objects() == 16 and other.count_objects() == 8
+
+
 def test_aborted_transaction_records_nothing(base):
     with pytest.raises(RuntimeError, match="abort"):
         with base.transaction() as db:
