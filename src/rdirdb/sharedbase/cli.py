@@ -1,6 +1,6 @@
 """``rdirdb sharedbase ...``: create, inspect and repair a SharedBase database.
 
-``register(subparsers)`` adds the command group to the main ``rdirdb`` parser;
+``add_parser(subparsers)`` adds the command group to the main ``rdirdb`` parser;
 each handler returns the process exit code.
 """
 
