@@ -1,7 +1,8 @@
 """pytest plugin: winery's own test suite, with rdirdb's SharedBase swapped in.
 
-Loaded with ``-p winery_swap`` by ``make peer-test`` (see tests/peer/README.md)
-in the peer virtualenv, which has swh-objstorage and rdirdb installed.
+Loaded with ``-p winery_swap`` by ``make peer-test`` (tests/peer/run_peer.py,
+docs/sharedbase.md) in the peer virtualenv, which has swh-objstorage and
+rdirdb installed.
 
 ``RDIRDB_PEER_SHAREDBASE=rdirdb`` replaces, in winery's ``sharedbase``
 module, the names a user switching to rdirdb would replace: SharedBase,
@@ -34,7 +35,6 @@ if IMPLEMENTATION == "rdirdb":
 
     for _name in SWAPPED_NAMES:
         setattr(theirs, _name, getattr(ours, _name))
-
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
