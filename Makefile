@@ -8,7 +8,8 @@ APT_PACKAGES := liblmdb-dev
 STAMP := .make-installed
 DEMO_ARGS ?=
 
-.PHONY: all system-deps bench-deps install compile debug test test-debug demo bench compare clean distclean
+.PHONY: all system-deps bench-deps install compile debug test test-debug demo bench compare clean distclean \
+	peer-deps peer-test peer-constraints
 
 all: compile
 
@@ -64,8 +65,56 @@ bench: compile bench-deps
 compare: compile
 	$(PYTHON) benches/compare.py
 
+# Winery's own test suite (swh-objstorage's, pinned) against rdirdb's SharedBase:
+# see tests/peer/run_peer.py. Its virtualenv lives outside the tree, on the
+# system interpreter, where the unprivileged user who runs the suite (initdb
+# refuses root) can read it; one per checkout, and .venv-peer points to it.
+SWH_OBJSTORAGE := swh-objstorage[testing,winery]==7.4.1
+PEER_PYTHON ?= /usr/bin/python3
+PEER_VENV ?= /var/tmp/rdirdb-peer-$(shell echo "$(CURDIR)" | md5sum | cut -c1-8)
+PEER_USER ?= rdirdb-peer
+PEER_MIN_PASSES ?= 291
+# Builds psycopg's C module (libpq-dev) and systemd-python (libsystemd-dev);
+# postgresql brings the pg_ctl that winery's fixtures start.
+PEER_APT_PACKAGES := python3-venv python3-dev gcc pkg-config libpq-dev libsystemd-dev postgresql
+
+peer-deps:
+	@missing=$$(for p in $(PEER_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "rdirdb: installing" $$missing; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+	@id -u $(PEER_USER) >/dev/null 2>&1 || $(SUDO) useradd --system --no-create-home \
+		--home-dir /nonexistent --shell /usr/sbin/nologin $(PEER_USER)
+
+$(PEER_VENV)/.installed: tests/peer/constraints.txt | peer-deps
+	rm -rf $(PEER_VENV)
+	$(PEER_PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/pip install -q -c tests/peer/constraints.txt "$(SWH_OBJSTORAGE)"
+	touch $@
+
+# rdirdb goes in as a user would install it: a wheel of this tree, with its pg
+# extra. Then our interoperability tests, which need winery's SharedBase too.
+peer-test: compile $(PEER_VENV)/.installed
+	rm -rf .venv-peer && ln -s $(PEER_VENV) .venv-peer
+	$(PEER_VENV)/bin/pip install -q -c tests/peer/constraints.txt ".[pg]"
+	$(SUDO) $(PEER_VENV)/bin/python tests/peer/run_peer.py --user $(PEER_USER) \
+		--min-passes $(PEER_MIN_PASSES) $(PEER_ARGS)
+	RDIRDB_PEER_PYTHON=$(PEER_VENV)/bin/python $(PYTHON) -m pytest -p no:cacheprovider -q \
+		tests/sharedbase/test_winery_interop.py
+
+# After changing SWH_OBJSTORAGE: pin the new set of packages.
+peer-constraints: peer-deps system-deps
+	rm -rf $(PEER_VENV)
+	$(PEER_PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/pip install -q "$(SWH_OBJSTORAGE)" ".[pg]"
+	{ sed -n '/^#/p' tests/peer/constraints.txt; \
+	  $(PEER_VENV)/bin/pip freeze | grep -v '^rdirdb'; } > tests/peer/constraints.tmp
+	mv tests/peer/constraints.tmp tests/peer/constraints.txt
+
 clean:
 	rm -rf build src/rdirdb/*.so ext/rdirdb/*.c ext/rdirdb/*.html .pytest_cache
 
 distclean: clean
-	rm -rf $(STAMP) .hypothesis .benchmarks src/*.egg-info
+	rm -rf $(STAMP) .venv-peer $(PEER_VENV) .hypothesis .benchmarks src/*.egg-info

@@ -22,7 +22,6 @@ from rdirdb import SharedBase
 PG_DSN = os.environ.get("RDIRDB_BENCH_PG_DSN",
                         os.environ.get("RDIRDB_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test"))
 STORED = 20_000  # ids in the base before measuring lookups
-BATCH = 5_000  # ids per recorded batch
 
 
 def make_ids(label: str, n: int) -> list[bytes]:
@@ -70,14 +69,16 @@ def misses():
 
 
 @pytest.mark.benchmark(group="record")
-def test_record_batch(benchmark, base):
-    batches = (make_ids(f"batch-{uuid.uuid4()}", BATCH) for _ in itertools.count())
+@pytest.mark.parametrize("batch", [1_000, 5_000])
+def test_record_batch(benchmark, base, batch):
+    """One transaction recording ``batch`` new ids (winery's add_batch)."""
+    batches = (make_ids(f"batch-{uuid.uuid4()}", batch) for _ in itertools.count())
 
     def record(ids):
         with base.transaction() as db:
             base.record_new_obj_ids(db, ids)
 
-    benchmark.pedantic(record, setup=lambda: ((next(batches),), {}), rounds=5)
+    benchmark.pedantic(record, setup=lambda: ((next(batches),), {}), rounds=20 if batch <= 1_000 else 5)
 
 
 @pytest.mark.benchmark(group="contains")

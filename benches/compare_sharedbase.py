@@ -1,20 +1,20 @@
 """rdirdb's SharedBase against winery's own, on the same PostgreSQL, in one run.
 
-    python3 benches/compare_sharedbase.py [--ids 50000] [--lookups 2000]
+    make peer-test        # once: the virtualenv with winery's SharedBase (.venv-peer)
+    python3 benches/compare_sharedbase.py [--ids 50000] [--batch 1000] [--lookups 2000]
 
-winery's SharedBase comes from swh-objstorage (the ``peer`` extra). It pins
-its own dependencies, so it is best installed into a separate virtualenv:
+winery's SharedBase comes from swh-objstorage 7.4.1, in the virtualenv that
+``make peer-test`` builds (``.venv-peer``, or $RDIRDB_PEER_PYTHON). This
+script starts itself there with ``--winery``, as a peer that measures what it
+is asked to, and alternates between the two sides batch by batch: the machine
+is shared and its load swings, and paired measurements see the same swings.
+Each side has a fresh database created from $RDIRDB_BENCH_PG_DSN (default:
+the tests' server), with its own schema (winery's files for winery's).
 
-    python3 -m venv .venv-peer
-    .venv-peer/bin/pip install "swh-objstorage==7.4.1"
-
-This script finds that interpreter through $RDIRDB_PEER_PYTHON (default
-``.venv-peer/bin/python``; else the current one if it imports swh.objstorage)
-and runs itself there with ``--winery`` to measure winery. Each side gets a
-fresh database created from $RDIRDB_BENCH_PG_DSN (default: the tests' server).
-
-Measured: one transaction recording N new ids; contains of present and absent
-ids; get; rdirdb's contains_many per id; the LMDB backend's contains.
+Measured: record_new_obj_ids of ``--ids`` new ids in batches of ``--batch``,
+one transaction each (the median batch, and the median of the paired
+ratios); contains of present and absent ids; get; rdirdb's contains_many per
+id; the LMDB backend's contains.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,13 +39,13 @@ PG_DSN = os.environ.get("RDIRDB_BENCH_PG_DSN",
 
 # (label, our key, winery's key, target ratio winery/rdirdb time)
 TARGETS = [
-    ("batch record", "record", "record", 3.0),
     ("contains (hit)", "contains_hit", "contains_hit", 1.5),
     ("contains (miss)", "contains_miss", "contains_miss", 1.5),
     ("get", "get", "get", None),
     ("contains_many per id", "contains_many", "contains_hit", 20.0),
     ("LMDB contains", "lmdb_contains", "contains_hit", 100.0),
 ]
+RECORD_TARGET = 3.0
 
 
 def ids_for(label: str, n: int) -> list[bytes]:
@@ -81,38 +82,31 @@ def scratch_database(label: str):
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def measure(base, record, n_ids: int, n_lookups: int) -> dict[str, float]:
-    """The common measurements; ``record(ids)`` records ids in one transaction."""
-    ids = ids_for("record", n_ids)
-    base.locked_shard  # lock (create) the shard outside the timing
-    start = time.perf_counter()
-    record(ids)
-    results = {"record": time.perf_counter() - start}
-    hits = random.Random(1).sample(ids, n_lookups)
-    misses = ids_for("miss", n_lookups)
-    results["contains_hit"] = per_call(base.contains, hits)
-    results["contains_miss"] = per_call(base.contains, misses)
-    results["get"] = per_call(base.get, hits)
-    assert all(base.contains(i) for i in hits[:10]) and not any(base.contains(i) for i in misses[:10])
-    return results
+class Side:
+    """One SharedBase under measurement: ``record(ids)`` times one batch."""
+
+    def __init__(self, base, record) -> None:
+        self.base, self._record = base, record
+
+    def record(self, ids: list[bytes]) -> float:
+        start = time.perf_counter()
+        self._record(ids)
+        return time.perf_counter() - start
+
+    def lookups(self, n_ids: int, n_lookups: int) -> dict[str, float]:
+        hits = random.Random(1).sample(ids_for("record", n_ids), n_lookups)
+        misses = ids_for("miss", n_lookups)
+        assert all(self.base.contains(i) for i in hits[:10]) and not any(self.base.contains(i) for i in misses[:10])
+        return {"contains_hit": per_call(self.base.contains, hits),
+                "contains_miss": per_call(self.base.contains, misses),
+                "get": per_call(self.base.get, hits)}
 
 
-# -- winery's side (runs under the peer interpreter) -----------------------------------
+# -- winery's side (a peer process under the interpreter that has swh-objstorage) -----
 
 
-def winery_main(n_ids: int, n_lookups: int) -> None:
-    try:
-        import systemd.daemon  # noqa: F401
-    except ImportError:
-        # winery imports systemd.daemon.notify at module level (for its
-        # services); systemd-python needs libsystemd headers to build. The
-        # SharedBase never calls it.
-        import types
-
-        module, daemon = types.ModuleType("systemd"), types.ModuleType("systemd.daemon")
-        daemon.notify = lambda *args, **kwargs: None
-        module.daemon = daemon
-        sys.modules.update({"systemd": module, "systemd.daemon": daemon})
+@contextmanager
+def winery_side():
     import psycopg
     from swh.core.db.db_utils import get_sql_for_package, swh_set_db_module, swh_set_db_version
     from swh.objstorage.backends.winery.sharedbase import SharedBase
@@ -131,76 +125,108 @@ def winery_main(n_ids: int, n_lookups: int) -> None:
             with base.pool.connection() as db, db.transaction():
                 base.record_new_obj_ids(db, ids)
 
-        results = measure(base, record, n_ids, n_lookups)
-        base.pool.close()
+        base.locked_shard  # lock (create) the shard outside the timing
+        try:
+            yield Side(base, record)
+        finally:
+            base.pool.close()
+
+
+def winery_main() -> None:
+    """Answers one JSON request per line of stdin: record a batch, or measure lookups."""
     from importlib.metadata import version
 
-    print(json.dumps({"version": version("swh-objstorage"), "results": results}))
+    with winery_side() as side:
+        print(json.dumps({"version": version("swh-objstorage")}), flush=True)
+        for line in sys.stdin:
+            request = json.loads(line)
+            if request["op"] == "record":
+                answer = side.record([bytes.fromhex(i) for i in request["ids"]])
+            else:
+                answer = side.lookups(request["n_ids"], request["n_lookups"])
+            print(json.dumps(answer), flush=True)
 
 
-def run_winery(n_ids: int, n_lookups: int) -> tuple[dict | None, str]:
-    """winery's figures from the peer interpreter, or None and why not."""
-    default = ROOT / ".venv-peer" / "bin" / "python"
-    python = os.environ.get("RDIRDB_PEER_PYTHON") or (str(default) if default.exists() else None)
-    if python is None:
-        try:
-            import swh.objstorage  # noqa: F401
+class WineryPeer:
+    """The --winery process, driven from here."""
 
-            python = sys.executable
-        except ImportError:
-            return None, ("swh-objstorage is not installed (no $RDIRDB_PEER_PYTHON, no .venv-peer, "
-                          "not importable here): winery's figures are missing")
-    proc = subprocess.run([python, __file__, "--winery", "--ids", str(n_ids), "--lookups", str(n_lookups)],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
-    if proc.returncode != 0:
-        return None, f"winery's run failed under {python}:\n{proc.stderr[-2000:]}"
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
-    return report["results"], f"swh-objstorage {report['version']} (under {python})"
+    def __init__(self, python: str) -> None:
+        self.proc = subprocess.Popen([python, __file__, "--winery"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": ""})
+        self.version = self._answer()["version"]
+
+    def _answer(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            raise RuntimeError(f"winery's peer process ended (exit {self.proc.returncode}); see its stderr above")
+        return json.loads(line)
+
+    def ask(self, **request):
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        return self._answer()
+
+    def record(self, ids: list[bytes]) -> float:
+        return self.ask(op="record", ids=[i.hex() for i in ids])
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(60)
 
 
-# -- rdirdb's side --------------------------------------------------------------------------
+def peer_python() -> str:
+    python = os.environ.get("RDIRDB_PEER_PYTHON") or str(ROOT / ".venv-peer" / "bin" / "python")
+    if not Path(python).exists():
+        sys.exit(f"no {python}: run `make peer-test` (or set $RDIRDB_PEER_PYTHON) for winery's SharedBase")
+    return python
 
 
-def rdirdb_main(n_ids: int, n_lookups: int) -> dict[str, float]:
-    import numpy as np
+# -- rdirdb's side ---------------------------------------------------------------------
 
+
+@contextmanager
+def rdirdb_side():
     from rdirdb import SharedBase
     from rdirdb.sharedbase import init_schema
 
     with scratch_database("rdirdb") as dsn:
         init_schema(dsn)
-        base = SharedBase(dsn, application_name="bench", active_pool_name="bench")
+        with SharedBase(dsn, application_name="bench", active_pool_name="bench") as base:
+            def record(ids):
+                with base.transaction() as db:
+                    base.record_new_obj_ids(db, ids)
 
-        def record(ids):
-            with base.transaction() as db:
-                base.record_new_obj_ids(db, ids)
+            base.locked_shard
+            yield Side(base, record)
 
-        results = measure(base, record, n_ids, n_lookups)
-        many = np.array(ids_for("record", n_ids)[: n_ids // 2] + ids_for("miss", n_ids // 2), dtype="S32")
-        base.contains_many(many[:100])
-        start = time.perf_counter()
-        found = base.contains_many(many)
-        results["contains_many"] = (time.perf_counter() - start) / len(many)
-        assert np.count_nonzero(found) == n_ids // 2
-        base.close()
-    with tempfile.TemporaryDirectory() as tmp:
-        base = SharedBase(f"lmdb://{tmp}", active_pool_name="bench")
+
+def contains_many_per_id(base, n_ids: int) -> float:
+    import numpy as np
+
+    many = np.array(ids_for("record", n_ids)[: n_ids // 2] + ids_for("miss", n_ids // 2), dtype="S32")
+    base.contains_many(many[:100])
+    start = time.perf_counter()
+    found = base.contains_many(many)
+    elapsed = time.perf_counter() - start
+    assert np.count_nonzero(found) == n_ids // 2
+    return elapsed / len(many)
+
+
+def lmdb_figures(n_ids: int, n_lookups: int) -> dict[str, float]:
+    import numpy as np
+
+    from rdirdb import SharedBase
+
+    with tempfile.TemporaryDirectory() as tmp, SharedBase(f"lmdb://{tmp}", active_pool_name="bench") as base:
         ids = ids_for("record", n_ids)
         with base.transaction() as db:
             base.record_new_obj_ids(db, ids)
         hits = random.Random(1).sample(ids, min(len(ids), 20 * n_lookups))
-        results["lmdb_contains"] = per_call(base.contains, hits)
         start = time.perf_counter()
         base.contains_many(np.array(ids, dtype="S32"))
-        results["lmdb_contains_many"] = (time.perf_counter() - start) / len(ids)
-        base.close()
-    return results
-
-
-def best(into: dict[str, float], results: dict[str, float]) -> dict[str, float]:
-    for key, value in results.items():
-        into[key] = min(value, into.get(key, value))
-    return into
+        return {"lmdb_contains": per_call(base.contains, hits),
+                "lmdb_contains_many": (time.perf_counter() - start) / len(ids)}
 
 
 def fmt(seconds: float) -> str:
@@ -209,40 +235,51 @@ def fmt(seconds: float) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ids", type=int, default=50_000, help="ids recorded in one transaction")
-    parser.add_argument("--lookups", type=int, default=2_000, help="single lookups per measurement")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of each side; the best figure counts")
+    parser.add_argument("--ids", type=int, default=50_000, help="ids recorded, per side")
+    parser.add_argument("--batch", type=int, default=1_000, help="ids per recording transaction")
+    parser.add_argument("--lookups", type=int, default=2_000, help="single lookups per figure")
     parser.add_argument("--winery", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.winery:
-        winery_main(args.ids, args.lookups)
+        winery_main()
         return 0
 
-    print(f"PostgreSQL: {PG_DSN}; {args.ids} ids per batch, {args.lookups} lookups per figure, "
-          f"best of {args.rounds} interleaved rounds")
-    ours: dict[str, float] = {}
-    winery: dict[str, float] | None = {}
-    for _ in range(args.rounds):
-        # Interleaved, each on a fresh database: both sides see the same machine load.
-        best(ours, rdirdb_main(args.ids, args.lookups))
-        if winery is not None:
-            theirs, winery_note = run_winery(args.ids, args.lookups)
-            winery = best(winery, theirs) if theirs is not None else None
-    print(f"winery: {winery_note}\n")
+    winery = WineryPeer(peer_python())
+    print(f"PostgreSQL: {PG_DSN}; winery's SharedBase: swh-objstorage {winery.version}")
+    print(f"{args.ids} new ids per side, recorded in batches of {args.batch} (one transaction each), "
+          f"alternating sides batch by batch; {args.lookups} lookups per figure\n")
+    try:
+        with rdirdb_side() as ours:
+            ids = ids_for("record", args.ids)
+            pairs = []
+            for n, i in enumerate(range(0, args.ids, args.batch)):
+                batch = ids[i:i + args.batch]
+                if n % 2:  # each side goes first half of the time
+                    theirs = winery.record(batch)
+                    pairs.append((ours.record(batch), theirs))
+                else:
+                    mine = ours.record(batch)
+                    pairs.append((mine, winery.record(batch)))
+            figures = ours.lookups(args.ids, args.lookups)
+            figures["contains_many"] = contains_many_per_id(ours.base, args.ids)
+            theirs = winery.ask(op="lookups", n_ids=args.ids, n_lookups=args.lookups)
+    finally:
+        winery.close()
+    figures.update(lmdb_figures(args.ids, args.lookups))
+
+    ours_batch = statistics.median(p[0] for p in pairs)
+    theirs_batch = statistics.median(p[1] for p in pairs)
+    paired = statistics.median(t / o for o, t in pairs)
+    verdict = "ok" if paired >= RECORD_TARGET else "MISSED"
     print(f"{'operation':24} {'rdirdb':>13} {'winery':>13} {'speed-up':>9} {'target':>7}")
-    failed = 0
+    print(f"{'batch record':24} {fmt(ours_batch):>13} {fmt(theirs_batch):>13} {theirs_batch / ours_batch:8.1f}x "
+          f"{f'>={RECORD_TARGET:g}x':>7} (median of the {len(pairs)} paired ratios: {paired:.2f}x) {verdict}")
     for label, key, winery_key, target in TARGETS:
-        theirs = winery[winery_key] if winery else None
-        ratio = theirs / ours[key] if theirs else None
-        verdict = "" if target is None or ratio is None else ("ok" if ratio >= target else "MISSED")
-        failed += verdict == "MISSED"
-        print(f"{label:24} {fmt(ours[key]):>13} {fmt(theirs) if theirs else 'n/a':>13} "
-              f"{f'{ratio:8.1f}x' if ratio else 'n/a':>9} {f'>={target:g}x' if target else '':>7} {verdict}")
-    print(f"{'LMDB contains_many/id':24} {fmt(ours['lmdb_contains_many']):>13}")
-    if winery is None:
-        print("\nNo comparison: winery's SharedBase could not be measured (see above).")
-    elif failed:
-        print(f"\n{failed} target(s) missed.")
+        ratio = theirs[winery_key] / figures[key]
+        mark = "" if target is None else ("ok" if ratio >= target else "MISSED")
+        print(f"{label:24} {fmt(figures[key]):>13} {fmt(theirs[winery_key]):>13} {ratio:8.1f}x "
+              f"{f'>={target:g}x' if target else '':>7} {mark}")
+    print(f"{'LMDB contains_many/id':24} {fmt(figures['lmdb_contains_many']):>13}")
     return 0
 
 

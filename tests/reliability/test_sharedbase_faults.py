@@ -203,7 +203,7 @@ def test_bad_input_writes_nothing(any_base, data):
     calls = [
         lambda: base.record_new_obj_ids(None, [b"\x02" * 32, bad_id]),
         lambda: base.record_new_obj_id(None, bad_id),
-        lambda: base.contains(bad_id), lambda: base.get(bad_id), lambda: base.delete(bad_id),
+        lambda: base.delete(bad_id),
         lambda: base.clean_deleted_object(bad_id), lambda: base.contains_many([b"\x02" * 32, bad_id]),
         lambda: base.lock_one_shard(bad_state, ShardState.PACKING),
         lambda: base.lock_one_shard(ShardState.STANDBY, bad_state),
@@ -215,4 +215,11 @@ def test_bad_input_writes_nothing(any_base, data):
         with pytest.raises((TypeError, ValueError)) as info:
             call()
         assert str(info.value), "an error without a message"
+    # Lookups, as winery's: bytes of another size are simply not found.
+    for lookup in (base.contains, base.get):
+        if isinstance(bad_id, bytes):
+            assert lookup(bad_id) is None
+        else:
+            with pytest.raises(TypeError, match="obj_id must be bytes"):
+                lookup(bad_id)
     assert _everything(base) == before

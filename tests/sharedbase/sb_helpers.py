@@ -67,3 +67,24 @@ def stale_writer(dsn, first, second, hold_seconds, events, results):
             results.put(("fenced", False))
         except FencingError:
             results.put(("fenced", True))
+
+
+def foreign_process(dsn, packing, writing, results):
+    """Another process's SharedBase (default locker scope) meddling with the
+    shards ours hold: report what each attempt raised."""
+    from rdirdb import SharedBase, ShardState
+
+    outcomes = {}
+    with SharedBase(dsn, active_pool_name="pool-a") as base:
+        attempts = {
+            "end packing": lambda: base.shard_packing_ends(packing),
+            "roll back packing": lambda: base.set_shard_state(ShardState.FULL, name=packing, check_locker=True),
+            "release writing": lambda: base.set_shard_state(ShardState.STANDBY, name=writing, check_locker=True),
+        }
+        for what, attempt in attempts.items():
+            try:
+                attempt()
+                outcomes[what] = None
+            except Exception as error:
+                outcomes[what] = type(error).__name__
+    results.put(outcomes)

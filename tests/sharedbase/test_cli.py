@@ -1,20 +1,52 @@
-"""``rdirdb sharedbase ...`` through add_parser(), on both backends."""
+"""``rdirdb sharedbase ...`` through the ``rdirdb`` entry point, on both backends."""
 
-import argparse
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from sb_helpers import obj_id
 
 from rdirdb import SharedBase, ShardState
-from rdirdb.sharedbase.cli import add_parser
+from rdirdb.cli import main
+
+SUBCOMMANDS = ["init", "list-shards", "stats", "release-lock"]
 
 
 def run(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="rdirdb")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    """``rdirdb *argv`` in this process, as the installed command runs it."""
+    return main(list(argv))
+
+
+def rdirdb_command(*argv: str) -> subprocess.CompletedProcess:
+    """The installed ``rdirdb`` script of this interpreter's environment."""
+    script = Path(sys.executable).with_name("rdirdb")
+    assert script.exists(), f"{script}: rdirdb is not installed in this environment"
+    return subprocess.run([str(script), *argv], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": ""})
+
+
+@pytest.mark.parametrize("subcommand", SUBCOMMANDS)
+def test_every_subcommand_runs_as_the_installed_command(subcommand, dsn):
+    """What the issue found: each one crashed with "'Namespace' object has no attribute 'handler'"."""
+    args = [dsn, "nothing"] if subcommand == "release-lock" else [dsn]
+    proc = rdirdb_command("sharedbase", subcommand, *args)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    if subcommand == "release-lock":  # an empty catalogue has no such shard
+        assert proc.returncode == 1 and proc.stderr.startswith("rdirdb sharedbase: ")
+    else:
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout
+
+
+def test_help_lists_every_subcommand():
+    proc = rdirdb_command("sharedbase", "--help")
+    assert proc.returncode == 0
+    assert all(name in proc.stdout for name in SUBCOMMANDS)
+    missing = rdirdb_command("sharedbase")
+    assert missing.returncode == 2 and "required" in missing.stderr
 
 
 def test_init_creates_then_keeps(pg_scratch_db, capsys):

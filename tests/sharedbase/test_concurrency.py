@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from sb_helpers import lock_worker, obj_id, record_worker, stale_writer
+from sb_helpers import foreign_process, lock_worker, obj_id, record_worker, stale_writer
 
 from rdirdb import SharedBase, ShardState
 
@@ -94,6 +94,27 @@ def test_stale_writer_is_fenced_and_loses_nothing(dsn):
     finally:
         writer.join(30)
     assert writer.exitcode == 0
+
+
+def test_another_process_is_fenced_out_of_our_shards(dsn):
+    """Lockers are per process: another process cannot end our packing nor
+    release our shards, while our own SharedBases can (winery's handovers)."""
+    with SharedBase(dsn, active_pool_name="pool-a") as base:
+        writing = base.locked_shard
+        packing, _ = base.create_shard(ShardState.FULL)
+        base.set_shard_state(ShardState.FULL, name=packing)
+        base.shard_packing_starts(packing)
+        results = CTX.Queue()
+        proc = CTX.Process(target=foreign_process, args=(dsn, packing, writing, results))
+        proc.start()
+        outcomes = results.get(timeout=60)
+        proc.join(30)
+        assert outcomes == dict.fromkeys(["end packing", "roll back packing", "release writing"], "FencingError")
+        assert base.get_shard_state(packing) is ShardState.PACKING
+        assert base.get_shard_state(writing) is ShardState.WRITING
+        with SharedBase(dsn) as same_process:
+            same_process.shard_packing_ends(packing)
+        assert base.get_shard_state(packing) is ShardState.PACKED
 
 
 def test_concurrent_adds_of_one_object(dsn):

@@ -60,6 +60,25 @@ def test_present_objects_keep_their_shard(open_base):
     assert first.count_objects() == 2 and second.count_objects() == 1
 
 
+def test_batch_mixing_new_present_and_deleted_ids(open_base, dsn):
+    """The conflict path of a batch (new ids first try a plain insert, rolled
+    back to a savepoint on a conflict), with lookups between."""
+    other, base = open_base(), open_base(**({} if dsn.startswith("lmdb:") else {"max_size": 2}))
+    for _ in range(12):  # psycopg prepares, on each connection, what it ran 5 times
+        base.get_shard_state("nothing")
+    for round in range(8):
+        present, deleted, new = obj_id(f"p{round}"), obj_id(f"d{round}"), obj_id(f"n{round}")
+        record(other, [present, deleted])
+        other.delete(deleted)
+        owners = record(base, [new, present, deleted])
+        assert owners == {new: base.locked_shard_id, present: other.locked_shard_id,
+                          deleted: base.locked_shard_id}
+        assert base.contains(present) == other.locked_shard_id
+        assert base.get(deleted) == (base.locked_shard, S.WRITING)
+        assert list(base.deleted_objects()) == []
+    assert base.count_objects() == 16 and other.count_objects() == 8
+
+
 def test_aborted_transaction_records_nothing(base):
     with pytest.raises(RuntimeError, match="abort"):
         with base.transaction() as db:
@@ -81,9 +100,23 @@ def test_bad_obj_ids_change_nothing(base, bad, error):
         record(base, bad)
     assert base.contains(obj_id(9)) is None
     assert list(base.list_shards()) == []
-    for call in (base.contains, base.get, base.delete, base.clean_deleted_object):
-        with pytest.raises((TypeError, ValueError)):
-            call(b"unknown")
+    for write in (base.delete, base.clean_deleted_object):
+        with pytest.raises(ValueError, match="32-byte"):
+            write(b"unknown")
+
+
+def test_lookups_of_ids_of_another_size_find_nothing(base):
+    """winery's test_winery_add_get reads b"unknown" and expects "not found"."""
+    record(base, [obj_id(1)])
+    for other_size in (b"", b"unknown", obj_id(1)[:31], obj_id(1) + b"\0"):
+        assert base.contains(other_size) is None
+        assert base.get(other_size) is None
+    assert base.contains(bytearray(obj_id(1))) == base.locked_shard_id
+    for not_bytes in ("a" * 32, None, 42):
+        with pytest.raises(TypeError, match="obj_id must be bytes"):
+            base.contains(not_bytes)
+        with pytest.raises(TypeError, match="obj_id must be bytes"):
+            base.get(not_bytes)
 
 
 def test_delete_and_tombstones(base):
@@ -99,6 +132,22 @@ def test_delete_and_tombstones(base):
     assert base.contains(obj_id(2)) is not None
     base.clean_deleted_object(obj_id(1))
     assert list(base.deleted_objects()) == []
+
+
+def test_deleted_objects_are_grouped_by_pool_then_shard(open_base):
+    """winery's cleaner groups them with itertools.groupby: one run per shard."""
+    writers = [open_base(active_pool_name=pool) for pool in ("pool-b", "pool-a", "pool-c", "pool-a")]
+    expected = []
+    for n, writer in enumerate(writers):
+        ids = [obj_id(f"{n}-{i}") for i in range(4)]
+        record(writer, ids)
+        for i in ids:
+            writer.delete(i)
+        expected += [(i, writer.locked_shard, S.WRITING, writer.active_pool_name) for i in ids]
+    entries = list(writers[0].deleted_objects())
+    assert sorted(entries) == sorted(expected)
+    assert [(e[3], e[1]) for e in entries] == sorted((e[3], e[1]) for e in expected)
+    assert sorted(writers[0].deleted_objects("pool-a")) == sorted(e for e in expected if e[3] == "pool-a")
 
 
 def test_re_add_after_delete_moves_to_the_current_shard(open_base):

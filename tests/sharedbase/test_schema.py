@@ -66,9 +66,21 @@ def test_init_twice_changes_nothing(conn, pg_scratch_db):
     assert conn.execute("SELECT count(*) FROM dbversion").fetchone() == (1,)
 
 
+def first_use(dsn: str) -> None:
+    """Open a SharedBase and use it: the constructor does not touch the database."""
+    with SharedBase(dsn) as base:
+        base.get_shard_state("nothing")
+
+
+def test_constructor_does_not_connect():
+    with SharedBase("postgresql://nobody@127.0.0.1:1/none?connect_timeout=2") as base:
+        with pytest.raises(psycopg.OperationalError):
+            base.contains(b"x" * 32)
+
+
 def test_empty_database_is_refused(conn, pg_scratch_db):
     with pytest.raises(SchemaVersionError, match="rdirdb sharedbase init"):
-        SharedBase(pg_scratch_db)
+        first_use(pg_scratch_db)
 
 
 @pytest.mark.parametrize("version, advice", [(4, "swh db upgrade"), (6, "newer rdirdb")])
@@ -78,7 +90,7 @@ def test_other_versions_are_refused(conn, pg_scratch_db, version, advice):
     if version < SCHEMA_VERSION:
         conn.execute("DELETE FROM dbversion WHERE version = 5")
     with pytest.raises(SchemaVersionError, match=rf"schema version {version}, .* version 5 only: .*{advice}"):
-        SharedBase(pg_scratch_db)
+        first_use(pg_scratch_db)
     with pytest.raises(SchemaVersionError):
         init_schema(pg_scratch_db)
 
@@ -87,7 +99,7 @@ def test_database_of_another_module_is_refused(conn, pg_scratch_db):
     init_schema(pg_scratch_db)
     conn.execute("UPDATE dbmodule SET dbmodule = 'storage'")
     with pytest.raises(SchemaVersionError, match="swh module 'storage'"):
-        SharedBase(pg_scratch_db)
+        first_use(pg_scratch_db)
 
 
 def test_lmdb_of_another_version_is_refused(tmp_path):
@@ -105,3 +117,25 @@ def test_lmdb_of_another_version_is_refused(tmp_path):
 def test_bad_lmdb_dsn(dsn):
     with pytest.raises(ValueError, match="lmdb:///absolute/path"):
         SharedBase(dsn)
+
+
+def test_unknown_dsn_scheme_names_the_known_ones():
+    with pytest.raises(ValueError, match=r"unknown SharedBase DSN scheme 'mysql' .*postgresql://.*lmdb:///"):
+        SharedBase("mysql://x")
+
+
+def test_postgresql_without_psycopg_names_the_extra():
+    """In a fresh interpreter where psycopg cannot be imported."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['psycopg'] = None\n"
+        "from rdirdb import SharedBase\n"
+        "try:\n"
+        "    SharedBase('postgresql://db/winery')\n"
+        "except ImportError as e:\n"
+        "    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "pip install 'rdirdb[pg]'" in out and "psycopg" in out

@@ -1,5 +1,6 @@
 """The shard state machine (reference §3, §7, §10), on both backends."""
 
+import os
 import re
 from datetime import datetime, timedelta, timezone
 
@@ -34,12 +35,6 @@ def test_locked_shard_lifecycle(base):
     assert state(base, name) is S.WRITING
 
 
-def test_locked_shard_needs_a_pool_to_create(open_base):
-    base = open_base(active_pool_name=None)
-    with pytest.raises(ValueError, match="The writable pool name must be configured"):
-        base.locked_shard
-
-
 def test_standby_adoption_respects_the_active_pool(open_base):
     other = open_base(active_pool_name="pool-b")
     foreign, _ = other.create_shard(S.STANDBY)
@@ -49,10 +44,35 @@ def test_standby_adoption_respects_the_active_pool(open_base):
     assert base.get_shard_pool(base.locked_shard) == "pool-a"
 
 
-def test_each_instance_has_its_own_locker(open_base):
+def test_instances_of_a_process_share_its_locker(open_base):
     a, b = open_base(), open_base()
-    assert a.locker != b.locker
-    assert a.locked_shard != b.locked_shard
+    assert a.locker == b.locker  # winery's WRITER_UUID
+    assert a.locked_shard != b.locked_shard  # each still writes to a shard of its own
+    own = open_base(locker_scope="instance")
+    assert own.locker not in (a.locker, open_base(locker_scope="instance").locker)
+    with pytest.raises(ValueError, match="locker_scope must be one of process, instance"):
+        open_base(locker_scope="thread")
+
+
+def test_a_forked_child_has_a_locker_of_its_own(base):
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report and leave at once
+        os.write(write, str(base.locker).encode())
+        os._exit(0)
+    os.close(write)
+    child_locker = os.read(read, 100).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert child_locker and child_locker != str(base.locker)
+
+
+def test_standby_shards_need_an_active_pool_to_be_adopted(open_base):
+    foreign, _ = open_base(active_pool_name="pool-b").create_shard(S.STANDBY)
+    base = open_base(active_pool_name=None)
+    with pytest.raises(ValueError, match="The writable pool name must be configured"):
+        base.locked_shard
+    assert state(base, foreign) is S.STANDBY
 
 
 # -- lock_one_shard ---------------------------------------------------------------------
@@ -122,7 +142,7 @@ def test_set_shard_state_clears_the_locker_unless_asked(base):
 
 
 def test_set_shard_state_check_locker(open_base):
-    a, b = open_base(), open_base()
+    a, b = open_base(), open_base(locker_scope="instance")
     name, _ = a.create_shard(S.PACKING)
     with pytest.raises(FencingError, match=rf"set_shard_state\({name}\) affected 0 rows, expected 1"):
         b.set_shard_state(S.FULL, name=name, check_locker=True)
@@ -148,7 +168,7 @@ def test_set_shard_state_bad_state_changes_nothing(base):
 
 
 def test_release_locked_shard_checks_the_locker(open_base):
-    a, b = open_base(), open_base()
+    a, b = open_base(), open_base(locker_scope="instance")
     name = a.locked_shard
     b.release_lock(name)  # an operator releases it...
     assert b.locked_shard == name  # ...and another writer adopts it
@@ -202,7 +222,7 @@ def test_packing_unknown_shard(base):
 
 
 def test_packing_ends_only_for_the_packer(open_base):
-    packer, other = open_base(), open_base()
+    packer, other = open_base(locker_scope="instance"), open_base(locker_scope="instance")
     name, _ = packer.create_shard(S.FULL)
     packer.shard_packing_starts(name)
     with pytest.raises(FencingError):
@@ -210,6 +230,17 @@ def test_packing_ends_only_for_the_packer(open_base):
     assert state(packer, name) is S.PACKING
     other.shard_packing_ends(name, check_locker=False)  # winery's behaviour
     assert state(packer, name) is S.PACKED
+
+
+def test_winery_pack_path_hands_the_shard_to_a_new_sharedbase(open_base):
+    """WineryWriter.pack starts packing with the writer's SharedBase;
+    housekeeping.pack ends it with a new one, in the same process."""
+    writer = open_base()
+    name = writer.locked_shard
+    writer.set_shard_state(S.FULL)
+    writer.shard_packing_starts(name)
+    open_base().shard_packing_ends(name)
+    assert state(writer, name) is S.PACKED
 
 
 # -- TemporaryShardLocker -------------------------------------------------------------------
@@ -286,6 +317,32 @@ def test_list_stale_shards(base):
     stale = list(base.list_stale_shards(delay=timedelta(0)))
     assert [(n, s, locker) for n, s, _, locker in stale] == [(locked, S.WRITING, str(base.locker))]
     assert list(base.list_stale_shards(delay=timedelta(0), state=S.PACKING)) == []
+
+
+def test_timestamps_are_utc_on_both_backends(base):
+    base.locked_shard
+    [(_, _, ts, _)] = base.list_open_shards()
+    assert ts.tzinfo is timezone.utc
+    assert abs(datetime.now(timezone.utc) - ts) < timedelta(minutes=5)
+
+
+def test_list_shard_tables(base, dsn):
+    if dsn.startswith("lmdb:"):
+        with pytest.raises(NotImplementedError, match="no shard tables"):
+            base.list_shard_tables()
+        return
+    import psycopg
+
+    assert base.list_shard_tables() == []
+    names = sorted(base.create_shard(S.WRITING)[0] for _ in range(2))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for name in names:  # as winery's RWShard creates them
+            conn.execute(f"CREATE TABLE shard_{name} (LIKE shard_template INCLUDING ALL)")
+        try:
+            assert base.list_shard_tables() == names
+        finally:
+            for name in names:
+                conn.execute(f"DROP TABLE shard_{name}")
 
 
 def test_release_lock(open_base):

@@ -1,7 +1,8 @@
 """winery's SharedBase and ours on one PostgreSQL database.
 
 Needs an interpreter with swh-objstorage: $RDIRDB_PEER_PYTHON, or the
-.venv-peer of benches/compare_sharedbase.py; skipped otherwise.
+.venv-peer that `make peer-test` builds (which then runs these tests);
+skipped otherwise.
 """
 
 import json
@@ -21,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def peer_python():
     python = os.environ.get("RDIRDB_PEER_PYTHON") or str(ROOT / ".venv-peer" / "bin" / "python")
     if not Path(python).exists():
-        pytest.skip("no interpreter with swh-objstorage (set RDIRDB_PEER_PYTHON)")
+        pytest.skip("no interpreter with swh-objstorage (make peer-test, or set RDIRDB_PEER_PYTHON)")
     return python
 
 

@@ -7,17 +7,8 @@ prints a JSON answer.
 
 import json
 import sys
-import types
 
-try:
-    import systemd.daemon  # noqa: F401
-except ImportError:  # winery imports it for its services; SharedBase never calls it
-    module, daemon = types.ModuleType("systemd"), types.ModuleType("systemd.daemon")
-    daemon.notify = lambda *args, **kwargs: None
-    module.daemon = daemon
-    sys.modules.update({"systemd": module, "systemd.daemon": daemon})
-
-from swh.objstorage.backends.winery.sharedbase import SharedBase, ShardState  # noqa: E402
+from swh.objstorage.backends.winery.sharedbase import SharedBase, ShardState
 
 
 def main() -> None:

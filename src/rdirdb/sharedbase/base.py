@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import uuid
+import weakref
 from datetime import datetime, timedelta
 from typing import Any, Iterable, Iterator, Optional, Union
 from urllib.parse import unquote, urlparse
@@ -26,6 +28,7 @@ from rdirdb.sharedbase.states import (
     check_obj_ids,
     check_pool_name,
     check_shard_name,
+    lookup_obj_id,
     new_shard_name,
     shard_state,
 )
@@ -39,10 +42,27 @@ OpenShard = tuple[str, ShardState, Optional[datetime], Optional[str]]
 # list_signatures reads this many ids per query, holding no connection between pages.
 _SIGNATURES_PAGE = 10_000
 
+# The locker id of this process: winery's WRITER_UUID, renewed in a forked
+# child (winery's is not, so gunicorn --preload workers would share one).
+_process_locker = uuid.uuid4()
+
+
+def _renew_process_locker() -> None:
+    global _process_locker
+    _process_locker = uuid.uuid4()
+
+
+os.register_at_fork(after_in_child=_renew_process_locker)
+
+LOCKER_SCOPES = ("process", "instance")
+DSN_FORMS = "postgresql://..., postgres://..., a libpq 'host=... dbname=...' string, or lmdb:///path/to/dir"
+
+
 def _open_backend(base_dsn: str, application_name: str, kwargs: dict[str, Any]):
     if not isinstance(base_dsn, str):
         raise TypeError(f"base_dsn must be a str, not {type(base_dsn).__name__}")
-    if base_dsn.startswith("lmdb:"):
+    scheme = urlparse(base_dsn).scheme if "://" in base_dsn or base_dsn.startswith("lmdb:") else ""
+    if scheme == "lmdb":
         from rdirdb.sharedbase.lmdb import LmdbBackend
 
         url = urlparse(base_dsn)
@@ -50,8 +70,16 @@ def _open_backend(base_dsn: str, application_name: str, kwargs: dict[str, Any]):
         if url.netloc or not path:
             raise ValueError(f"an LMDB DSN is lmdb:///absolute/path/to/dir, not {base_dsn!r}")
         return LmdbBackend(path, **kwargs)
-    from rdirdb.sharedbase.pg import PgBackend
-
+    if scheme not in ("", "postgresql", "postgres"):
+        raise ValueError(f"unknown SharedBase DSN scheme {scheme!r} in {base_dsn!r}: use {DSN_FORMS}")
+    try:
+        from rdirdb.sharedbase.pg import PgBackend
+    except ImportError as error:
+        if error.name not in ("psycopg", "psycopg_pool"):
+            raise
+        raise ImportError(
+            f"a PostgreSQL SharedBase needs {error.name}, which is not installed: "
+            "install rdirdb with its pg extra (pip install 'rdirdb[pg]')", name=error.name) from error
     return PgBackend(base_dsn, application_name, **kwargs)
 
 
@@ -63,23 +91,40 @@ class SharedBase:
     the backend: ``min_size``/``max_size`` of the PostgreSQL pool,
     ``map_size``/``sync`` of the LMDB environment.
 
-    Each instance has its own locker id (``self.locker``): locks taken by
-    one instance are not another's, even in the same process.
+    ``locker_scope`` says who holds the shards this instance locks (its
+    ``locker`` id): ``"process"`` (the default, as winery's WRITER_UUID) makes
+    every SharedBase of a process one holder, so winery's flows that hand a
+    shard from one instance to another (a writer starts packing, a new
+    SharedBase ends it) work; ``"instance"`` makes this instance a holder of
+    its own. See docs/sharedbase.md, "Who holds a shard".
+
+    Nothing touches the database before the first call; a SharedBase dropped
+    without ``close()`` releases its connections when it is collected.
     """
 
     current_version = 5
 
     def __init__(self, base_dsn: str, application_name: Optional[str] = None,
-                 active_pool_name: Optional[str] = None, **kwargs: Any) -> None:
+                 active_pool_name: Optional[str] = None, *, locker_scope: str = "process",
+                 **kwargs: Any) -> None:
+        if locker_scope not in LOCKER_SCOPES:
+            raise ValueError(f"locker_scope must be one of {', '.join(LOCKER_SCOPES)}, not {locker_scope!r}")
         self.dsn = base_dsn
         self.application_name = application_name or "SWH Winery SharedBase"
         self.active_pool_name = check_pool_name(active_pool_name) if active_pool_name is not None else None
-        self.locker = uuid.uuid4()
+        self._own_locker = uuid.uuid4() if locker_scope == "instance" else None
         self._locked_shard: Optional[tuple[str, int]] = None
         self._backend = _open_backend(base_dsn, self.application_name, kwargs)
+        # Winery's code never closes its SharedBases: collecting one closes its backend.
+        self._finalizer = weakref.finalize(self, self._backend.close)
+
+    @property
+    def locker(self) -> uuid.UUID:
+        """The id written in ``shards.locker`` for the shards this instance locks."""
+        return self._own_locker or _process_locker
 
     def close(self) -> None:
-        self._backend.close()
+        self._finalizer()
 
     def __enter__(self) -> "SharedBase":
         return self
@@ -136,8 +181,11 @@ class SharedBase:
         if self._locked_shard is not None:
             return
         # Only the active pool's STANDBY shards: writing into another pool's
-        # shard would put its image in the wrong pool.
-        locked = self.lock_one_shard(ShardState.STANDBY, ShardState.WRITING, from_pool=self.active_pool_name)
+        # shard would put its image in the wrong pool. Without an active pool,
+        # none (create_shard then says a pool is needed).
+        locked = None
+        if self.active_pool_name is not None:
+            locked = self.lock_one_shard(ShardState.STANDBY, ShardState.WRITING, from_pool=self.active_pool_name)
         if locked is None:
             locked = self.create_shard(ShardState.WRITING)
         self._locked_shard = locked
@@ -369,9 +417,15 @@ class SharedBase:
 
     # -- objects ------------------------------------------------------------------------
 
+    def list_shard_tables(self) -> list[str]:
+        """The shards that have a write table (``shard_<name>``) on PostgreSQL."""
+        return self._backend.list_shard_tables()
+
     def contains(self, obj_id: bytes) -> Optional[int]:
-        """The id of the shard holding ``obj_id``, or None (unknown or deleted)."""
-        return self._backend.contains(check_obj_id(obj_id))
+        """The id of the shard holding ``obj_id``, or None (unknown, deleted, or
+        not a 32-byte id: no such object can be stored)."""
+        obj_id = lookup_obj_id(obj_id)
+        return self._backend.contains(obj_id) if obj_id is not None else None
 
     def contains_many(self, obj_ids: Union[np.ndarray, Iterable[bytes]]) -> np.ndarray:
         """Shard ids (int64 array, 0 when absent) for many obj_ids at once.
@@ -383,8 +437,9 @@ class SharedBase:
         return self._backend.contains_many(_as_id_matrix(obj_ids))
 
     def get(self, obj_id: bytes) -> Optional[tuple[str, ShardState]]:
-        """``(name, state)`` of the shard holding ``obj_id``, or None."""
-        return self._backend.get(check_obj_id(obj_id))
+        """``(name, state)`` of the shard holding ``obj_id``, or None (as contains())."""
+        obj_id = lookup_obj_id(obj_id)
+        return self._backend.get(obj_id) if obj_id is not None else None
 
     def _record_in_own_transaction(self, ids: list[bytes]) -> dict[bytes, Optional[int]]:
         with self.transaction() as own:
@@ -447,7 +502,9 @@ class SharedBase:
         self._backend.delete(check_obj_id(obj_id))
 
     def deleted_objects(self, pool_name: Optional[str] = None) -> Iterator[tuple[bytes, str, ShardState, str]]:
-        """Tombstones as ``(obj_id, shard name, shard state, pool name)``, by obj_id."""
+        """Tombstones as ``(obj_id, shard name, shard state, pool name)``, grouped
+        as winery's cleaner expects: by pool, then shard name. Within a shard,
+        PostgreSQL's order (winery's query), by obj_id on LMDB."""
         if pool_name is not None:
             check_pool_name(pool_name)
         yield from self._backend.deleted_objects(pool_name)

@@ -1,6 +1,6 @@
 """``rdirdb sharedbase ...``: create, inspect and repair a SharedBase database.
 
-``register(subparsers)`` adds the command group to the main ``rdirdb`` parser;
+``add_parser(subparsers)`` adds the command group to the main ``rdirdb`` parser;
 each handler returns the process exit code.
 """
 
@@ -19,7 +19,7 @@ def add_parser(subparsers: "argparse._SubParsersAction[Any]") -> argparse.Argume
     def command(name: str, handler: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help)
         sub.add_argument("dsn", metavar="DSN", help="postgresql://... or host=... dbname=..., or lmdb:///dir")
-        sub.set_defaults(func=handler)
+        sub.set_defaults(handler=handler)
         return sub
 
     command("init", _init, "create the schema (version 5) in an empty database")
@@ -73,6 +73,8 @@ def _list_shards(args: argparse.Namespace) -> int:
         return _fail(error)
     if args.json:
         print(json.dumps(shards, indent=2))
+    elif not shards:
+        print("no shard")
     else:
         for shard in shards:
             print(f"{shard['name']:32}  {shard['state']:9}  {shard['objects']:>12}  {shard['pool']}")

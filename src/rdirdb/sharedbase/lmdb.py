@@ -371,7 +371,13 @@ class LmdbBackend:
                 row = self._row_by_id(txn, _U64.unpack(shard_key)[0])
                 if row is not None and (pool_name is None or row.pool_name == pool_name):
                     result.append((obj_id, row.name, row.state, row.pool_name))
+        # By pool and shard (then obj_id, the cursor's order: the sort is stable).
+        result.sort(key=lambda entry: (entry[3], entry[1]))
         return result
+
+    @staticmethod
+    def list_shard_tables() -> list[str]:
+        raise NotImplementedError("the LMDB backend has no shard tables: winery's write shards live on PostgreSQL")
 
     def clean_deleted(self, obj_id: bytes) -> None:
         def clean(txn: Transaction) -> None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import struct
+import threading
 import uuid
-from datetime import timedelta
+from datetime import timedelta, timezone
 from typing import Any, Iterator, Optional
 
 import numpy as np
@@ -20,7 +21,7 @@ from psycopg.adapt import Dumper
 from psycopg.pq import Format
 from psycopg_pool import ConnectionPool
 
-from rdirdb.errors import ShardBusy, ShardExists
+from rdirdb.errors import ClosedError, ShardBusy, ShardExists
 from rdirdb.sharedbase.rows import ShardRow
 from rdirdb.sharedbase.schema import check_version
 from rdirdb.sharedbase.states import ShardState
@@ -57,13 +58,21 @@ FOR SHARE
 # The ids come sorted, and unnest feeds them to the INSERT in array order, so
 # overlapping batches take index entries in the same order (no deadlocks). No
 # ORDER BY: the input is already sorted, and sorting 50,000 ids spills to disk
-# under the default work_mem. A deleted row is re-pointed to our shard (re-add).
-_RECORD = """
+# under the default work_mem. The EXISTS repeats the fence, so that a fenced
+# writer inserts nothing even though the fence's answer is read afterwards.
+_INSERT = """
 INSERT INTO signature2shard (signature, shard, state)
 SELECT sig, %(shard)s, 'present' FROM unnest(%(ids)b) AS sig
 WHERE EXISTS (SELECT 1 FROM shards WHERE id = %(shard)s AND state IN ('writing', 'importing')
               AND locker = %(locker)s)
-ON CONFLICT (signature) DO UPDATE SET shard = EXCLUDED.shard, state = EXCLUDED.state
+"""
+# The usual batch is all new ids: a plain INSERT, which spares PostgreSQL a
+# speculative insertion per row (about 15% of the batch, see
+# docs/sharedbase.md). A batch with an id already there (present, a tombstone,
+# or a racing writer's) fails on the primary key; then winery's ON CONFLICT
+# form runs instead, which re-points a deleted row to our shard (a re-add).
+_RECORD_NEW = _INSERT
+_RECORD_ANY = _INSERT + """ON CONFLICT (signature) DO UPDATE SET shard = EXCLUDED.shard, state = EXCLUDED.state
     WHERE signature2shard.state = 'deleted'
 """
 
@@ -116,6 +125,7 @@ _HOT = {
                    b"WHERE o.signature = $1 AND o.state = 'present'",
 }
 _BYTEA = [ObjIdArray._BYTEA_OID]
+_UNDEFINED_STATEMENT = b"26000"  # invalid_sql_statement_name
 
 
 def _prepare_hot(conn: psycopg.Connection) -> None:
@@ -128,7 +138,19 @@ def _prepare_hot(conn: psycopg.Connection) -> None:
 def _row(values) -> ShardRow:
     id_, name, state, locker, locker_ts, pool_name, mapped = values
     # char(32) pads short names with blanks on output; names never end with one.
+    # Timestamps in UTC, as the LMDB backend gives them (psycopg uses the session's zone).
+    locker_ts = locker_ts.astimezone(timezone.utc) if locker_ts is not None else None
     return ShardRow(id_, name.rstrip(), ShardState(state), locker, locker_ts, pool_name, list(mapped))
+
+
+def _close_pool(pool: ConnectionPool) -> None:
+    """Close ``pool``, from any thread. The garbage collector can run in one of
+    the pool's own worker threads (daemons), which cannot join themselves: a
+    daemon thread hands the close to a new thread."""
+    if threading.current_thread().daemon:
+        threading.Thread(target=pool.close, name=f"{pool.name}-close", daemon=True).start()
+    else:
+        pool.close()
 
 
 class PgBackend:
@@ -136,30 +158,54 @@ class PgBackend:
     # the caller's transaction does afterwards.
     locks_in_transaction = False
 
-    def __init__(self, dsn: str, application_name: str, *, min_size: int = 1, max_size: int = 4) -> None:
+    def __init__(self, dsn: str, application_name: str, *, min_size: int = 0, max_size: int = 4) -> None:
         if max_size < 2:
             # A writer holds one connection for its transaction and may need
             # another to lock a shard.
             raise ValueError("the connection pool needs max_size >= 2")
         self.dsn = dsn
-        kwargs: dict[str, Any] = {"application_name": application_name, "autocommit": True}
+        self.application_name = application_name
+        self._pool_size = (min_size, max_size)
+        self._pool: Optional[ConnectionPool] = None
+        self._pool_lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def pool(self) -> ConnectionPool:
+        """The connection pool, opened on first use (as winery's), after a
+        check of the schema version."""
+        if self._pool is None:
+            with self._pool_lock:
+                if self._closed:
+                    raise ClosedError("this SharedBase is closed")
+                if self._pool is None:
+                    self._pool = self._open_pool()
+        return self._pool
+
+    def _open_pool(self) -> ConnectionPool:
+        kwargs: dict[str, Any] = {"application_name": self.application_name, "autocommit": True}
         # Checked before the pool exists: its connections prepare statements
         # on tables an empty or foreign database does not have.
-        with psycopg.connect(dsn, **kwargs) as conn:
+        with psycopg.connect(self.dsn, **kwargs) as conn:
             check_version(conn)
-        self.pool = ConnectionPool(
-            conninfo=dsn,
+        min_size, max_size = self._pool_size
+        return ConnectionPool(
+            conninfo=self.dsn,
             kwargs=kwargs,
             min_size=min_size,
             max_size=max_size,
             max_idle=60,
             configure=_prepare_hot,
-            name=f"pool-{application_name}",
+            name=f"pool-{self.application_name}",
             open=True,
         )
 
     def close(self) -> None:
-        self.pool.close()
+        with self._pool_lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            _close_pool(pool)
 
     # -- plumbing ------------------------------------------------------------
 
@@ -267,6 +313,16 @@ class PgBackend:
             {"host": host, "name": name})
         return set(row[0]) if row else None
 
+    def list_shard_tables(self) -> list[str]:
+        # winery's query: the visible ordinary tables named shard_*, but its template.
+        rows = self._all(
+            "SELECT c.relname FROM pg_catalog.pg_class c "
+            "LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind = 'r' AND n.nspname <> 'pg_catalog' AND n.nspname !~ '^pg_toast' "
+            "AND n.nspname <> 'information_schema' AND pg_catalog.pg_table_is_visible(c.oid) "
+            "AND c.relname ~ '^shard_' AND c.relname <> 'shard_template' ORDER BY c.relname")
+        return [name.removeprefix("shard_") for (name,) in rows]
+
     def count_present(self, name: str) -> int:
         row = self._one(
             "SELECT COUNT(*) FROM signature2shard WHERE state = 'present' "
@@ -292,21 +348,29 @@ class PgBackend:
                ids: list[bytes]) -> Optional[dict[bytes, int]]:
         """Record ``ids`` (sorted, unique) into our shard in ``db``'s transaction.
 
-        One round trip (a pipeline) when every id is new or re-added; one more
-        to read the owners of ids already present. None when the fence fails:
-        nothing written.
+        One round trip (a pipeline) when every id is new; one more when some
+        were already there, to insert the rest and read the owners. None when
+        the fence fails: nothing written.
         """
         params = {"shard": shard_id, "locker": locker, "ids": ObjIdArray.from_list(ids)}
+        inserted: Optional[psycopg.Cursor] = None
         with db.pipeline():
             fence = db.execute(_FENCE, params)
-            inserted = db.execute(_RECORD, params)
+            try:
+                with db.transaction():  # a savepoint: a conflict undoes this statement only
+                    inserted = db.execute(_RECORD_NEW, params)
+            except psycopg.errors.UniqueViolation:
+                inserted = None
         if fence.fetchone() is None:
             return None
-        if inserted.rowcount == len(ids):  # all inserted (or re-added): all ours
+        if inserted is not None:  # no conflict: all ours
             return dict.fromkeys(ids, shard_id)
-        # A statement of its own: under READ COMMITTED it sees the rows of
-        # racing writers the INSERT waited for.
-        owners: dict[bytes, int] = dict(db.execute(_OWNERS, params, binary=True).fetchall())
+        with db.pipeline():
+            db.execute(_RECORD_ANY, params)
+            # A statement of its own: under READ COMMITTED it sees the rows of
+            # racing writers the INSERT waited for.
+            found = db.execute(_OWNERS, params, binary=True)
+        owners: dict[bytes, int] = dict(found.fetchall())
         return {i: owners[i] for i in ids if i in owners}
 
     def _hot(self, statement: bytes, obj_id: bytes, binary: bool) -> Optional[tuple[Any, ...]]:
@@ -314,6 +378,12 @@ class PgBackend:
         conn = self.pool.getconn()
         try:
             result = conn.pgconn.exec_prepared(statement, [obj_id], [1], 1 if binary else 0)
+            if result.error_field(pq.DiagnosticField.SQLSTATE) == _UNDEFINED_STATEMENT:
+                # psycopg runs DEALLOCATE ALL after a rollback (record()'s
+                # savepoint on a conflict, a caller's) once it has prepared
+                # statements of its own: prepare ours again.
+                _prepare_hot(conn)
+                result = conn.pgconn.exec_prepared(statement, [obj_id], [1], 1 if binary else 0)
         finally:
             self.pool.putconn(conn)
         if result.status != pq.ExecStatus.TUPLES_OK:
@@ -353,7 +423,10 @@ class PgBackend:
         rows = self._all(
             "SELECT o.signature, s.name, s.state, s.pool_name FROM signature2shard o "
             "JOIN shards s ON s.id = o.shard WHERE o.state = 'deleted' "
-            "AND (%(pool)s::text IS NULL OR s.pool_name = %(pool)s::text) ORDER BY o.signature",
+            "AND (%(pool)s::text IS NULL OR s.pool_name = %(pool)s::text) "
+            # winery's order, nothing more: within a shard, the database's
+            # (in practice the order of deletion), which winery's tests expect.
+            "ORDER BY s.pool_name, s.name",
             {"pool": pool_name})
         return [(bytes(sig), name.rstrip(), ShardState(state), pool) for sig, name, state, pool in rows]
 

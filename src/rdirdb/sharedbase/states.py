@@ -74,13 +74,21 @@ def shard_state(value: Any, what: str = "state") -> ShardState:
 
 def check_obj_id(obj_id: Any) -> bytes:
     """``obj_id`` as bytes, checked to be a 32-byte sha256 digest."""
+    checked = lookup_obj_id(obj_id)
+    if checked is None:
+        raise ValueError(f"obj_id must be a {OBJ_ID_SIZE}-byte sha256 digest, got {len(obj_id)} bytes")
+    return checked
+
+
+def lookup_obj_id(obj_id: Any) -> bytes | None:
+    """``obj_id`` as bytes for a lookup, None when it is not 32 bytes long: no
+    such id is ever stored, so it is simply not found (winery's readers turn
+    that into ObjNotFoundError). A value that is not bytes is a TypeError."""
     if isinstance(obj_id, (bytearray, memoryview)):
         obj_id = bytes(obj_id)
     if not isinstance(obj_id, bytes):
         raise TypeError(f"obj_id must be bytes, not {type(obj_id).__name__}")
-    if len(obj_id) != OBJ_ID_SIZE:
-        raise ValueError(f"obj_id must be a {OBJ_ID_SIZE}-byte sha256 digest, got {len(obj_id)} bytes")
-    return obj_id
+    return obj_id if len(obj_id) == OBJ_ID_SIZE else None
 
 
 def check_obj_ids(obj_ids: Any) -> list[bytes]:
