@@ -17,6 +17,7 @@ cdef class Environment:
     cdef readonly str path
     cdef readonly bint readonly
     cdef readonly bint durable
+    cdef readonly bint writemap
     cdef object _children
     cdef dict _dbis
     cdef object __weakref__

@@ -135,7 +135,9 @@ cdef class Environment:
 
     ``sync=True`` (the default) makes every commit durable (fsync); with
     ``sync=False`` a commit survives the death of the process but not of the
-    machine. Stale reader slots of dead processes are cleared on open.
+    machine. ``writemap=True`` writes pages in place through a writable map
+    (MDB_WRITEMAP: no copy and no write call per dirty page, a sparse data file;
+    see docs/engine.md). Stale reader slots of dead processes are cleared on open.
     """
 
     def __cinit__(self):
@@ -146,15 +148,18 @@ cdef class Environment:
 
     def __init__(self, path, *, databases=(), size_t map_size=256 << 20,
                  unsigned int max_dbs=8, unsigned int max_readers=256, bint sync=True,
-                 bint readonly=False, bint create=True):
+                 bint readonly=False, bint create=True, bint writemap=False):
         cdef unsigned int flags = MDB_NOTLS | MDB_NORDAHEAD
         cdef int dead = 0, rc
         cdef const char *cpath
         self.path = os.fspath(path)
         self.readonly = readonly
         self.durable = sync
+        self.writemap = writemap and not readonly
         if readonly:
             flags |= MDB_RDONLY
+        if self.writemap:
+            flags |= MDB_WRITEMAP
         if not sync:
             flags |= MDB_NOSYNC | MDB_NOMETASYNC
         if create and not readonly:

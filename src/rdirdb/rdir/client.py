@@ -101,7 +101,11 @@ class RdirClient:
             if self.conf.get("db_path"):
                 from rdirdb.rdir.embedded import EmbeddedBackend
 
-                backend = EmbeddedBackend(self.conf["db_path"], sync=_flag(self.conf.get("db_sync", True)))
+                backend = EmbeddedBackend(
+                    self.conf["db_path"],
+                    sync=_flag(self.conf.get("db_sync", True)),
+                    writemap=_flag(self.conf.get("db_writemap", False)),
+                )
             else:
                 from rdirdb.rdir.remote import remote_backend
 

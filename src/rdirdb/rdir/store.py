@@ -193,10 +193,12 @@ class Store:
         map_size: int = DEFAULT_MAP_SIZE,
         sync: bool = True,
         readonly: bool = False,
+        writemap: bool = False,
     ) -> None:
         self.path = os.fspath(path)
         self.map_size = map_size
         self.sync = sync
+        self.writemap = writemap
         self.readonly = readonly
         self._volumes: dict[tuple[str, str], Volume] | None = {}
         self._lock = threading.Lock()
@@ -236,6 +238,7 @@ class Store:
                     map_size=self.map_size,
                     sync=self.sync,
                     readonly=self.readonly,
+                    writemap=self.writemap,
                 )
             except LmdbFileNotFoundError:
                 # Read-only, while its creator has not yet made its databases.
