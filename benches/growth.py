@@ -249,6 +249,8 @@ def run_in_turns(commands: dict[str, list[str]], size: int, workdir: str) -> dic
             k = turn % len(running)
             for r in running[k:] + running[:k]:
                 r.steps.append(r.turn())
+            print(f"  {label_of(running[0].records):>5}: " + ", ".join(
+                f"{r.name} {per_step({'steps': r.steps})[-1]['rate'] / 1e3:.0f}k/s" for r in running), flush=True)
         return {r.name: r.finish() for r in running}
     finally:
         for r in running:

@@ -15,7 +15,7 @@ side of ``_resize_lock`` and a resize takes the exclusive side.
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.errno cimport (EACCES, EAGAIN, EBUSY, EINVAL, EIO, ENOENT, ENOMEM,
-                         ENOSPC, EPERM, EROFS, ETIMEDOUT)
+                         ENOSPC, ENOSYS, EOPNOTSUPP, EPERM, EROFS, ETIMEDOUT, errno)
 from libc.string cimport memset
 from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
 
@@ -25,6 +25,10 @@ import os
 import weakref
 
 from rdirdb import errors
+
+
+cdef extern from "fcntl.h" nogil:
+    int fallocate(int fd, int mode, long offset, long length)
 
 
 cdef extern from "pthread.h" nogil:
@@ -124,6 +128,10 @@ def _disk_full(path):
 # The longest a resize waits for this process's other transactions to end.
 DEF RESIZE_WAIT_SECONDS = 30
 
+# With MDB_WRITEMAP, disk blocks are allocated this far past the pages in use:
+# as much as is in use up to this size, a sixteenth of it past 1 GiB.
+DEF RESERVE_AHEAD = 64 << 20
+
 
 # ---------------------------------------------------------------------------
 # Environment
@@ -143,6 +151,7 @@ cdef class Environment:
     def __cinit__(self):
         self._env = NULL
         self._lock_ready = False
+        self._reserved = 0
         self._children = weakref.WeakSet()
         self._dbis = {}
 
@@ -252,6 +261,12 @@ cdef class Environment:
                 self.grow(0)
                 continue
             check(rc, b"mdb_txn_begin")
+            if write and self.writemap:
+                try:
+                    self.reserve()
+                except BaseException:
+                    self.end_raw(txn[0], False)
+                    raise
             return 0
 
     cdef int end_raw(self, MDB_txn *txn, bint commit) except -1:
@@ -303,6 +318,44 @@ cdef class Environment:
             pthread_rwlock_unlock(&self._resize_lock)
         return 0
 
+    cdef int reserve(self) except -1:
+        """Allocate the data file's blocks ahead of the pages in use (MDB_WRITEMAP).
+
+        With a writable map, LMDB writes new pages straight into a sparse file:
+        on a full disk the kernel can only answer with SIGBUS, which kills the
+        process. Allocating ahead turns a full disk into a DiskFullError here,
+        in a write transaction that has written nothing. Called by the holder
+        of the write lock, so the pages in use are exact.
+        """
+        cdef MDB_envinfo info
+        cdef MDB_stat st
+        cdef int fd, rc = 0
+        cdef size_t used, ahead, start = self._reserved, end
+        mdb_env_info(self._env, &info)
+        mdb_env_stat(self._env, &st)
+        used = (info.me_last_pgno + 1) * st.ms_psize
+        ahead = max(min(<size_t>RESERVE_AHEAD, used), used // 16)
+        if used + ahead // 2 <= self._reserved:
+            return 0
+        end = min(used + ahead, info.me_mapsize)  # the file is as long as the map
+        if end <= start:
+            return 0  # all of the map is reserved already; the next growth extends it
+        check(mdb_env_get_fd(self._env, &fd), b"mdb_env_get_fd")
+        with nogil:
+            if fallocate(fd, 0, start, end - start) != 0:  # mode 0: data stays as it is
+                rc = errno
+        if rc in (EOPNOTSUPP, ENOSYS):
+            self._reserved = <size_t>-1  # this file system cannot: writes go unreserved
+        elif rc == ENOSPC:
+            raise errors.DiskFullError(
+                "fallocate", ENOSPC, f"no space left on the device of {self.path} for the "
+                f"{(end - start) >> 10:,} KiB that writes with MDB_WRITEMAP allocate ahead")
+        elif rc != 0:
+            check(rc, b"fallocate")
+        else:
+            self._reserved = end
+        return 0
+
     cdef MDB_dbi dbi(self, name) except? 0:
         """The handle of a database opened with the environment (None: the main one)."""
         try:
@@ -326,7 +379,9 @@ cdef class Environment:
     def open_db(self, name=None):
         """Open (creating it when writable) the named database; returns its handle.
 
-        Uses its own transaction: call it while this thread holds no write transaction.
+        An existing database opens in a read transaction (no wait for a writer,
+        no disk space needed); only creating one takes a write transaction.
+        Call it while this thread holds no write transaction.
         """
         cdef MDB_txn *txn
         cdef MDB_dbi handle = 0
@@ -337,8 +392,12 @@ cdef class Environment:
         name_b = name.encode() if name is not None else None
         if name_b is not None:
             cname = name_b
-        self.begin_raw(&txn, not self.readonly)
-        rc = mdb_dbi_open(txn, cname, 0 if self.readonly else MDB_CREATE, &handle)
+        self.begin_raw(&txn, False)
+        rc = mdb_dbi_open(txn, cname, 0, &handle)
+        if rc == MDB_NOTFOUND and not self.readonly:
+            self.end_raw(txn, False)
+            self.begin_raw(&txn, True)
+            rc = mdb_dbi_open(txn, cname, MDB_CREATE, &handle)
         if rc != MDB_SUCCESS:
             self.end_raw(txn, False)
             if rc == MDB_NOTFOUND:

@@ -79,6 +79,9 @@ class RdirClient:
     ``conf["db_sync"]`` (default true) makes every embedded commit durable on
     power loss; false keeps commits safe from a crash of the process only, as
     the reference server's ``sync=0`` writes.
+    ``conf["db_writemap"]`` opens the embedded volumes with MDB_WRITEMAP (the
+    default is :data:`rdirdb.rdir.store.DEFAULT_WRITEMAP`; docs/engine.md says
+    what it trades).
 
     ``directory_client``, ``cache_duration``, ``logger`` and the extra keyword
     arguments of the methods (``reqid``, ``headers``, ``write_quorum``,
@@ -101,11 +104,10 @@ class RdirClient:
             if self.conf.get("db_path"):
                 from rdirdb.rdir.embedded import EmbeddedBackend
 
-                backend = EmbeddedBackend(
-                    self.conf["db_path"],
-                    sync=_flag(self.conf.get("db_sync", True)),
-                    writemap=_flag(self.conf.get("db_writemap", False)),
-                )
+                options = {"sync": _flag(self.conf.get("db_sync", True))}
+                if "db_writemap" in self.conf:  # else the Store's default
+                    options["writemap"] = _flag(self.conf["db_writemap"])
+                backend = EmbeddedBackend(self.conf["db_path"], **options)
             else:
                 from rdirdb.rdir.remote import remote_backend
 

@@ -23,6 +23,7 @@ from rdirdb.errors import BadRequest, ClosedError, Forbidden, LmdbFileNotFoundEr
 
 SERVICE_TYPES = ("rawx", "meta2")
 DEFAULT_MAP_SIZE = 64 << 20  # grows on its own; only the address space is reserved
+DEFAULT_WRITEMAP = False  # MDB_WRITEMAP: see docs/engine.md, "Writes at scale"
 MAX_VOLUME_ID = 255
 _SAFE = "_.:-"
 
@@ -193,7 +194,7 @@ class Store:
         map_size: int = DEFAULT_MAP_SIZE,
         sync: bool = True,
         readonly: bool = False,
-        writemap: bool = False,
+        writemap: bool = DEFAULT_WRITEMAP,
     ) -> None:
         self.path = os.fspath(path)
         self.map_size = map_size

@@ -52,6 +52,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="flush every commit to disk (survives power loss); by default, like the "
         "reference, a commit survives the process but not the machine",
     )
+    parser.add_argument(
+        "--writemap", action=argparse.BooleanOptionalAction, default=None,
+        help="open the volumes with LMDB's MDB_WRITEMAP (default: rdirdb's default, "
+        "see docs/operations.md)",
+    )
     parser.add_argument("--registry", help="service registry URL (file:///path.json or a PostgreSQL DSN) to register in")
     parser.add_argument("--location", default="", help="dc.rack.host.disk, for the dispatcher (default none)")
     parser.add_argument(
@@ -96,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         keepalive_timeout=args.keepalive_timeout,
         shutdown_timeout=args.shutdown_timeout,
         fsync=args.fsync,
+        **({} if args.writemap is None else {"writemap": args.writemap}),
         registry=args.registry,
         location=args.location,
         heartbeat=args.heartbeat,
