@@ -8,7 +8,7 @@ APT_PACKAGES := liblmdb-dev
 STAMP := .make-installed
 DEMO_ARGS ?=
 
-.PHONY: all system-deps bench-deps install compile debug test demo bench compare clean distclean
+.PHONY: all system-deps bench-deps install compile debug test demo bench compare growth clean distclean
 
 all: compile
 
@@ -52,6 +52,11 @@ bench: compile bench-deps
 
 compare: compile
 	$(PYTHON) benches/compare.py
+
+# A volume growing to 10M chunks next to a C loop over liblmdb; plots docs/growth.png.
+growth: compile
+	$(PYTHON) -c "import matplotlib" 2>/dev/null || $(PIP) install -q --no-build-isolation -e ".[bench]"
+	$(PYTHON) benches/growth.py --plot docs/growth.png $(GROWTH_ARGS)
 
 clean:
 	rm -rf build src/rdirdb/*.so ext/rdirdb/*.c ext/rdirdb/*.html .pytest_cache

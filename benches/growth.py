@@ -185,9 +185,9 @@ def contenders(args: argparse.Namespace, exe: str) -> dict[str, list[str]]:
     loop = [exe, "{dir}", str(args.size), str(args.batch), str(mean_value_size()), str(CONTAINERS),
             str(max(1, args.size // STEPS))] + (["sync"] if args.sync else [])
     return {
-        "rdirdb": worker,
+        "rdirdb plain": worker,
         "rdirdb writemap": worker + ["--writemap"],
-        "C loop": loop,
+        "C loop plain": loop,
         "C loop writemap": loop + ["writemap"],
     }
 
@@ -298,11 +298,12 @@ def report(results: dict[str, list[dict]], args: argparse.Namespace) -> dict:
     row("", marks, "last/1st")
     for name, r in rates.items():
         row(name, [f"{x / 1e3:.0f}k" for x in r], f"{r[-1] / r[0]:.2f}x")
-    for a, b in (("rdirdb", "C loop"), ("rdirdb writemap", "C loop writemap"),
-                 ("rdirdb writemap", "rdirdb"), ("C loop writemap", "C loop")):
+    for a, b in (("rdirdb plain", "C loop plain"), ("rdirdb writemap", "C loop writemap"),
+                 ("rdirdb writemap", "rdirdb plain"), ("C loop writemap", "C loop plain")):
         if a in rates and b in rates:
-            row(f"{a.replace('writemap', 'wm')} / {b.replace('writemap', 'wm')}",
-                [f"{x / y:.2f}x" for x, y in zip(rates[a], rates[b])])
+            short = {"rdirdb plain": "rdirdb", "rdirdb writemap": "rdirdb wm",
+                     "C loop plain": "C", "C loop writemap": "C wm"}
+            row(f"{short[a]} / {short[b]}", [f"{x / y:.2f}x" for x, y in zip(rates[a], rates[b])])
     print("\n== CPU microseconds per record, user + system, per tenth")
     for name, rows in steps.items():
         row(name, [f"{s['user_us']:.1f}+{s['system_us']:.1f}" for s in rows])
@@ -343,7 +344,7 @@ def plot(data: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    styles = {"rdirdb": "-o", "rdirdb writemap": "-s", "C loop": "--o", "C loop writemap": "--s"}
+    styles = {"rdirdb plain": "-o", "rdirdb writemap": "-s", "C loop plain": "--o", "C loop writemap": "--s"}
     for name, rows in data["steps"].items():
         x = [step["records"] / 1e6 for step in data["samples"][name][0]["steps"]]
         ax.plot(x, [s["rate"] / 1e3 for s in rows], styles.get(name, "-"), label=name)

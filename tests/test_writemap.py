@@ -98,3 +98,36 @@ def test_client_conf_db_writemap(tmp_path, value, expected):
         client.chunk_push("vol", chunk_id="C" * 64, create=True, **CHUNK)
         assert client.backend.store.volume("vol").env.writemap is expected
         assert [chunk for _, chunk, _ in client.chunk_fetch("vol")] == ["C" * 64]
+
+
+def test_writemap_is_on_by_default_when_commits_are_not_synced(tmp_path):
+    for sync, writemap, expected in [(False, None, True), (True, None, False), (False, False, False),
+                                     (True, True, True)]:
+        with Store(tmp_path / f"{sync}-{writemap}", sync=sync, writemap=writemap) as store:
+            assert store.volume("v", create=True).env.writemap is expected
+    with RdirClient({"db_path": str(tmp_path / "client"), "db_sync": "no"}) as client:
+        client.create("vol")
+        assert client.backend.store.volume("vol").env.writemap
+
+
+def _data_file_size(db_path: str) -> int:
+    return os.path.getsize(os.path.join(db_path, "rawx", "vol", "data.mdb"))
+
+
+@pytest.mark.parametrize("args, writemap", [((), True), (("--no-writemap",), False), (("--fsync",), False),
+                                            (("--fsync", "--writemap"), True)])
+def test_server_writemap_flag(tmp_path, args, writemap):
+    pytest.importorskip("httptools")
+    from tests.server.helpers import Server
+
+    db_path = tmp_path / "db"
+    db_path.mkdir()
+    server = Server(str(db_path), *args, log_path=str(tmp_path / "server.log")).wait_ready()
+    try:
+        with RdirClient({"rdir_hosts": [f"{server.host}:{server.port}"]}) as client:
+            client.chunk_push("vol", chunk_id="C" * 64, create=True, **CHUNK)
+            assert [chunk for _, chunk, _ in client.chunk_fetch("vol")] == ["C" * 64]
+    finally:
+        server.stop()
+    # With MDB_WRITEMAP, LMDB sizes the data file to the map (64 MiB), sparse.
+    assert (_data_file_size(str(db_path)) == 64 << 20) is writemap

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from rdirdb.progress import Progress
 from rdirdb.rdir.store import Store
 
-BATCH = 10_000
+BATCH = 100_000  # random records: the fastest batch size measured (benches/batch_size.py)
 PAGE = 1_000
 
 

@@ -79,9 +79,8 @@ class RdirClient:
     ``conf["db_sync"]`` (default true) makes every embedded commit durable on
     power loss; false keeps commits safe from a crash of the process only, as
     the reference server's ``sync=0`` writes.
-    ``conf["db_writemap"]`` opens the embedded volumes with MDB_WRITEMAP (the
-    default is :data:`rdirdb.rdir.store.DEFAULT_WRITEMAP`; docs/engine.md says
-    what it trades).
+    ``conf["db_writemap"]`` opens the embedded volumes with MDB_WRITEMAP; by
+    default they do when ``db_sync`` is off (docs/engine.md says what it trades).
 
     ``directory_client``, ``cache_duration``, ``logger`` and the extra keyword
     arguments of the methods (``reqid``, ``headers``, ``write_quorum``,
@@ -105,7 +104,7 @@ class RdirClient:
                 from rdirdb.rdir.embedded import EmbeddedBackend
 
                 options = {"sync": _flag(self.conf.get("db_sync", True))}
-                if "db_writemap" in self.conf:  # else the Store's default
+                if self.conf.get("db_writemap") is not None:  # else the Store's default
                     options["writemap"] = _flag(self.conf["db_writemap"])
                 backend = EmbeddedBackend(self.conf["db_path"], **options)
             else:

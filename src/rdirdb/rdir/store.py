@@ -23,7 +23,6 @@ from rdirdb.errors import BadRequest, ClosedError, Forbidden, LmdbFileNotFoundEr
 
 SERVICE_TYPES = ("rawx", "meta2")
 DEFAULT_MAP_SIZE = 64 << 20  # grows on its own; only the address space is reserved
-DEFAULT_WRITEMAP = False  # MDB_WRITEMAP: see docs/engine.md, "Writes at scale"
 MAX_VOLUME_ID = 255
 _SAFE = "_.:-"
 
@@ -180,11 +179,18 @@ class Volume:
         return {"removed": removed, "repaired": repaired, "errors": errors}
 
 
+def default_writemap(sync: bool) -> bool:
+    """Whether volumes use MDB_WRITEMAP when not told: when commits are not
+    synced, where it pays (docs/engine.md, "Writes at scale")."""
+    return not sync
+
+
 class Store:
     """Volumes under ``path``; environments are opened on first use and cached.
 
     ``sync=False`` trades durability on power loss for speed: a commit still
-    survives the death of the process.
+    survives the death of the process. ``writemap`` opens the volumes with
+    MDB_WRITEMAP; by default, when ``sync`` is off (:func:`default_writemap`).
     """
 
     def __init__(
@@ -194,12 +200,12 @@ class Store:
         map_size: int = DEFAULT_MAP_SIZE,
         sync: bool = True,
         readonly: bool = False,
-        writemap: bool = DEFAULT_WRITEMAP,
+        writemap: bool | None = None,
     ) -> None:
         self.path = os.fspath(path)
         self.map_size = map_size
         self.sync = sync
-        self.writemap = writemap
+        self.writemap = default_writemap(sync) if writemap is None else writemap
         self.readonly = readonly
         self._volumes: dict[tuple[str, str], Volume] | None = {}
         self._lock = threading.Lock()

@@ -54,8 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--writemap", action=argparse.BooleanOptionalAction, default=None,
-        help="open the volumes with LMDB's MDB_WRITEMAP (default: rdirdb's default, "
-        "see docs/operations.md)",
+        help="open the volumes with LMDB's MDB_WRITEMAP: faster unsynced writes on large "
+        "volumes, a sparse data file (default: on, off with --fsync; see docs/operations.md)",
     )
     parser.add_argument("--registry", help="service registry URL (file:///path.json or a PostgreSQL DSN) to register in")
     parser.add_argument("--location", default="", help="dc.rack.host.disk, for the dispatcher (default none)")
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         keepalive_timeout=args.keepalive_timeout,
         shutdown_timeout=args.shutdown_timeout,
         fsync=args.fsync,
-        **({} if args.writemap is None else {"writemap": args.writemap}),
+        writemap=args.writemap,
         registry=args.registry,
         location=args.location,
         heartbeat=args.heartbeat,

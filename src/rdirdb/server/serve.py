@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from rdirdb.server.app import DEFAULT_LIMIT, MAX_LIMIT, RdirApp
 from rdirdb.server.http import HttpProtocol, ServerState
-from rdirdb.rdir.store import DEFAULT_WRITEMAP, Store, volume_file_name
+from rdirdb.rdir.store import Store, volume_file_name
 
 log = logging.getLogger("rdirdb.server")
 
@@ -57,7 +57,7 @@ class Settings:
     keepalive_timeout: float = 60.0
     shutdown_timeout: float = 10.0
     fsync: bool = False
-    writemap: bool = DEFAULT_WRITEMAP
+    writemap: bool | None = None  # MDB_WRITEMAP; None: the Store's default (on unless fsync)
     registry: str | None = None  # URL of the service registry to register in
     location: str = ""  # dc.rack.host.disk, for the dispatcher's distance rules
     heartbeat: float = 5.0
@@ -70,7 +70,6 @@ class Settings:
             "rdir.listing.default_limit": DEFAULT_LIMIT,
             "rdir.listing.max_limit": MAX_LIMIT,
             "rdir.fsync": self.fsync,
-            "rdir.writemap": self.writemap,
             "server.workers": self.workers,
             "server.max_body_size": self.max_body,
             "server.request_timeout": self.request_timeout,
