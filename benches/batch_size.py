@@ -7,7 +7,7 @@
 source in key order, so their batches append at the end of the volume
 (MDB_APPEND); the demo and indexers push records in random order. For each
 order and batch size this loads ``--size`` records (dicts, as the tools pass
-them) into a fresh volume with ``db_sync`` off and prints records/s over the
+them) into a fresh volume (``db_sync`` off unless ``--sync``) and prints records/s over the
 whole load and over its last tenth (the rate at scale), and the CPU time per
 record (user + system, steadier than wall time on a shared machine). Batch
 sizes take turns within each repetition; figures are medians.
@@ -51,12 +51,12 @@ def cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def load(data: list[dict], batch: int, workdir: str, writemap: bool | None) -> tuple[float, float, float]:
+def load(data: list[dict], batch: int, workdir: str, writemap: bool | None, sync: bool) -> tuple[float, float, float]:
     """records/s of the whole load and of the batches of its last tenth; CPU
     microseconds per record of the whole load."""
     path = tempfile.mkdtemp(dir=workdir)
     try:
-        with Store(path, sync=False, writemap=writemap) as store:
+        with Store(path, sync=sync, writemap=writemap) as store:
             chunks = store.volume("vol", create=True).chunks
             tenth = len(data) - len(data) // 10
             total = last = 0.0
@@ -99,12 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="1000,10000,50000,100000", help="batch sizes to compare")
     parser.add_argument("--order", default="sorted,random,copy", help="record orders: sorted, random, copy")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--sync", action="store_true", help="durable commits (default: db_sync off)")
     parser.add_argument("--writemap", action=argparse.BooleanOptionalAction, default=None,
                         help="open the volume with MDB_WRITEMAP (default: the Store's default)")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     writemap = args.writemap
-    print(f"{args.size:,} records per load, db_sync off, writemap "
+    print(f"{args.size:,} records per load, db_sync {'on' if args.sync else 'off'}, writemap "
           f"{'default' if writemap is None else writemap}, medians of {args.reps}")
     workdir = tempfile.mkdtemp(prefix="rdirdb-batch-")
     try:
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                 for rep in range(args.reps):
                     for b in sizes[rep % len(sizes):] + sizes[:rep % len(sizes)]:
                         rates[b].append(copy(data, b, source, workdir) if source
-                                        else load(data, b, workdir, writemap))
+                                        else load(data, b, workdir, writemap, args.sync))
             finally:
                 if source:
                     source.stop()

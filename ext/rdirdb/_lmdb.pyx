@@ -143,9 +143,10 @@ cdef class Environment:
 
     ``sync=True`` (the default) makes every commit durable (fsync); with
     ``sync=False`` a commit survives the death of the process but not of the
-    machine. ``writemap=True`` writes pages in place through a writable map
-    (MDB_WRITEMAP: no copy and no write call per dirty page, a sparse data file;
-    see docs/engine.md). Stale reader slots of dead processes are cleared on open.
+    machine. ``writemap=True`` changes pages through a writable map (MDB_WRITEMAP:
+    no buffer and no write call per dirty page at commit, a sparse data file with
+    blocks allocated ahead; see docs/engine.md). Stale reader slots of dead
+    processes are cleared on open.
     """
 
     def __cinit__(self):
