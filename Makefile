@@ -8,8 +8,8 @@ APT_PACKAGES := liblmdb-dev
 STAMP := .make-installed
 DEMO_ARGS ?=
 
-.PHONY: all system-deps bench-deps install compile debug test test-debug demo bench compare clean distclean \
-	peer-deps peer-test peer-constraints
+.PHONY: all system-deps bench-deps install compile debug test test-debug demo bench compare growth \
+	clean distclean peer-deps peer-test peer-constraints
 
 all: compile
 
@@ -112,6 +112,11 @@ peer-constraints: peer-deps system-deps
 	{ sed -n '/^#/p' tests/peer/constraints.txt; \
 	  $(PEER_VENV)/bin/pip freeze | grep -v '^rdirdb'; } > tests/peer/constraints.tmp
 	mv tests/peer/constraints.tmp tests/peer/constraints.txt
+
+# A volume growing to 10M chunks next to a C loop over liblmdb; plots docs/growth.png.
+growth: compile
+	$(PYTHON) -c "import matplotlib" 2>/dev/null || $(PIP) install -q --no-build-isolation -e ".[bench]"
+	$(PYTHON) benches/growth.py --plot docs/growth.png $(GROWTH_ARGS)
 
 clean:
 	rm -rf build src/rdirdb/*.so ext/rdirdb/*.c ext/rdirdb/*.html .pytest_cache

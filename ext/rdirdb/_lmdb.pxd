@@ -17,6 +17,8 @@ cdef class Environment:
     cdef readonly str path
     cdef readonly bint readonly
     cdef readonly bint durable
+    cdef readonly bint writemap
+    cdef size_t _reserved
     cdef object _children
     cdef dict _dbis
     cdef object __weakref__
@@ -27,6 +29,7 @@ cdef class Environment:
     cdef int end_raw(self, MDB_txn *txn, bint commit) except -1
     cdef int grow(self, size_t needed) except -1
     cdef int map_full(self, const char *what) except -1
+    cdef int reserve(self) except -1
 
 
 cdef class Transaction:

@@ -18,7 +18,7 @@ transaction in this process, so every transaction holds the shared side of
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.errno cimport (EACCES, EAGAIN, EBUSY, EINVAL, EIO, ENOENT, ENOMEM,
-                         ENOSPC, EPERM, EROFS, ETIMEDOUT)
+                         ENOSPC, ENOSYS, EOPNOTSUPP, EPERM, EROFS, ETIMEDOUT, errno)
 from libc.string cimport memset
 from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
 
@@ -28,6 +28,10 @@ import os
 import weakref
 
 from rdirdb import errors
+
+
+cdef extern from "fcntl.h" nogil:
+    int fallocate(int fd, int mode, long offset, long length)
 
 
 cdef extern from "pthread.h" nogil:
@@ -149,6 +153,11 @@ def replay(fn, *args):
             growths += 1
 
 
+# With MDB_WRITEMAP, disk blocks are allocated this far past the pages in use:
+# as much as is in use up to this size, a sixteenth of it past 1 GiB.
+DEF RESERVE_AHEAD = 64 << 20
+
+
 # ---------------------------------------------------------------------------
 # Environment
 # ---------------------------------------------------------------------------
@@ -159,26 +168,33 @@ cdef class Environment:
 
     ``sync=True`` (the default) makes every commit durable (fsync); with
     ``sync=False`` a commit survives the death of the process but not of the
-    machine. Stale reader slots of dead processes are cleared on open.
+    machine. ``writemap=True`` changes pages through a writable map (MDB_WRITEMAP:
+    no buffer and no write call per dirty page at commit, a sparse data file with
+    blocks allocated ahead; see docs/engine.md). Stale reader slots of dead
+    processes are cleared on open.
     """
 
     def __cinit__(self):
         self._env = NULL
         self._lock_ready = False
+        self._reserved = 0
         self._children = weakref.WeakSet()
         self._dbis = {}
 
     def __init__(self, path, *, databases=(), size_t map_size=256 << 20,
                  unsigned int max_dbs=8, unsigned int max_readers=256, bint sync=True,
-                 bint readonly=False, bint create=True):
+                 bint readonly=False, bint create=True, bint writemap=False):
         cdef unsigned int flags = MDB_NOTLS | MDB_NORDAHEAD
         cdef int dead = 0, rc
         cdef const char *cpath
         self.path = os.fspath(path)
         self.readonly = readonly
         self.durable = sync
+        self.writemap = writemap and not readonly
         if readonly:
             flags |= MDB_RDONLY
+        if self.writemap:
+            flags |= MDB_WRITEMAP
         if not sync:
             flags |= MDB_NOSYNC | MDB_NOMETASYNC
         if create and not readonly:
@@ -271,6 +287,12 @@ cdef class Environment:
                 self.grow(0)
                 continue
             check(rc, b"mdb_txn_begin")
+            if write and self.writemap:
+                try:
+                    self.reserve()
+                except BaseException:
+                    self.end_raw(txn[0], False)
+                    raise
             return 0
 
     cdef int end_raw(self, MDB_txn *txn, bint commit) except -1:
@@ -332,6 +354,45 @@ cdef class Environment:
             what.decode(), MDB_MAP_FULL, "the map was full: the transaction was aborted and the map "
             "grown; run the transaction again")
 
+
+    cdef int reserve(self) except -1:
+        """Allocate the data file's blocks ahead of the pages in use (MDB_WRITEMAP).
+
+        With a writable map, LMDB writes new pages straight into a sparse file:
+        on a full disk the kernel can only answer with SIGBUS, which kills the
+        process. Allocating ahead turns a full disk into a DiskFullError here,
+        in a write transaction that has written nothing. Called by the holder
+        of the write lock, so the pages in use are exact.
+        """
+        cdef MDB_envinfo info
+        cdef MDB_stat st
+        cdef int fd, rc = 0
+        cdef size_t used, ahead, start = self._reserved, end
+        mdb_env_info(self._env, &info)
+        mdb_env_stat(self._env, &st)
+        used = (info.me_last_pgno + 1) * st.ms_psize
+        ahead = max(min(<size_t>RESERVE_AHEAD, used), used // 16)
+        if used + ahead // 2 <= self._reserved:
+            return 0
+        end = min(used + ahead, info.me_mapsize)  # the file is as long as the map
+        if end <= start:
+            return 0  # all of the map is reserved already; the next growth extends it
+        check(mdb_env_get_fd(self._env, &fd), b"mdb_env_get_fd")
+        with nogil:
+            if fallocate(fd, 0, start, end - start) != 0:  # mode 0: data stays as it is
+                rc = errno
+        if rc in (EOPNOTSUPP, ENOSYS):
+            self._reserved = <size_t>-1  # this file system cannot: writes go unreserved
+        elif rc == ENOSPC:
+            raise errors.DiskFullError(
+                "fallocate", ENOSPC, f"no space left on the device of {self.path} for the "
+                f"{(end - start) >> 10:,} KiB that writes with MDB_WRITEMAP allocate ahead")
+        elif rc != 0:
+            check(rc, b"fallocate")
+        else:
+            self._reserved = end
+        return 0
+
     cdef MDB_dbi dbi(self, name) except? 0:
         """The handle of a database opened with the environment (None: the main one)."""
         try:
@@ -365,7 +426,9 @@ cdef class Environment:
     def open_db(self, name=None):
         """Open (creating it when writable) the named database; returns its handle.
 
-        Uses its own transaction: call it while this thread holds no write transaction.
+        An existing database opens in a read transaction (no wait for a writer,
+        no disk space needed); only creating one takes a write transaction.
+        Call it while this thread holds no write transaction.
         """
         cdef MDB_txn *txn
         cdef MDB_dbi handle = 0
@@ -376,8 +439,12 @@ cdef class Environment:
         name_b = name.encode() if name is not None else None
         if name_b is not None:
             cname = name_b
-        self.begin_raw(&txn, not self.readonly)
-        rc = mdb_dbi_open(txn, cname, 0 if self.readonly else MDB_CREATE, &handle)
+        self.begin_raw(&txn, False)
+        rc = mdb_dbi_open(txn, cname, 0, &handle)
+        if rc == MDB_NOTFOUND and not self.readonly:
+            self.end_raw(txn, False)
+            self.begin_raw(&txn, True)
+            rc = mdb_dbi_open(txn, cname, MDB_CREATE, &handle)
         if rc != MDB_SUCCESS:
             self.end_raw(txn, False)
             if rc == MDB_NOTFOUND:

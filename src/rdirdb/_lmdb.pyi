@@ -19,6 +19,7 @@ class Environment:
     path: str
     readonly: bool
     durable: bool
+    writemap: bool
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -30,6 +31,7 @@ class Environment:
         sync: bool = True,
         readonly: bool = False,
         create: bool = True,
+        writemap: bool = False,
     ) -> None: ...
     def close(self) -> None: ...
     @property

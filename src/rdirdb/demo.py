@@ -18,7 +18,7 @@ from rdirdb.progress import Progress
 from rdirdb.rdir.store import Store
 from rdirdb.tools.common import CommandError
 
-BATCH = 10_000
+BATCH = 100_000  # random records: the fastest batch size measured (benches/batch_size.py)
 PAGE = 1_000
 MARK = ".rdirdb-demo"  # in a directory the demo wrote: running the demo there again is safe
 

@@ -11,7 +11,10 @@ class Progress:
     """``with Progress(total, "indexing") as bar: bar.update(n)``.
 
     Draws on a terminal only (``force=True`` draws anyway); redraws at most
-    ten times a second, so it costs nothing in a hot loop.
+    ten times a second, so it costs nothing in a hot loop. A bar that measures
+    one thing (bytes read) can show the rate of another (records written):
+    ``Progress(size, "importing", unit="bytes", also="records")`` and
+    ``bar.count(n)``.
     """
 
     def __init__(
@@ -22,10 +25,13 @@ class Progress:
         unit: str = "records",
         stream: TextIO | None = None,
         force: bool = False,
+        also: str | None = None,
     ) -> None:
         self.total = total
         self.label = label
         self.unit = unit
+        self.also = also
+        self.counted = 0
         self.stream = stream or sys.stderr
         self.enabled = force or self.stream.isatty()
         self.done = 0
@@ -38,6 +44,10 @@ class Progress:
         if self.enabled and now - self._drawn >= 0.1:
             self._drawn = now
             self._draw(now)
+
+    def count(self, n: int) -> None:
+        """Count ``n`` more of ``also`` (shown at the next redraw)."""
+        self.counted += n
 
     @property
     def elapsed(self) -> float:
@@ -59,6 +69,8 @@ class Progress:
             )
         else:
             line = f"\r{self.label:<12} {self.done:,} {self.unit} {rate:,.0f} {self.unit}/s"
+        if self.also:
+            line += f", {self.counted:,} {self.also} {self.counted / max(self.elapsed, 1e-9):,.0f} {self.also}/s"
         self.stream.write(line)
         self.stream.flush()
 

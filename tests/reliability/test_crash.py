@@ -8,9 +8,13 @@ import pytest
 from tests.stress import crash_harness
 
 
+WRITEMAP = pytest.mark.parametrize("writemap", [False, True], ids=["plain", "writemap"])
+
+
+@WRITEMAP
 @pytest.mark.parametrize("sync", [True, False], ids=["sync", "nosync"])
-def test_sigkill_rounds(tmp_path, sync):
-    figures = crash_harness.run_rounds(6, sync, str(tmp_path), seed=7, max_delay=0.25)
+def test_sigkill_rounds(tmp_path, sync, writemap):
+    figures = crash_harness.run_rounds(6, sync, str(tmp_path), seed=7, max_delay=0.25, writemap=writemap)
     assert figures.errors == []
     assert figures.rounds == 6
     assert figures.acked_puts > 0
@@ -44,8 +48,9 @@ def test_check_detects_a_half_applied_batch(tmp_path):
 
 @pytest.mark.stress
 @pytest.mark.timeout(1800)
+@WRITEMAP
 @pytest.mark.parametrize("sync", [True, False], ids=["sync", "nosync"])
-def test_sigkill_50_rounds(tmp_path, sync):
-    figures = crash_harness.run_rounds(50, sync, str(tmp_path), seed=50)
+def test_sigkill_50_rounds(tmp_path, sync, writemap):
+    figures = crash_harness.run_rounds(50, sync, str(tmp_path), seed=50, writemap=writemap)
     assert figures.errors == []
     assert figures.rounds == 50

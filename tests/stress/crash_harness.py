@@ -27,7 +27,7 @@ environment stays open elsewhere, and checks that a new opener clears their
 reader slots (``mdb_reader_check`` on open). :func:`killed_lock_holder` kills a
 process inside a write transaction while another one waits for the lock.
 
-Usage: ``python tests/stress/crash_harness.py --rounds 50 [--mode sync|nosync|both]``
+Usage: ``python tests/stress/crash_harness.py --rounds 50 [--mode sync|nosync|both] [--writemap]``
 (prints the figures; exits 1 on any violation).
 """
 
@@ -107,7 +107,8 @@ def read_log(log_path: str) -> list[list[str]]:
     return [line.split() for line in text.split("\n")[:-1]]  # a torn last line is dropped
 
 
-def writer(store_path: str, log_path: str, sync: bool, round_no: int, seed: int) -> None:
+def writer(store_path: str, log_path: str, sync: bool, round_no: int, seed: int,
+           writemap: bool = False) -> None:
     """Push and delete batches forever; acknowledge each one after it returned."""
     from rdirdb.rdir.store import Store
 
@@ -120,7 +121,7 @@ def writer(store_path: str, log_path: str, sync: bool, round_no: int, seed: int)
             live.pop(entry[1], None)
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     os.write(1, b"opening\n")
-    store = Store(store_path, sync=sync, map_size=1 << 20)  # small map: growth is exercised
+    store = Store(store_path, sync=sync, writemap=writemap, map_size=1 << 20)  # small map: growth is exercised
     chunks = store.volume(VOLUME, create=True).chunks
     os.write(1, b"ready\n")
     seq = 0
@@ -180,7 +181,8 @@ def full_status(chunks) -> tuple[int, Counter]:
             return total, per_container
 
 
-def check_store(store_path: str, log_path: str, sync: bool, inflight: list[list[str]] | None = None) -> Check:
+def check_store(store_path: str, log_path: str, sync: bool, inflight: list[list[str]] | None = None,
+                writemap: bool = False) -> Check:
     """Open the store after a crash and check it against the acknowledgement log.
 
     ``inflight``: the operations the writer announced but did not acknowledge
@@ -203,7 +205,7 @@ def check_store(store_path: str, log_path: str, sync: bool, inflight: list[list[
     optional_puts = {e[1]: int(e[2]) for e in inflight or () if e[0] == "P"}
     optional_deletes = {e[1] for e in inflight or () if e[0] == "D"}
 
-    with Store(store_path, sync=sync) as store:
+    with Store(store_path, sync=sync, writemap=writemap) as store:
         if not store.exists(VOLUME) and not expected:
             return result  # killed before the first batch, while creating the volume
         chunks = store.volume(VOLUME).chunks
@@ -270,10 +272,11 @@ def _env() -> dict[str, str]:
 
 
 def run_rounds(rounds: int, sync: bool, workdir: str | None = None, seed: int = 0,
-               max_delay: float = 0.4) -> RunFigures:
-    """``rounds`` kills of a writer on one store, checked after each."""
+               max_delay: float = 0.4, writemap: bool = False) -> RunFigures:
+    """``rounds`` kills of a writer on one store, checked after each (the writer and
+    the checks open the store with MDB_WRITEMAP when ``writemap``)."""
     rng = random.Random(seed)
-    figures = RunFigures("sync" if sync else "nosync")
+    figures = RunFigures(("sync" if sync else "nosync") + (" writemap" if writemap else ""))
     started = time.monotonic()
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         store_path, log_path = os.path.join(tmp, "store"), os.path.join(tmp, "ack.log")
@@ -281,7 +284,8 @@ def run_rounds(rounds: int, sync: bool, workdir: str | None = None, seed: int = 
         for round_no in range(rounds):
             proc = subprocess.Popen(
                 [sys.executable, os.path.abspath(__file__), "writer", store_path, log_path,
-                 "1" if sync else "0", str(round_no), str(rng.randrange(1 << 30))],
+                 "1" if sync else "0", str(round_no), str(rng.randrange(1 << 30)),
+                 "1" if writemap else "0"],
                 stdout=subprocess.PIPE, env=env)
             # One round in five kills the writer while it opens (or creates) the store.
             early = round_no % 5 == 0
@@ -306,7 +310,7 @@ def run_rounds(rounds: int, sync: bool, workdir: str | None = None, seed: int = 
             figures.killed_opening += early and b"ready\n" not in out
             acked = {tuple(e) for e in read_log(log_path)}
             inflight = [e for e in announced[-1:] if tuple(e) not in acked]
-            check = check_store(store_path, log_path, sync, inflight)
+            check = check_store(store_path, log_path, sync, inflight, writemap)
             # An applied in-flight operation is acknowledged now, so later rounds expect it.
             with open(log_path, "a") as log:
                 log.writelines(" ".join(e) + "\n" for e in check.applied)
@@ -486,21 +490,22 @@ def killed_lock_holder(workdir: str | None = None, hold: float = 0.5) -> LockHol
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "writer":
-        writer(argv[1], argv[2], argv[3] == "1", int(argv[4]), int(argv[5]))
+        writer(argv[1], argv[2], argv[3] == "1", int(argv[4]), int(argv[5]), argv[6] == "1")
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=50)
     parser.add_argument("--mode", choices=("sync", "nosync", "both"), default="both")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--writemap", action="store_true", help="open the stores with MDB_WRITEMAP")
     args = parser.parse_args(argv)
     ok = True
     modes = {"sync": [True], "nosync": [False], "both": [True, False]}[args.mode]
-    print(f"{'mode':7} {'rounds':>6} {'acked puts':>10} {'acked dels':>10} {'records':>8} "
+    print(f"{'mode':16} {'rounds':>6} {'acked puts':>10} {'acked dels':>10} {'records':>8} "
           f"{'in-flight applied/lost':>22} {'killed opening':>14} {'seconds':>8}")
     for sync in modes:
-        f = run_rounds(args.rounds, sync, args.workdir, args.seed)
-        ok &= show(f"{f.mode:7} {f.rounds:>6} {f.acked_puts:>10} {f.acked_deletes:>10} "
+        f = run_rounds(args.rounds, sync, args.workdir, args.seed, writemap=args.writemap)
+        ok &= show(f"{f.mode:16} {f.rounds:>6} {f.acked_puts:>10} {f.acked_deletes:>10} "
                    f"{f.records_at_end:>8} {f'{f.inflight_applied}/{f.inflight_lost}':>22} "
                    f"{f.killed_opening:>14} {f.seconds:>8.1f}", f)
     s = stale_readers(args.workdir)

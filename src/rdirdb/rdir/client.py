@@ -77,6 +77,8 @@ class RdirClient:
     ``conf["db_sync"]`` (default true) makes every embedded commit durable on
     power loss; false keeps commits safe from a crash of the process only, as
     the reference server's ``sync=0`` writes.
+    ``conf["db_writemap"]`` opens the embedded volumes with MDB_WRITEMAP; by
+    default they do when ``db_sync`` is off (docs/engine.md says what it trades).
 
     ``directory_client``, ``cache_duration``, ``logger`` and the extra keyword
     arguments of the methods (``reqid``, ``headers``, ``write_quorum``,
@@ -99,7 +101,10 @@ class RdirClient:
             if self.conf.get("db_path"):
                 from rdirdb.rdir.embedded import EmbeddedBackend
 
-                backend = EmbeddedBackend(self.conf["db_path"], sync=parse_bool(self.conf.get("db_sync", True)))
+                options = {"sync": parse_bool(self.conf.get("db_sync", True))}
+                if self.conf.get("db_writemap") is not None:  # else the Store's default
+                    options["writemap"] = parse_bool(self.conf["db_writemap"])
+                backend = EmbeddedBackend(self.conf["db_path"], **options)
             else:
                 from rdirdb.rdir.remote import remote_backend
 

@@ -210,11 +210,18 @@ class Volume:
         return {"removed": removed, "repaired": repaired, "errors": errors}
 
 
+def default_writemap(sync: bool) -> bool:
+    """Whether volumes use MDB_WRITEMAP when not told: when commits are not
+    synced, where it pays (docs/engine.md, "Writes at scale")."""
+    return not sync
+
+
 class Store:
     """Volumes under ``path``; environments are opened on first use and cached.
 
     ``sync=False`` trades durability on power loss for speed: a commit still
-    survives the death of the process.
+    survives the death of the process. ``writemap`` opens the volumes with
+    MDB_WRITEMAP; by default, when ``sync`` is off (:func:`default_writemap`).
     """
 
     def __init__(
@@ -224,10 +231,12 @@ class Store:
         map_size: int = DEFAULT_MAP_SIZE,
         sync: bool = True,
         readonly: bool = False,
+        writemap: bool | None = None,
     ) -> None:
         self.path = os.fspath(path)
         self.map_size = map_size
         self.sync = sync
+        self.writemap = default_writemap(sync) if writemap is None else writemap
         self.readonly = readonly
         self._volumes: dict[tuple[str, str], Volume] | None = {}
         self._lock = threading.Lock()
@@ -293,6 +302,7 @@ class Store:
                     map_size=self.map_size,
                     sync=self.sync,
                     readonly=self.readonly,
+                    writemap=self.writemap,
                 )
             except LmdbFileNotFoundError:
                 # Read-only, while its creator has not yet made its databases.

@@ -82,6 +82,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="flush every commit to disk (survives power loss); by default, like the "
         "reference, a commit survives the process but not the machine",
     )
+    parser.add_argument(
+        "--writemap", action=argparse.BooleanOptionalAction, default=None,
+        help="open the volumes with LMDB's MDB_WRITEMAP: faster unsynced writes on large "
+        "volumes, a sparse data file (default: on, off with --fsync; see docs/operations.md)",
+    )
     parser.add_argument("--registry", help="service registry URL (file:///path.json or a PostgreSQL DSN) to register in")
     parser.add_argument("--location", default="", help="dc.rack.host.disk, for the dispatcher (default none)")
     parser.add_argument(
@@ -122,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         keepalive_timeout=args.keepalive_timeout,
         shutdown_timeout=args.shutdown_timeout,
         fsync=args.fsync,
+        writemap=args.writemap,
         registry=args.registry,
         location=args.location,
         heartbeat=args.heartbeat,

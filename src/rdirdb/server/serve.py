@@ -64,6 +64,7 @@ class Settings:
     keepalive_timeout: float = 60.0
     shutdown_timeout: float = 10.0
     fsync: bool = False
+    writemap: bool | None = None  # MDB_WRITEMAP; None: the Store's default (on unless fsync)
     registry: str | None = None  # URL of the service registry to register in
     location: str = ""  # dc.rack.host.disk, for the dispatcher's distance rules
     heartbeat: float = 5.0
@@ -250,7 +251,7 @@ async def _serve(sock: socket.socket, settings: Settings, opened: OpenedVolumes,
         loop.add_signal_handler(sig, stop.set)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # one sent since the fork arrives now
     orphan_watch = loop.create_task(_stop_when_orphaned(stop, opened, master))
-    store = Store(settings.db_path, sync=settings.fsync)
+    store = Store(settings.db_path, sync=settings.fsync, writemap=settings.writemap)
     app = RdirApp(
         store,
         namespace=settings.namespace,

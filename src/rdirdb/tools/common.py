@@ -22,7 +22,7 @@ from rdirdb.rdir.client import RdirClient
 from rdirdb.errors import RdirdbError
 from rdirdb.rdir.store import SERVICE_TYPES, Store, Volume, volume_file_name
 
-BATCH = 10_000  # records per write transaction
+BATCH = 10_000  # records per write transaction; sorted input: 1,000 to 100,000 run alike (docs/engine.md)
 PAGE = 10_000  # records per read page
 
 
@@ -251,7 +251,9 @@ class Staging:
         os.makedirs(root, exist_ok=True)
         self.root = root
         self.path = tempfile.mkdtemp(prefix=".staging-", dir=root)
-        self.store = Store(self.path, sync=False)  # synced once, in publish()
+        # Synced once, in publish(). Imports append in key order, which runs
+        # faster without MDB_WRITEMAP (benches/batch_size.py).
+        self.store = Store(self.path, sync=False, writemap=False)
         self.staged: list[Volume] = []
 
     def target(self, volume_id: str, service_type: str) -> str:

@@ -168,8 +168,9 @@ def read_dump(stream: Iterable[bytes], bar: Progress) -> Iterator[tuple[int, byt
 class _Loader:
     """Applies the lines of a dump to a staging area, checking its structure."""
 
-    def __init__(self, staging: Staging) -> None:
+    def __init__(self, staging: Staging, bar: Progress) -> None:
         self.staging = staging
+        self.bar = bar
         self.vol: Volume | None = None
         self.batch: list[dict[str, Any]] = []
         self.admin: dict[str, str] = {}
@@ -223,6 +224,7 @@ class _Loader:
         if self.batch:
             assert self.vol is not None
             put(self.vol, self.batch)
+            self.bar.count(len(self.batch))
             self.batch = []
 
     def finish(self) -> None:
@@ -235,7 +237,7 @@ class _Loader:
 def import_dump(store_path: str, stream: Iterable[bytes], bar: Progress) -> list[dict]:
     """Load a dump into new volumes of the store, all or nothing; one summary per volume."""
     with Staging(store_path) as staging:
-        loader = _Loader(staging)
+        loader = _Loader(staging, bar)
         lines = read_dump(stream, bar)
         for lineno, line in lines:
             try:
@@ -333,5 +335,5 @@ def _import_main(args: argparse.Namespace) -> int:
 
 
 def _import_from(store_path: str, stream: BinaryIO, size: int | None) -> list[dict]:
-    with Progress(size, "importing", unit="bytes") as bar:
+    with Progress(size, "importing", unit="bytes", also="records") as bar:
         return import_dump(store_path, stream, bar)
