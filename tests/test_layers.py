@@ -15,7 +15,8 @@ SRC = ROOT / "src"
 
 # From the top down; a module may import its own layer and those below it.
 LAYERS = [
-    ["rdirdb.cli", "rdirdb.__main__", "rdirdb.demo", "rdirdb.tools"],
+    # command lines, the server's too
+    ["rdirdb.cli", "rdirdb.__main__", "rdirdb.demo", "rdirdb.tools", "rdirdb.server.cli", "rdirdb.server.__main__"],
     ["rdirdb.server"],
     ["rdirdb.rdir.client"],
     ["rdirdb.rdir.dispatcher"],

@@ -194,7 +194,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         if linger:
             self.too_large = True  # on_body drops, on_message_complete closes
-        else:
+        elif self.transport is not None:
             self.transport.close()
             self.transport = None
 
