@@ -27,6 +27,7 @@ PAGE = 10_000  # records per read page
 
 
 Main = Callable[[argparse.Namespace], int]  # a subcommand's handler: the exit code
+Record = dict[str, Any]  # a record as its JSON holds it, and as ``put_batch`` takes it
 # What ``add_parser`` takes (a string: argparse's class is not subscriptable at run time).
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -223,14 +224,14 @@ def record_count(vol: Volume) -> int:
     return vol.chunks.count() if vol.service_type == "rawx" else vol.meta2.count()
 
 
-def scan(vol: Volume, txn: Transaction | None = None) -> Iterator[list[dict[str, Any]]]:
+def scan(vol: Volume, txn: Transaction | None = None) -> Iterator[list[Record]]:
     """Every record of a volume, page by page, as the dicts ``put_batch`` accepts;
     with ``txn`` (:meth:`~rdirdb.rdir.store.Volume.snapshot`), all as of that one state."""
     for page in pages(vol.index.fetch, limit=PAGE, txn=txn):
         yield page if vol.service_type == "meta2" else [dict(zip(CHUNK_DTYPE_FIELDS, record)) for record in page]
 
 
-def put(vol: Volume, records: list[dict[str, Any]]) -> None:
+def put(vol: Volume, records: list[Record]) -> None:
     (vol.chunks if vol.service_type == "rawx" else vol.meta2).put_batch(records)
 
 
