@@ -13,9 +13,9 @@ from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.string cimport memcmp
 
 from rdirdb._lmdb cimport Environment, Transaction, check
-from rdirdb.lmdb cimport (MDB_CORRUPTED, MDB_CURRENT, MDB_NOTFOUND, MDB_SET, MDB_SUCCESS, MDB_cursor,
-                          MDB_dbi, MDB_txn, MDB_val, mdb_cursor_close, mdb_cursor_get, mdb_cursor_open,
-                          mdb_cursor_put, mdb_del, mdb_get, mdb_put)
+from rdirdb.lmdb cimport (MDB_CORRUPTED, MDB_CURRENT, MDB_KEYEXIST, MDB_NOOVERWRITE, MDB_NOTFOUND,
+                          MDB_SUCCESS, MDB_cursor, MDB_dbi, MDB_txn, MDB_val, mdb_cursor_close,
+                          mdb_cursor_open, mdb_cursor_put, mdb_del, mdb_get, mdb_put)
 
 import numpy as np
 
@@ -158,32 +158,35 @@ cdef int _record(MDB_txn *txn, const MDB_dbi *dbis, uint64_t shard_id, const _Fe
     rc = mdb_cursor_open(txn, dbis[SIGS], &cur)
     if rc != MDB_SUCCESS:
         return rc
+    what[0] = b"mdb_cursor_put"
     for i in range(n):
         k.mv_data = <void *>(ids + i * OBJ_ID_SIZE)
         k.mv_size = OBJ_ID_SIZE
-        what[0] = b"mdb_cursor_get"
-        rc = mdb_cursor_get(cur, &k, &v, MDB_SET)
-        if rc == MDB_SUCCESS:
+        v.mv_data = ours
+        v.mv_size = VALUE_SIZE
+        # One search: a new id goes in; an id already there is left as it is,
+        # the cursor on it and ``v`` its value.
+        rc = mdb_cursor_put(cur, &k, &v, MDB_NOOVERWRITE)
+        if rc == MDB_KEYEXIST:
             if v.mv_size != VALUE_SIZE:
                 rc = MDB_CORRUPTED
                 break
             if (<const unsigned char *>v.mv_data)[8] != STATE_DELETED:
                 owners[i] = <int64_t>_get_u64(<const unsigned char *>v.mv_data)  # it keeps its shard
+                rc = MDB_SUCCESS
                 continue
             # A tombstone: the id is added again, to our shard.
-            what[0] = b"mdb_del"
-            rc = mdb_del(txn, dbis[DELETED], &k, NULL)
-            if rc != MDB_SUCCESS and rc != MDB_NOTFOUND:
-                break
             v.mv_data = ours
             v.mv_size = VALUE_SIZE
-            what[0] = b"mdb_cursor_put"
             rc = mdb_cursor_put(cur, &k, &v, MDB_CURRENT)
-        elif rc == MDB_NOTFOUND:
-            v.mv_data = ours
-            v.mv_size = VALUE_SIZE
-            what[0] = b"mdb_cursor_put"
-            rc = mdb_cursor_put(cur, &k, &v, 0)
+            if rc == MDB_SUCCESS:
+                k.mv_data = <void *>(ids + i * OBJ_ID_SIZE)
+                k.mv_size = OBJ_ID_SIZE
+                what[0] = b"mdb_del"
+                rc = mdb_del(txn, dbis[DELETED], &k, NULL)
+                if rc == MDB_NOTFOUND:
+                    rc = MDB_SUCCESS
+                what[0] = b"mdb_cursor_put"
         if rc != MDB_SUCCESS:
             break
         owners[i] = <int64_t>shard_id

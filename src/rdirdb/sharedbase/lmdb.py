@@ -316,7 +316,11 @@ class LmdbBackend:
         fences = tuple(_fence(state, locker) for state in _WRITABLE)
         batch = b"".join(ids)
         owners = self._run_write(lambda txn: _shardmap.record_new(txn, shard_id, fences, batch), db)
-        return dict(zip(ids, owners.tolist())) if owners is not None else None
+        if owners is None:
+            return None
+        if (owners == shard_id).all():  # the usual batch: all ours
+            return dict.fromkeys(ids, shard_id)
+        return dict(zip(ids, owners.tolist()))
 
     def contains(self, obj_id: bytes) -> Optional[int]:
         return _shardmap.lookup_one(self.env, "sigs", obj_id)
