@@ -42,7 +42,7 @@ compile: install
 # its own, next to a copy of the Python sources: the release build in src/ stays.
 DEBUG_TREE := build/debug-tree
 NATIVE_TESTS := tests/test_lmdb.py tests/test_codec.py tests/test_batch.py tests/test_scan.py \
-	tests/test_store.py tests/reliability/test_bad_input.py
+	tests/test_store.py tests/reliability/test_bad_input.py tests/repair/test_engine.py
 
 debug: install
 	rm -rf $(DEBUG_TREE) && mkdir -p $(DEBUG_TREE)

@@ -251,6 +251,12 @@ cdef bint _walk_next(Walk *w) noexcept nogil:
     return False
 
 
+cdef inline uint64_t _walk_hash(const Walk *w) noexcept nogil:
+    """The hash of the walk's current entry."""
+    return _entry_hash(w.kind, <const uint8_t *>w.key.mv_data, w.key.mv_size, <const uint8_t *>w.val.mv_data,
+                       w.val.mv_size, w.is_tomb)
+
+
 cdef bytes _full_key(int kind, const MDB_val *key):
     cdef bytes out = bytes([kind])
     return out + (<const char *>key.mv_data)[:key.mv_size]
@@ -365,8 +371,7 @@ cdef class Stamps:
                                                        w.key.mv_size, ptrs[j + 1], lens[j + 1]) >= 0:
                             j += 1
                         counts[j] += 1
-                        sums[j] += _entry_hash(w.kind, <const uint8_t *>w.key.mv_data, w.key.mv_size,
-                                               <const uint8_t *>w.val.mv_data, w.val.mv_size, w.is_tomb)
+                        sums[j] += _walk_hash(&w)
                     _walk_close(&w)
                 check(w.rc, b"mdb_cursor_get")
             finally:
@@ -422,8 +427,7 @@ cdef class Stamps:
                                 kinds[j] = w.kind
                             i += 1
                             counts[j] += 1
-                            sums[j] += _entry_hash(w.kind, <const uint8_t *>w.key.mv_data, w.key.mv_size,
-                                                   <const uint8_t *>w.val.mv_data, w.val.mv_size, w.is_tomb)
+                            sums[j] += _walk_hash(&w)
                         _walk_close(&w)
                 check(w.rc, b"mdb_cursor_get")
                 if j < 0:

@@ -124,24 +124,27 @@ def _diverge(cluster: Cluster, pushes: int, deletes: int) -> tuple[set[int], set
     return set(range(pushes)) - set(deleted), set(deleted)
 
 
-def test_a_stopped_replica_converges_and_deletes_stay_deleted(cluster):
-    alive, deleted = _diverge(cluster, PUSHES, DELETES)
-    late = len(range(PUSHES // 2, PUSHES)) + sum(1 for n in deleted if n < PUSHES // 2)
+@pytest.mark.parametrize("pushes, deletes", [
+    (PUSHES, DELETES), pytest.param(100_000, 10_000, marks=pytest.mark.stress, id="issue-size"),
+])
+def test_a_stopped_replica_converges_and_deletes_stay_deleted(cluster, pushes, deletes):
+    alive, deleted = _diverge(cluster, pushes, deletes)
+    late = len(range(pushes // 2, pushes)) + sum(1 for n in deleted if n < pushes // 2)
     with cluster.alone(2) as c2:
-        assert len(_listing(c2)) == PUSHES // 2
+        assert len(_listing(c2)) == pushes // 2
     cli = Cli()
     hosts = ",".join(cluster.hosts)
     dry = cli.json("rdir", "repair", VOL, "--hosts", hosts, "--dry-run")
     assert dry["dry_run"] and dry["differences"] == late and dry["records_applied"] == 0
     with cluster.alone(2) as c2:
-        assert len(_listing(c2)) == PUSHES // 2  # the dry run moved nothing
+        assert len(_listing(c2)) == pushes // 2  # the dry run moved nothing
     report = cli.json("rdir", "repair", VOL, "--hosts", hosts)
     # Replica 2 got exactly what it missed: the late pushes and the tombstones of the deletes
     # of records it held; the others got nothing.
     assert report["records_sent"] == report["records_applied"] == late
     # Half the keys differ, densely: the listings of the differing ranges, from each replica,
     # still stay below a full copy of every replica.
-    assert report["records_listed"] < 3 * PUSHES
+    assert report["records_listed"] < 3 * pushes
     expected = sorted((_record(n)["container_id"], _record(n)["chunk_id"], n) for n in alive)
     statuses = []
     for i in range(3):
