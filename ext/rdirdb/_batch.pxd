@@ -34,3 +34,4 @@ cdef class Batch:
 
 
 cdef Py_ssize_t apply_batch(Environment env, const MDB_dbi *dbis, Batch batch, bint meta2) except -1
+cdef list apply_batches(Environment env, const MDB_dbi *dbis, list batches, bint meta2)

@@ -180,16 +180,37 @@ def _write_into(Transaction txn, Batch batch):
     return count
 
 
+cdef int _bind(Batch batch, const MDB_dbi *dbis, bint meta2) except -1:
+    """Check that ``batch`` is of the index's kind and point it at the index's databases."""
+    if batch.meta2 != meta2:
+        raise TypeError(f"a batch of {'meta2' if batch.meta2 else 'chunk'} records "
+                        f"cannot be applied to a {'meta2' if meta2 else 'chunk'} index")
+    batch.dbis[0] = dbis[0]
+    if not meta2:
+        batch.dbis[1] = dbis[1]
+    return 0
+
+
 cdef Py_ssize_t apply_batch(Environment env, const MDB_dbi *dbis, Batch batch, bint meta2) except -1:
     """Write a sorted batch (delete its keys if ``key_only``) in one write
     transaction, all or nothing; returns how many records were written (or
     existed). ``dbis`` are the databases of the batch's kinds."""
-    if batch.meta2 != meta2:
-        raise TypeError(f"a batch of {'meta2' if batch.meta2 else 'chunk'} records "
-                        f"cannot be applied to a {'meta2' if meta2 else 'chunk'} index")
+    _bind(batch, dbis, meta2)
     if batch.n == 0:
         return 0
-    batch.dbis[0] = dbis[0]
-    if not meta2:
-        batch.dbis[1] = dbis[1]
     return env.write(_write_into, batch)
+
+
+def _write_all_into(Transaction txn, list batches):
+    """Environment.write's function: each batch in ``txn``, in order; their counts."""
+    return [_write_into(txn, batch) if (<Batch>batch).n else 0 for batch in batches]
+
+
+cdef list apply_batches(Environment env, const MDB_dbi *dbis, list batches, bint meta2):
+    """Write several batches in one write transaction, in their order (a later
+    batch's record or delete wins over an earlier one's), all or nothing;
+    returns how many records each wrote (or found, for deletes)."""
+    cdef Batch batch
+    for batch in batches:
+        _bind(batch, dbis, meta2)
+    return env.write(_write_all_into, batches)

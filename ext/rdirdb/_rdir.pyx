@@ -26,7 +26,7 @@ cimport cython
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
 
-from rdirdb._batch cimport Batch, apply_batch
+from rdirdb._batch cimport Batch, apply_batch, apply_batches
 from rdirdb._codec cimport *
 from rdirdb._count cimport chunk_status, count_prefix
 from rdirdb._encode cimport _encode_chunk_object
@@ -107,6 +107,12 @@ cdef class ChunkIndex:
         keys for a ``key_only`` batch); returns how many records were written
         (or existed)."""
         return apply_batch(self.env, self.dbis, batch, False)
+
+    def apply_group(self, list batches):
+        """Write several batches in one transaction, in their order (the group
+        commit of the server: one commit for many requests), all or nothing;
+        returns how many records each wrote (or existed)."""
+        return apply_batches(self.env, self.dbis, batches, False)
 
     # -- reads ----------------------------------------------------------------
 
@@ -300,6 +306,12 @@ cdef class Meta2Index:
         urls for a ``key_only`` batch); returns how many records were written
         (or existed)."""
         return apply_batch(self.env, self.dbis, batch, True)
+
+    def apply_group(self, list batches):
+        """Write several batches in one transaction, in their order (the group
+        commit of the server: one commit for many requests), all or nothing;
+        returns how many records each wrote (or existed)."""
+        return apply_batches(self.env, self.dbis, batches, True)
 
     def fetch(self, *, prefix=None, marker=None, limit=1000, Transaction txn=None):
         """One page of records in url order: ``(records, truncated, next_marker)``,
