@@ -5,7 +5,10 @@ Starts ``rdirdb serve`` twice per round (``--no-fsync``, then the default
 keep-alive connections, each posting one random record per request (Lua).
 Rounds alternate the two modes, so that the machine's load weighs on both
 alike; it prints each run, the medians, and the ratio fsync / no-fsync of the
-medians at each connection count (the goal of issue 11: >= 0.5 at 64).
+medians at each connection count (the goal of issue 11: >= 0.5 at 64). A
+synced push waits for two flushes (LMDB's data pages, then its meta page), so
+the ratio follows the disk's flush latency: each round also times
+``fdatasync`` of a 4 KiB overwrite next to the store.
 Needs wrk (``make bench-deps``). Loopback only; every run is bounded in time.
 
     python benches/group_commit.py [--rounds 3] [--seconds 5] [--workers N]
@@ -16,6 +19,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import tempfile
+import time
 
 from server_bench_util import PUSH_LUA, BenchServer, call, lua, wrk
 
@@ -41,6 +46,21 @@ def run(mode: str, workers: int, connections: list[int], seconds: float) -> dict
         server.stop()
 
 
+def flush_latency(count: int = 50) -> float:
+    """Median milliseconds of a 4 KiB overwrite and its ``fdatasync``, in the temp dir."""
+    with tempfile.NamedTemporaryFile(prefix="rdirdb-bench-") as f:
+        f.write(b"\0" * (64 << 10))
+        f.flush()
+        os.fsync(f.fileno())
+        times = []
+        for i in range(count):
+            started = time.perf_counter()
+            os.pwrite(f.fileno(), b"x" * 4096, (i % 16) * 4096)
+            os.fdatasync(f.fileno())
+            times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
@@ -50,12 +70,16 @@ def main() -> None:
     args = parser.parse_args()
     connections = [int(n) for n in args.connections.split(",")]
     rates: dict[tuple[str, int], list[float]] = {(m, n): [] for m in MODES for n in connections}
+    flushes = []
     for r in range(args.rounds):
-        print(f"round {r + 1} of {args.rounds} ({args.workers} workers, {args.seconds:.0f} s per run)")
+        flushes.append(flush_latency())
+        print(f"round {r + 1} of {args.rounds} ({args.workers} workers, {args.seconds:.0f} s per run; "
+              f"fdatasync of 4 KiB: {flushes[-1]:.2f} ms)")
         for mode in MODES:
             for n, result in run(mode, args.workers, connections, args.seconds).items():
                 rates[mode, n].append(result["rate"])
-    print(f"\nmedians of {args.rounds} rounds, single-record pushes/s")
+    print(f"\nmedians of {args.rounds} rounds, single-record pushes/s "
+          f"(fdatasync of 4 KiB: {statistics.median(flushes):.2f} ms)")
     print(f"{'connections':>11}{'no-fsync':>12}{'fsync':>12}{'fsync / no-fsync':>18}")
     for n in connections:
         plain, synced = statistics.median(rates["no-fsync", n]), statistics.median(rates["fsync", n])
