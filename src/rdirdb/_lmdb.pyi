@@ -4,14 +4,15 @@ import os
 from types import TracebackType
 from typing import Any, Iterable, Iterator, final
 
-from typing import Callable, TypeVar
+from typing import Callable, TypeVar, TypeVarTuple, Unpack
 
 _T = TypeVar("_T")
+_Ts = TypeVarTuple("_Ts")
 
 MAX_MAP_GROWTHS: int
 
 def lmdb_version() -> tuple[int, int, int]: ...
-def replay(fn: Callable[..., _T], *args: Any) -> _T:
+def replay(fn: Callable[[Unpack[_Ts]], _T], *args: Unpack[_Ts]) -> _T:
     """fn(*args), run again while it raises MapGrownError, at most MAX_MAP_GROWTHS times."""
 
 @final
@@ -38,7 +39,7 @@ class Environment:
     def closed(self) -> bool: ...
     def __enter__(self) -> Environment: ...
     def __exit__(self, *exc: object) -> None: ...
-    def write(self, fn: Callable[..., _T], *args: Any) -> _T:
+    def write(self, fn: Callable[[Transaction, Unpack[_Ts]], _T], *args: Unpack[_Ts]) -> _T:
         """fn(txn, *args) in a write transaction, committed; replayed after the map grew."""
     def begin(self, *, write: bool = False) -> Transaction: ...
     def open_db(self, name: str | None = None) -> int: ...

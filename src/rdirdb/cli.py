@@ -20,7 +20,7 @@ from typing import Iterator, NoReturn
 
 from rdirdb._version import __version__
 from rdirdb.errors import RdirdbError
-from rdirdb.tools.common import describe
+from rdirdb.tools.common import Main, describe
 
 # Modules that add subcommands through ``add_parser(subparsers)``.
 _COMMAND_MODULES = (
@@ -88,8 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    handler: Main = args.handler  # set by every subcommand (tools.common.add_command and the like)
     try:
-        return args.handler(args)
+        return handler(args)
     except BrokenPipeError:
         # The reader went away: no message, and none when Python flushes stdout at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

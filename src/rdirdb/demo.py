@@ -13,14 +13,19 @@ import random
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from rdirdb.progress import Progress
 from rdirdb.rdir.store import Store
-from rdirdb.tools.common import CommandError
+from rdirdb.tools.common import CommandError, Subparsers
 
 BATCH = 100_000  # random records: the fastest batch size measured (benches/batch_size.py)
 PAGE = 1_000
 MARK = ".rdirdb-demo"  # in a directory the demo wrote: running the demo there again is safe
+
+
+# (container_id, content_id, chunk_id, mtime, path, version): CHUNK_DTYPE_FIELDS' order
+Chunk = tuple[str, str, str, int, str, int]
 
 
 @dataclass
@@ -34,13 +39,13 @@ class Step:
         return self.records / self.seconds if self.seconds else 0.0
 
 
-def synthetic_chunks(count: int, seed: int, start_mtime: int) -> list[tuple]:
+def synthetic_chunks(count: int, seed: int, start_mtime: int) -> list[Chunk]:
     """OpenIO-shaped records: 64-hex container and chunk ids, 32-hex content ids.
 
     Objects of 3 chunks in containers of ~1,000 objects; mtimes over a day.
     """
     rnd = random.Random(seed)
-    records = []
+    records: list[Chunk] = []
     containers = ["%064X" % rnd.getrandbits(256) for _ in range(max(1, count // 3000))]
     while len(records) < count:
         cid = rnd.choice(containers)
@@ -53,7 +58,7 @@ def synthetic_chunks(count: int, seed: int, start_mtime: int) -> list[tuple]:
     return records
 
 
-def run(count: int, directory: str, volumes: int, seed: int = 42, out=print) -> list[Step]:
+def run(count: int, directory: str, volumes: int, seed: int = 42, out: Callable[[str], None] = print) -> list[Step]:
     steps: list[Step] = []
     start_mtime = 1_700_000_000
     t0 = time.monotonic()
@@ -121,7 +126,7 @@ def run(count: int, directory: str, volumes: int, seed: int = 42, out=print) -> 
     return steps
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: Subparsers) -> None:
     p = subparsers.add_parser("demo", help="index synthetic chunks and list a broken volume's chunks")
     p.add_argument("--count", type=int, default=1_000_000, help="chunks to index (default 1,000,000)")
     p.add_argument("--volumes", type=int, default=4, help="rawx volumes (default 4)")

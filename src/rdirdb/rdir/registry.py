@@ -36,7 +36,7 @@ import time
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypedDict
 from urllib.parse import unquote, urlparse
 
 from rdirdb.errors import BadRequest, NotFound, OioException, ServiceUnavailable, VolumeException
@@ -206,6 +206,13 @@ class Registry(ABC):
 # --------------------------------------------------------------------------
 
 
+class _RegistryFile(TypedDict):
+    """The JSON document of a :class:`FileRegistry`."""
+
+    services: dict[str, dict[str, Any]]  # id -> Service.to_dict() + last_refresh
+    assignments: dict[str, list[str]]  # volume id -> rdir ids
+
+
 class FileRegistry(Registry):
     """A JSON file; writers serialize on ``<path>.lock`` and replace the file atomically.
 
@@ -219,12 +226,13 @@ class FileRegistry(Registry):
         self._assign_lock_path = self.path + ".assign.lock"
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
 
-    def _read(self) -> dict[str, Any]:
+    def _read(self) -> _RegistryFile:
+        data: _RegistryFile
         try:
             with open(self.path, encoding="utf-8") as f:
                 data = json.load(f)
         except FileNotFoundError:
-            data = {}
+            data = {"services": {}, "assignments": {}}
         except ValueError as exc:
             raise OioException(f"registry file {self.path} is not valid JSON: {exc}") from exc
         data.setdefault("services", {})
@@ -232,7 +240,7 @@ class FileRegistry(Registry):
         return data
 
     @contextmanager
-    def _write(self) -> Iterator[dict[str, Any]]:
+    def _write(self) -> Iterator[_RegistryFile]:
         """Read-modify-write under an exclusive lock; nothing is written on error."""
         with open(self._lock_path, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes

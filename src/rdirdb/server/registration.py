@@ -11,7 +11,7 @@ import logging
 import os
 import signal
 import time
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from rdirdb.errors import NotFound
 from rdirdb.rdir.registry import Service, open_registry
@@ -21,7 +21,7 @@ log = logging.getLogger("rdirdb.server")
 MASTER_CHECK = 0.5  # seconds between two checks that the master is alive
 
 
-def beat(url: str, service: Service, stats: Callable[[], dict]) -> None:
+def beat(url: str, service: Service, stats: Callable[[], dict[str, Any]]) -> None:
     """Register ``service`` (or refresh it) with its current ``stats()``."""
     service.stats = stats()
     with open_registry(url) as registry:
@@ -38,7 +38,7 @@ def deregister(url: str, service_id: str) -> None:
 
 
 def run_heartbeat(
-    url: str, service: Service, stats: Callable[[], dict], interval: float, master: int,
+    url: str, service: Service, stats: Callable[[], dict[str, Any]], interval: float, master: int,
     stop_signals: Iterable[int],
 ) -> int:
     """The heartbeat process: beat every ``interval`` seconds until one of

@@ -29,7 +29,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from rdirdb.server.app import DEFAULT_LIMIT, MAX_LIMIT, RdirApp
 from rdirdb.server.commit import GroupCommit
@@ -131,10 +131,10 @@ def claim_identity(path: str, identity: str, namespace: str) -> int:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            found = _read_identity(file) or {}
+            other = _read_identity(file) or {}
             raise StartupError(
                 f"{path} is being served by another rdirdb server (rdir service "
-                f"{found.get('service')!r}); stop it first"
+                f"{other.get('service')!r}); stop it first"
             ) from None
         found = _read_identity(file)
         if found is None:  # a new directory
@@ -151,7 +151,7 @@ def claim_identity(path: str, identity: str, namespace: str) -> int:
     return fd
 
 
-def _read_identity(file: str) -> dict | None:
+def _read_identity(file: str) -> dict[str, Any] | None:
     """The identity recorded in ``file``; None when it is empty (a new directory)."""
     try:
         with open(file, encoding="utf-8") as f:
@@ -361,14 +361,15 @@ def _start_heartbeat(
     ``served`` are the listening socket and the directory's claim: the heartbeat
     closes its copies, so that they are free as soon as the workers are gone.
     """
-    if not settings.registry:
+    registry = settings.registry
+    if not registry:
         return None
     from rdirdb.rdir.registry import Service
     from rdirdb.server.registration import run_heartbeat
 
     store = Store(settings.db_path, readonly=True)
 
-    def stats() -> dict:
+    def stats() -> dict[str, Any]:
         rawx, meta2 = store.volumes("rawx"), store.volumes("meta2")
         return {"opened_db_count": opened.count(), "rawx_volumes": rawx, "meta2_volumes": meta2}
 
@@ -379,7 +380,7 @@ def _start_heartbeat(
         sock, claim = served
         sock.close()
         os.close(claim)
-        return run_heartbeat(settings.registry, service, stats, settings.heartbeat, master, STOP_SIGNALS)
+        return run_heartbeat(registry, service, stats, settings.heartbeat, master, STOP_SIGNALS)
 
     return _fork(heartbeat)
 

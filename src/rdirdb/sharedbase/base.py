@@ -17,9 +17,12 @@ from typing import Any, Iterable, Iterator, Optional, Union
 from urllib.parse import unquote, urlparse
 
 import numpy as np
+import numpy.typing as npt
 
 from rdirdb._lmdb import replay
 from rdirdb.errors import FencingError, ShardNotFound
+from rdirdb.sharedbase.backend import Backend, Stats
+from rdirdb.sharedbase.rows import ShardRow
 from rdirdb.sharedbase.states import (
     OBJ_ID_SIZE,
     RELEASED_STATE,
@@ -58,7 +61,7 @@ LOCKER_SCOPES = ("process", "instance")
 DSN_FORMS = "postgresql://..., postgres://..., a libpq 'host=... dbname=...' string, or lmdb:///path/to/dir"
 
 
-def _open_backend(base_dsn: str, application_name: str, kwargs: dict[str, Any]):
+def _open_backend(base_dsn: str, application_name: str, kwargs: dict[str, Any]) -> Backend[Any]:
     if not isinstance(base_dsn, str):
         raise TypeError(f"base_dsn must be a str, not {type(base_dsn).__name__}")
     scheme = urlparse(base_dsn).scheme if "://" in base_dsn or base_dsn.startswith("lmdb:") else ""
@@ -114,7 +117,7 @@ class SharedBase:
         self.active_pool_name = check_pool_name(active_pool_name) if active_pool_name is not None else None
         self._own_locker = uuid.uuid4() if locker_scope == "instance" else None
         self._locked_shard: Optional[tuple[str, int]] = None
-        self._backend = _open_backend(base_dsn, self.application_name, kwargs)
+        self._backend: Backend[Any] = _open_backend(base_dsn, self.application_name, kwargs)
         # Winery's code never closes its SharedBases: collecting one closes its backend.
         self._finalizer = weakref.finalize(self, self._backend.close)
 
@@ -298,7 +301,7 @@ class SharedBase:
                 "expected ShardState.PACKING or ShardState.IMPORTING")
         raise FencingError(f"shard {name} is being packed by {row.locker}, not by this SharedBase ({self.locker})")
 
-    def _shard_row(self, name: str):
+    def _shard_row(self, name: str) -> ShardRow:
         row = self._backend.shard_row(name=name)
         if row is None:
             raise ShardNotFound(f"Could not get shard state for {name}")
@@ -411,7 +414,7 @@ class SharedBase:
             name = self._locked_shard[0]
         return self._backend.count_present(check_shard_name(name))
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> Stats:
         """``{"shards": {state: count}, "objects": {signature state: count}}``."""
         return self._backend.stats()
 
@@ -424,10 +427,10 @@ class SharedBase:
     def contains(self, obj_id: bytes) -> Optional[int]:
         """The id of the shard holding ``obj_id``, or None (unknown, deleted, or
         not a 32-byte id: no such object can be stored)."""
-        obj_id = lookup_obj_id(obj_id)
-        return self._backend.contains(obj_id) if obj_id is not None else None
+        checked = lookup_obj_id(obj_id)
+        return self._backend.contains(checked) if checked is not None else None
 
-    def contains_many(self, obj_ids: Union[np.ndarray, Iterable[bytes]]) -> np.ndarray:
+    def contains_many(self, obj_ids: Union[np.ndarray, Iterable[bytes]]) -> npt.NDArray[np.int64]:
         """Shard ids (int64 array, 0 when absent) for many obj_ids at once.
 
         ``obj_ids`` is an iterable of 32-byte ids, an ``(n, 32)`` uint8 array or
@@ -438,14 +441,14 @@ class SharedBase:
 
     def get(self, obj_id: bytes) -> Optional[tuple[str, ShardState]]:
         """``(name, state)`` of the shard holding ``obj_id``, or None (as contains())."""
-        obj_id = lookup_obj_id(obj_id)
-        return self._backend.get(obj_id) if obj_id is not None else None
+        checked = lookup_obj_id(obj_id)
+        return self._backend.get(checked) if checked is not None else None
 
-    def _record_in_own_transaction(self, ids: list[bytes]) -> dict[bytes, Optional[int]]:
+    def _record_in_own_transaction(self, ids: list[bytes]) -> dict[bytes, int]:
         with self.transaction() as own:
             return self.record_new_obj_ids(own, ids)
 
-    def record_new_obj_ids(self, db: Any, obj_ids: Iterable[bytes]) -> dict[bytes, Optional[int]]:
+    def record_new_obj_ids(self, db: Any, obj_ids: Iterable[bytes]) -> dict[bytes, int]:
         """Record ``obj_ids`` in our shard within ``db``'s transaction.
 
         Returns ``{obj_id: owner shard id}`` for each unique id, sorted: an id
@@ -514,7 +517,7 @@ class SharedBase:
         self._backend.clean_deleted(check_obj_id(obj_id))
 
 
-def _as_id_matrix(obj_ids: Union[np.ndarray, Iterable[bytes]]) -> np.ndarray:
+def _as_id_matrix(obj_ids: Union[np.ndarray, Iterable[bytes]]) -> npt.NDArray[np.uint8]:
     """obj_ids as a C-contiguous ``(n, 32)`` uint8 array."""
     if isinstance(obj_ids, np.ndarray):
         if obj_ids.dtype == np.dtype(f"S{OBJ_ID_SIZE}") and obj_ids.ndim == 1:

@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from rdirdb.sharedbase import SharedBase
 
 
-def add_parser(subparsers: "argparse._SubParsersAction[Any]") -> argparse.ArgumentParser:
+def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
     parser = subparsers.add_parser("sharedbase", help="winery's shard catalogue (SharedBase)")
     commands = parser.add_subparsers(dest="sharedbase_command", metavar="COMMAND", required=True)
 
@@ -32,7 +35,7 @@ def add_parser(subparsers: "argparse._SubParsersAction[Any]") -> argparse.Argume
     return parser
 
 
-def _open(dsn: str):
+def _open(dsn: str) -> SharedBase:
     from rdirdb.sharedbase import SharedBase
 
     # A small pool: the CLI runs one statement at a time.

@@ -24,13 +24,14 @@ import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, TypeVar
 
 import numpy as np
 
 from rdirdb import _shardmap
 from rdirdb._lmdb import Environment, Transaction, replay
 from rdirdb.errors import SchemaVersionError, ShardExists
+from rdirdb.sharedbase.backend import Stats
 from rdirdb.sharedbase.rows import ShardRow
 from rdirdb.sharedbase.schema import SCHEMA_VERSION
 from rdirdb.sharedbase.states import ShardState
@@ -39,6 +40,8 @@ DATABASES = ("meta", "shards", "names", "sigs", "deleted", "counts")
 
 # The state byte of a ``sigs`` value (_shardmap.pyx reads SIG_PRESENT).
 SIG_INFLIGHT, SIG_PRESENT, SIG_DELETED = 0, 1, 2
+
+T = TypeVar("T")
 
 _U64 = struct.Struct(">Q")
 _SIG = struct.Struct(">QB")
@@ -150,14 +153,14 @@ class LmdbBackend:
         with self.env.begin() as txn:
             yield txn
 
-    def _run_write(self, fn: Callable[[Transaction], Any], db: Optional[Transaction] = None) -> Any:
+    def _run_write(self, fn: Callable[[Transaction], T], db: Optional[Transaction] = None) -> T:
         """``fn(txn)`` in a write transaction; one of our own is replayed once the map has grown."""
         if db is not None or getattr(self._shared.local, "txn", None) is not None:
             with self.transaction(db) as txn:  # the caller's: not ours to replay
                 return fn(txn)
         return replay(self._run_in_own, fn)
 
-    def _run_in_own(self, fn: Callable[[Transaction], Any]) -> Any:
+    def _run_in_own(self, fn: Callable[[Transaction], T]) -> T:
         with self.transaction() as txn:
             return fn(txn)
 
@@ -193,9 +196,12 @@ class LmdbBackend:
         for key, raw in txn.cursor(db="shards"):
             yield self._decode(_U64.unpack(key)[0], raw)
 
-    def shard_row(self, *, name: Optional[str] = None, id: Optional[int] = None, db=None) -> Optional[ShardRow]:
+    def shard_row(self, *, name: Optional[str] = None, id: Optional[int] = None,
+                  db: Optional[Transaction] = None) -> Optional[ShardRow]:
         with (self.transaction(db) if db is not None else self._read()) as txn:
-            return self._row_by_name(txn, name) if name is not None else self._row_by_id(txn, id)
+            if name is not None:
+                return self._row_by_name(txn, name)
+            return self._row_by_id(txn, id) if id is not None else None
 
     def select_shards(self, *, state: Optional[ShardState] = None, not_state: Optional[ShardState] = None,
                       stale_delay: Optional[timedelta] = None) -> list[ShardRow]:
@@ -205,7 +211,8 @@ class LmdbBackend:
                 row for row in self._rows(txn)
                 if (state is None or row.state == state)
                 and (not_state is None or row.state != not_state)
-                and (cutoff is None or (row.locker is not None and row.locker_ts < cutoff))
+                and (cutoff is None or (row.locker is not None and row.locker_ts is not None
+                                        and row.locker_ts < cutoff))
             ]
 
     def lock_one(self, current: ShardState, new: ShardState, min_hosts: int, from_pool: Optional[str],
@@ -223,7 +230,9 @@ class LmdbBackend:
         def create(txn: Transaction) -> tuple[str, int]:
             if txn.get(name.encode(), db="names") is not None:
                 raise ShardExists(f"a shard named {name!r} already exists")
-            shard_id = _U64.unpack(txn.get(b"next_id", db="meta"))[0]
+            next_id = txn.get(b"next_id", db="meta")
+            assert next_id is not None  # written with the version, by _check_meta
+            shard_id = _U64.unpack(next_id)[0]
             txn.put(b"next_id", _id_key(shard_id + 1), db="meta")
             txn.put(name.encode(), _id_key(shard_id), db="names")
             self._put_row(txn, ShardRow(shard_id, name, state, locker, _now(), pool_name, []))
@@ -232,7 +241,7 @@ class LmdbBackend:
 
     def update_state(self, name: str, new_state: ShardState, *, locker: Optional[uuid.UUID],
                      expect_states: Optional[list[ShardState]] = None,
-                     expect_locker: Optional[uuid.UUID] = None, db=None) -> bool:
+                     expect_locker: Optional[uuid.UUID] = None, db: Optional[Transaction] = None) -> bool:
         def update(txn: Transaction) -> bool:
             row = self._row_by_name(txn, name)
             if (row is None or (expect_states is not None and row.state not in expect_states)
@@ -277,7 +286,7 @@ class LmdbBackend:
             count = txn.get(key, db="counts") if key is not None else None
             return _U64.unpack(count)[0] if count is not None else 0
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> Stats:
         shards: dict[str, int] = {}
         with self._read() as txn:
             for row in self._rows(txn):
@@ -296,7 +305,7 @@ class LmdbBackend:
         txn.put(_id_key(shard_id), _U64.pack(count), db="counts")
 
     @staticmethod
-    def check_db(db: Any) -> None:
+    def check_db(db: object) -> None:
         if not isinstance(db, Transaction):
             raise TypeError(f"db must be an LMDB transaction (from SharedBase.transaction()), not {type(db).__name__}")
         if db.closed or not db.write:
@@ -345,11 +354,13 @@ class LmdbBackend:
         page: list[bytes] = []
         with self._read() as txn:
             cursor = txn.cursor(db="sigs")
-            ok = cursor.set_range(after + b"\0") if after else cursor.first()
-            while ok and len(page) < limit:
-                if cursor.value()[8] == SIG_PRESENT:
-                    page.append(cursor.key())
-                ok = cursor.next()
+            if after and not cursor.set_range(after + b"\0"):
+                return page
+            for key, value in cursor:  # from the first id, or from the one after ``after``
+                if len(page) == limit:
+                    break
+                if value[8] == SIG_PRESENT:
+                    page.append(key)
         return page
 
     def delete(self, obj_id: bytes) -> None:

@@ -19,12 +19,16 @@ import psycopg
 from psycopg import pq
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
+from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool
 
 from rdirdb.errors import ClosedError, ShardBusy, ShardExists
+from rdirdb.sharedbase.backend import Stats
 from rdirdb.sharedbase.rows import ShardRow
 from rdirdb.sharedbase.schema import check_version
 from rdirdb.sharedbase.states import ShardState
+
+Connection = psycopg.Connection[TupleRow]
 
 _COLUMNS = "id, name, state, locker, locker_ts, pool_name, mapped_on_hosts_when_packed"
 
@@ -128,14 +132,14 @@ _BYTEA = [ObjIdArray._BYTEA_OID]
 _UNDEFINED_STATEMENT = b"26000"  # invalid_sql_statement_name
 
 
-def _prepare_hot(conn: psycopg.Connection) -> None:
+def _prepare_hot(conn: Connection) -> None:
     for name, sql in _HOT.items():
         result = conn.pgconn.prepare(name, sql, _BYTEA)
         if result.status != pq.ExecStatus.COMMAND_OK:
             raise psycopg.errors.error_from_result(result)
 
 
-def _row(values) -> ShardRow:
+def _row(values: TupleRow) -> ShardRow:
     id_, name, state, locker, locker_ts, pool_name, mapped = values
     # char(32) pads short names with blanks on output; names never end with one.
     # Timestamps in UTC, as the LMDB backend gives them (psycopg uses the session's zone).
@@ -210,29 +214,33 @@ class PgBackend:
     # -- plumbing ------------------------------------------------------------
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[psycopg.Connection]:
+    def transaction(self, db: Optional[Connection] = None) -> Iterator[Connection]:
+        if db is not None:
+            yield db
+            return
         with self.pool.connection() as conn, conn.transaction():
             yield conn
 
     @contextlib.contextmanager
-    def _conn(self, db: Optional[psycopg.Connection] = None) -> Iterator[psycopg.Connection]:
+    def _conn(self, db: Optional[Connection] = None) -> Iterator[Connection]:
         if db is not None:
             yield db
         else:
             with self.pool.connection() as conn:
                 yield conn
 
-    def _one(self, sql: str, params: Any = None, db=None):
+    def _one(self, sql: str, params: Any = None, db: Optional[Connection] = None) -> Optional[TupleRow]:
         with self._conn(db) as conn:
             return conn.execute(sql, params).fetchone()
 
-    def _all(self, sql: str, params: Any = None) -> list:
+    def _all(self, sql: str, params: Any = None) -> list[TupleRow]:
         with self._conn() as conn:
             return conn.execute(sql, params).fetchall()
 
     # -- shards ----------------------------------------------------------------
 
-    def shard_row(self, *, name: Optional[str] = None, id: Optional[int] = None, db=None) -> Optional[ShardRow]:
+    def shard_row(self, *, name: Optional[str] = None, id: Optional[int] = None,
+                  db: Optional[Connection] = None) -> Optional[ShardRow]:
         column, value = ("name", name) if name is not None else ("id", id)
         row = self._one(f"SELECT {_COLUMNS} FROM shards WHERE {column} = %s", (value,), db)
         return _row(row) if row else None
@@ -268,11 +276,12 @@ class PgBackend:
                 (name, state.value, locker, pool_name))
         except psycopg.errors.UniqueViolation:
             raise ShardExists(f"a shard named {name!r} already exists") from None
+        assert row is not None  # an INSERT ... RETURNING that succeeded
         return (row[0].rstrip(), row[1])
 
     def update_state(self, name: str, new_state: ShardState, *, locker: Optional[uuid.UUID],
                      expect_states: Optional[list[ShardState]] = None,
-                     expect_locker: Optional[uuid.UUID] = None, db=None) -> bool:
+                     expect_locker: Optional[uuid.UUID] = None, db: Optional[Connection] = None) -> bool:
         sql = ("UPDATE shards SET state = %(new)s, locker = %(locker)s, "
                "locker_ts = CASE WHEN %(locker)s::uuid IS NULL THEN NULL ELSE now() END "
                "WHERE name = %(name)s")
@@ -327,11 +336,12 @@ class PgBackend:
         row = self._one(
             "SELECT COUNT(*) FROM signature2shard WHERE state = 'present' "
             "AND shard = (SELECT id FROM shards WHERE name = %s)", (name,))
-        return row[0]
+        assert row is not None  # an aggregate without GROUP BY: one row
+        return int(row[0])
 
-    def stats(self) -> dict[str, Any]:
-        shards = dict(self._all("SELECT state::text, COUNT(*) FROM shards GROUP BY state"))
-        objects = dict(self._all("SELECT state::text, COUNT(*) FROM signature2shard GROUP BY state"))
+    def stats(self) -> Stats:
+        shards: dict[str, int] = dict(self._all("SELECT state::text, COUNT(*) FROM shards GROUP BY state"))
+        objects: dict[str, int] = dict(self._all("SELECT state::text, COUNT(*) FROM signature2shard GROUP BY state"))
         return {"shards": shards, "objects": objects}
 
     # -- objects ---------------------------------------------------------------
@@ -344,7 +354,7 @@ class PgBackend:
             # In autocommit the fence would not outlive its own statement.
             raise ValueError("db must be in an open transaction: use `with base.transaction() as db:`")
 
-    def record(self, db: psycopg.Connection, shard_id: int, locker: uuid.UUID,
+    def record(self, db: Connection, shard_id: int, locker: uuid.UUID,
                ids: list[bytes]) -> Optional[dict[bytes, int]]:
         """Record ``ids`` (sorted, unique) into our shard in ``db``'s transaction.
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from importlib import resources
+from typing import TYPE_CHECKING, Any
 
 from rdirdb.errors import SchemaVersionError
+
+if TYPE_CHECKING:  # psycopg is optional: only PostgreSQL needs it
+    import psycopg
 
 SCHEMA_VERSION = 5  # winery's SharedBase.current_version in swh-objstorage 7.4.1
 # The module name `swh db init objstorage:winery` records; winery's own test
@@ -41,16 +45,20 @@ def init_schema(dsn: str) -> bool:
     return True
 
 
-def _stored_version(conn) -> int | None:
+def _table_exists(conn: psycopg.Connection[Any], table: str) -> bool:
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
+    return row is not None and bool(row[0])
+
+
+def _stored_version(conn: psycopg.Connection[Any]) -> int | None:
     """The newest version row, None when the database has no dbversion table."""
-    exists = conn.execute("SELECT to_regclass('dbversion') IS NOT NULL").fetchone()[0]
-    if not exists:
+    if not _table_exists(conn, "dbversion"):
         return None
     row = conn.execute("SELECT version FROM dbversion ORDER BY version DESC LIMIT 1").fetchone()
     return row[0] if row else None
 
 
-def check_version(conn) -> None:
+def check_version(conn: psycopg.Connection[Any]) -> None:
     """Raise SchemaVersionError unless ``conn``'s database holds schema version 5."""
     version = _stored_version(conn)
     if version is None:
@@ -58,8 +66,8 @@ def check_version(conn) -> None:
             "the database has no SharedBase schema (no version in dbversion); "
             "create it with `rdirdb sharedbase init DSN`"
         )
-    row = conn.execute("SELECT to_regclass('dbmodule') IS NOT NULL").fetchone()
-    module = conn.execute("SELECT dbmodule FROM dbmodule LIMIT 1").fetchone() if row[0] else None
+    exists = _table_exists(conn, "dbmodule")
+    module = conn.execute("SELECT dbmodule FROM dbmodule LIMIT 1").fetchone() if exists else None
     if module is not None and module[0] not in _KNOWN_MODULES:
         raise SchemaVersionError(
             f"the database belongs to the swh module {module[0]!r}, not to winery's SharedBase"

@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Any, Callable, Iterator, Sequence, TextIO
+from typing import Any, Callable, Iterator, Sequence, TextIO, TypeAlias
 
 from rdirdb._lmdb import Transaction
 from rdirdb._rdir import CHUNK_DTYPE_FIELDS
@@ -27,6 +27,9 @@ PAGE = 10_000  # records per read page
 
 
 Main = Callable[[argparse.Namespace], int]  # a subcommand's handler: the exit code
+Record = dict[str, Any]  # a record as its JSON holds it, and as ``put_batch`` takes it
+# What ``add_parser`` takes (a string: argparse's class is not subscriptable at run time).
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 class CommandError(RdirdbError):
@@ -97,14 +100,13 @@ def add_json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON, for scripts")
 
 
-def add_group(subparsers: argparse._SubParsersAction, name: str, help: str,
-              description: str) -> argparse._SubParsersAction:
+def add_group(subparsers: Subparsers, name: str, help: str, description: str) -> Subparsers:
     """A command made of subcommands (``rdirdb volume ...``); add them to what it returns."""
     parser = subparsers.add_parser(name, help=help, description=description)
     return parser.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
 
 
-def add_command(commands: argparse._SubParsersAction, name: str, main: Main, help: str) -> argparse.ArgumentParser:
+def add_command(commands: Subparsers, name: str, main: Main, help: str) -> argparse.ArgumentParser:
     """A subcommand of a group: ``help`` as its description, ``--json``, ``main`` as its handler."""
     sub = commands.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".")
     add_json_flag(sub)
@@ -222,14 +224,14 @@ def record_count(vol: Volume) -> int:
     return vol.chunks.count() if vol.service_type == "rawx" else vol.meta2.count()
 
 
-def scan(vol: Volume, txn: Transaction | None = None) -> Iterator[list[dict[str, Any]]]:
+def scan(vol: Volume, txn: Transaction | None = None) -> Iterator[list[Record]]:
     """Every record of a volume, page by page, as the dicts ``put_batch`` accepts;
     with ``txn`` (:meth:`~rdirdb.rdir.store.Volume.snapshot`), all as of that one state."""
     for page in pages(vol.index.fetch, limit=PAGE, txn=txn):
         yield page if vol.service_type == "meta2" else [dict(zip(CHUNK_DTYPE_FIELDS, record)) for record in page]
 
 
-def put(vol: Volume, records: list) -> None:
+def put(vol: Volume, records: list[Record]) -> None:
     (vol.chunks if vol.service_type == "rawx" else vol.meta2).put_batch(records)
 
 

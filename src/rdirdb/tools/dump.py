@@ -35,17 +35,18 @@ import signal
 import sys
 import threading
 import uuid
-from typing import Any, BinaryIO, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator, TextIO, TypedDict
 
 from rdirdb.errors import RdirdbError
 from rdirdb.progress import Progress
 from rdirdb.rdir.store import SERVICE_TYPES, Store, Volume
 from rdirdb.tools.common import (
-    add_filter_flags,
     BATCH,
     CommandError,
     Staging,
+    Subparsers,
     VolumeExists,
+    add_filter_flags,
     add_json_flag,
     add_store_flag,
     describe,
@@ -60,12 +61,24 @@ from rdirdb.tools.common import (
     select_volumes,
 )
 
+if TYPE_CHECKING:
+    import xxhash
+
 FORMAT = "rdirdb-dump"
 VERSION = 1
 ALGORITHM = "xxh3_64"
 
 
-def _hasher():
+class VolumeSummary(TypedDict):
+    """What an export or an import reports of one volume."""
+
+    type: str
+    volume: str
+    records: int
+    admin: dict[str, str]
+
+
+def _hasher() -> xxhash.xxh3_64:
     try:
         import xxhash
     except ImportError:
@@ -80,7 +93,7 @@ def _encode(obj: dict[str, Any]) -> bytes:
 # -- export -------------------------------------------------------------------
 
 
-def export(store: Store, selected: list[tuple[str, str]], out: BinaryIO, bar: Progress) -> list[dict]:
+def export(store: Store, selected: list[tuple[str, str]], out: BinaryIO, bar: Progress) -> list[VolumeSummary]:
     """Write the selected volumes as a dump; returns one summary per volume."""
     digest = _hasher()
 
@@ -90,7 +103,7 @@ def export(store: Store, selected: list[tuple[str, str]], out: BinaryIO, bar: Pr
         out.write(line)
 
     write({"format": FORMAT, "version": VERSION, "checksum": ALGORITHM})
-    summary = []
+    summary: list[VolumeSummary] = []
     for service_type, volume_id in selected:
         vol = store.volume(volume_id, service_type)
         with vol.snapshot() as txn:
@@ -174,7 +187,7 @@ class _Loader:
         self.vol: Volume | None = None
         self.batch: list[dict[str, Any]] = []
         self.admin: dict[str, str] = {}
-        self.summary: list[dict[str, Any]] = []
+        self.summary: list[VolumeSummary] = []
         self.header = False
 
     def line(self, lineno: int, line: bytes) -> None:
@@ -234,7 +247,7 @@ class _Loader:
             raise CommandError(f"volume {self.vol.volume_id!r} has no end line")
 
 
-def import_dump(store_path: str, stream: Iterable[bytes], bar: Progress) -> list[dict]:
+def import_dump(store_path: str, stream: Iterable[bytes], bar: Progress) -> list[VolumeSummary]:
     """Load a dump into new volumes of the store, all or nothing; one summary per volume."""
     with Staging(store_path) as staging:
         loader = _Loader(staging, bar)
@@ -256,7 +269,7 @@ def import_dump(store_path: str, stream: Iterable[bytes], bar: Progress) -> list
 # -- command line ----------------------------------------------------------------
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: Subparsers) -> None:
     p = subparsers.add_parser(
         "export",
         help="dump volumes as checksummed JSON lines",
@@ -282,7 +295,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=handler(_import_main))
 
 
-def _report(args: argparse.Namespace, summary: list[dict], out) -> None:
+def _report(args: argparse.Namespace, summary: list[VolumeSummary], out: TextIO) -> None:
     if args.json:
         print_json({"volumes": summary, "records": sum(v["records"] for v in summary)}, out)
     else:
@@ -334,6 +347,6 @@ def _import_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _import_from(store_path: str, stream: BinaryIO, size: int | None) -> list[dict]:
+def _import_from(store_path: str, stream: BinaryIO, size: int | None) -> list[VolumeSummary]:
     with Progress(size, "importing", unit="bytes", also="records") as bar:
         return import_dump(store_path, stream, bar)

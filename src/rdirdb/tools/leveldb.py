@@ -45,7 +45,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 from rdirdb.errors import BadRequest
 from rdirdb.progress import Progress
@@ -53,7 +53,9 @@ from rdirdb.rdir.store import Volume
 from rdirdb.tools.common import (
     BATCH,
     CommandError,
+    Record,
     Staging,
+    Subparsers,
     add_json_flag,
     add_store_flag,
     format_admin,
@@ -179,7 +181,7 @@ def _time(obj: dict[str, Any], name: str) -> int:
     return value
 
 
-def decode_current(cid: bytes, chunk: bytes, value: bytes) -> dict[str, Any]:
+def decode_current(cid: bytes, chunk: bytes, value: bytes) -> Record:
     obj = _object(value)
     return {
         "container_id": _text(cid, "container_id"), "chunk_id": _text(chunk, "chunk_id"),
@@ -188,7 +190,7 @@ def decode_current(cid: bytes, chunk: bytes, value: bytes) -> dict[str, Any]:
     }
 
 
-def decode_legacy(cid: bytes, content: bytes, chunk: bytes, value: bytes) -> dict[str, Any]:
+def decode_legacy(cid: bytes, content: bytes, chunk: bytes, value: bytes) -> Record:
     obj = _object(value)
     return {
         "container_id": _text(cid, "container_id"), "chunk_id": _text(chunk, "chunk_id"),
@@ -199,7 +201,7 @@ def decode_legacy(cid: bytes, content: bytes, chunk: bytes, value: bytes) -> dic
     }
 
 
-def decode_meta2(url: bytes, value: bytes) -> dict[str, Any]:
+def decode_meta2(url: bytes, value: bytes) -> Record:
     obj = _object(value)
     return {
         "container_url": _text(url, "container_url"), "container_id": _required(obj, "container_id"),
@@ -215,7 +217,7 @@ def _chunk_parts(key: bytes) -> list[bytes] | None:
 # -- import ------------------------------------------------------------------
 
 
-def _write(vol: Volume, records: list[dict], keys: list[bytes], source: Source) -> None:
+def _write(vol: Volume, records: list[Record], keys: list[bytes], source: Source) -> None:
     """Write a batch; when the engine rejects it, write record by record, skipping the bad ones."""
     try:
         put(vol, records)
@@ -232,10 +234,10 @@ def _write(vol: Volume, records: list[dict], keys: list[bytes], source: Source) 
 class _Batcher:
     def __init__(self, vol: Volume, source: Source) -> None:
         self.vol, self.source = vol, source
-        self.records: list[dict] = []
+        self.records: list[Record] = []
         self.keys: list[bytes] = []
 
-    def add(self, record: dict, key: bytes) -> None:
+    def add(self, record: Record, key: bytes) -> None:
         self.records.append(record)
         self.keys.append(key)
         if len(self.records) >= BATCH:
@@ -289,7 +291,7 @@ def _import_rawx(db: Any, vol: Volume, source: Source, bar: Progress) -> None:
 
 
 def _import_legacy(db: Any, vol: Volume, source: Source, bar: Progress) -> None:
-    pending: dict[tuple[str, str], tuple[dict, bytes]] = {}
+    pending: dict[tuple[str, str], tuple[Record, bytes]] = {}
 
     def flush() -> None:
         fresh = [(rec, key) for rec, key in pending.values() if not _indexed(vol, rec)]
@@ -317,7 +319,7 @@ def _import_legacy(db: Any, vol: Volume, source: Source, bar: Progress) -> None:
     flush()
 
 
-def _indexed(vol: Volume, record: dict) -> bool:
+def _indexed(vol: Volume, record: Record) -> bool:
     try:
         return vol.chunks.get(record["container_id"], record["chunk_id"]) is not None
     except (BadRequest, TypeError):
@@ -354,14 +356,14 @@ def _count(db: Any, source: Source, bar: Progress) -> None:
 
 def _plyvel() -> Any:
     try:
-        import plyvel  # type: ignore[import-untyped]
+        import plyvel
     except ImportError:
         raise CommandError("import-leveldb needs plyvel: pip install 'rdirdb[leveldb]'") from None
     return plyvel
 
 
 @contextlib.contextmanager
-def _open(plyvel: Any, source: Source):
+def _open(plyvel: Any, source: Source) -> Iterator[Any]:
     try:
         db = plyvel.DB(source.path, create_if_missing=False)
     except (plyvel.Error, OSError) as exc:
@@ -429,7 +431,7 @@ def _override(text: str) -> tuple[str, str]:
     return name, volume
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: Subparsers) -> None:
     p = subparsers.add_parser(
         "import-leveldb",
         help="migrate an OpenIO rdir data directory (LevelDB) into a store",

@@ -26,6 +26,7 @@ from rdirdb.rdir.registry import Registry, open_registry
 from rdirdb.tools.common import (
     CommandError,
     Main,
+    Subparsers,
     add_command,
     add_group,
     add_registry_flag,
@@ -41,7 +42,7 @@ VOLUME_TYPES = ("rawx", "meta2")
 # -- command line ----------------------------------------------------------------
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: Subparsers) -> None:
     commands = add_group(
         subparsers, "rdir",
         help="assign rdir services to volumes; reassign, copy",
@@ -80,7 +81,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                      help="source rdir servers (default: the volume's rdir services)")
 
 
-def _command(commands: argparse._SubParsersAction, name: str, main: Main, help: str) -> argparse.ArgumentParser:
+def _command(commands: Subparsers, name: str, main: Main, help: str) -> argparse.ArgumentParser:
     sub = add_command(commands, name, main, help)
     sub.add_argument("type", choices=VOLUME_TYPES, metavar="TYPE", help="rawx or meta2")
     add_registry_flag(sub)
@@ -262,7 +263,7 @@ def _copy_main(args: argparse.Namespace) -> int:
             sources = _addrs(registry, registry.get_assignment(args.volume), registered=True)
         sources = [host for host in sources if host not in dests]
     with RdirClient({"registry": args.registry}) as client:
-        where = {"rdir_hosts": sources} if sources else {}
+        where: dict[str, Any] = {"rdir_hosts": sources} if sources else {}
         total = client.status(args.volume, **where)["chunk"].get("total") if args.type == "rawx" else None
         with Progress(total, "copying") as bar:
             copied = _copy(client, args.type, args.volume, sources, dests, bar)

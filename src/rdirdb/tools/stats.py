@@ -9,6 +9,7 @@ from typing import Any
 from rdirdb._rdir import CHUNK_DATABASES, META2_DATABASES
 from rdirdb.rdir.store import Store, Volume
 from rdirdb.tools.common import (
+    Subparsers,
     add_filter_flags,
     add_json_flag,
     add_store_flag,
@@ -56,7 +57,7 @@ def collect(store: Store, volume_id: str | None = None, service_type: str | None
     return [volume_stats(store.volume(v, t)) for t, v in select_volumes(store, volume_id, service_type)]
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: Subparsers) -> None:
     p = subparsers.add_parser(
         "stats",
         help="records, disk and LMDB page usage per volume",

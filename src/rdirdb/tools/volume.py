@@ -29,13 +29,16 @@ from typing import IO, Any, Callable, Iterable, Iterator
 
 from rdirdb._rdir import CHUNK_DTYPE_FIELDS, encode_chunks, encode_meta2
 from rdirdb.rdir.backend import pages
-from rdirdb.rdir.client import CHUNK_DEFAULTS, DEFAULT_LIMIT, RdirClient, cid_from_name
+from rdirdb.rdir.backend import CHUNK_DEFAULTS, DEFAULT_LIMIT
+from rdirdb.rdir.client import RdirClient, cid_from_name
 from rdirdb.errors import RdirdbError
 from rdirdb.progress import Progress
 from rdirdb.rdir.store import SERVICE_TYPES
 from rdirdb.tools.common import (
     CommandError,
     Main,
+    Record,
+    Subparsers,
     add_command,
     add_group,
     add_target_flags,
@@ -56,7 +59,7 @@ META2_FIELDS = ("container_url", "container_id", "mtime", "extra_data")
 # -- command line ----------------------------------------------------------------
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: Subparsers) -> None:
     commands = add_group(
         subparsers, "volume",
         help="a volume's index: create, push, fetch, status, incident, lock, clear, meta2",
@@ -113,7 +116,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     sub.add_argument("--container-id", metavar="CID", help="the container id (found from the URL if omitted)")
 
 
-def _command(commands: argparse._SubParsersAction, name: str, main: Main, help: str, *,
+def _command(commands: Subparsers, name: str, main: Main, help: str, *,
              many: bool = False) -> argparse.ArgumentParser:
     sub = add_command(commands, name, main, help)
     if many:
@@ -232,14 +235,14 @@ def _status_main(args: argparse.Namespace) -> int:
 # -- push ---------------------------------------------------------------------------
 
 
-Check = Callable[[list], Any]  # encode_chunks or encode_meta2: raises for a bad batch
+Check = Callable[[list[Record]], object]  # encode_chunks or encode_meta2: raises for a bad batch
 
 
-def _checked_batches(stream: Iterable[bytes], size: int, record: Callable[[dict], dict], check: Check,
-                     bar: Progress) -> Iterator[list[dict]]:
+def _checked_batches(stream: Iterable[bytes], size: int, record: Callable[[Record], Record], check: Check,
+                     bar: Progress) -> Iterator[list[Record]]:
     """The JSON lines of ``stream`` as lists of ``size`` records (blank lines skipped),
     each checked by the engine's rules; a ``CommandError`` names the first bad line."""
-    batch: list[dict] = []
+    batch: list[Record] = []
     lines: list[int] = []
     for lineno, line in enumerate(stream, 1):
         bar.update(len(line))
@@ -262,7 +265,7 @@ def _checked_batches(stream: Iterable[bytes], size: int, record: Callable[[dict]
         yield batch
 
 
-def _check(check: Check, batch: list[dict], lines: list[int]) -> None:
+def _check(check: Check, batch: list[Record], lines: list[int]) -> None:
     try:
         check(batch)
     except (ValueError, TypeError) as exc:
@@ -274,8 +277,8 @@ def _check(check: Check, batch: list[dict], lines: list[int]) -> None:
         raise CommandError(f"lines {lines[0]} to {lines[-1]}: {describe(exc)}") from None
 
 
-def _push(args: argparse.Namespace, record: Callable[[dict], dict], check: Check,
-          send: Callable[[RdirClient, list], None], *, create: bool) -> int:
+def _push(args: argparse.Namespace, record: Callable[[Record], Record], check: Check,
+          send: Callable[[RdirClient, list[Record]], object], *, create: bool) -> int:
     pushed = 0
     with contextlib.ExitStack() as stack:
         stream: IO[bytes] = sys.stdin.buffer
@@ -300,7 +303,7 @@ def _push(args: argparse.Namespace, record: Callable[[dict], dict], check: Check
     return 0
 
 
-def _checked_input(stream: IO[bytes], args: argparse.Namespace, record: Callable[[dict], dict], check: Check,
+def _checked_input(stream: IO[bytes], args: argparse.Namespace, record: Callable[[Record], Record], check: Check,
                    stack: contextlib.ExitStack) -> IO[bytes]:
     """Check the whole input, before anything is written; returns it to be read again
     (stdin is copied meanwhile into a temporary file, unlinked from the start)."""
@@ -324,14 +327,14 @@ def _copied(stream: Iterable[bytes], copy: IO[bytes]) -> Iterator[bytes]:
         yield line
 
 
-def _chunk_record(obj: dict) -> dict:
+def _chunk_record(obj: Record) -> Record:
     missing = [f for f in ("container_id", "content_id", "chunk_id") if f not in obj]
     if missing:
         raise ValueError(f"missing field{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
     return {**CHUNK_DEFAULTS, **obj}
 
 
-def _meta2_record(obj: dict) -> dict:
+def _meta2_record(obj: Record) -> Record:
     url = obj["container_url"]
     cid = obj.get("container_id")
     if cid is None:
@@ -358,11 +361,11 @@ def _meta2_push_main(args: argparse.Namespace) -> int:
 # -- fetch ---------------------------------------------------------------------------
 
 
-def _print_records(args: argparse.Namespace, fields: tuple[str, ...], records: Iterable[dict]) -> None:
+def _print_records(args: argparse.Namespace, fields: tuple[str, ...], records: Iterable[Record]) -> None:
     """JSON lines (streamed) with ``--json``, else a table; says on stderr where to go on
     after --limit (with ``--json``, as ``{"next_marker": ...}``)."""
     limited = itertools.islice(records, args.limit + 1) if args.limit is not None else records
-    shown: list[dict] = []
+    shown: list[Record] = []
     for record in limited:
         if len(shown) == args.limit:
             marker = _marker(shown[-1])
@@ -379,10 +382,10 @@ def _print_records(args: argparse.Namespace, fields: tuple[str, ...], records: I
     sys.stdout.flush()
 
 
-def _marker(record: dict) -> str:
+def _marker(record: Record) -> str:
     """The listing position of a record, as --marker takes it."""
     if "container_url" in record:
-        return record["container_url"]
+        return str(record["container_url"])
     return f"{record['container_id']}|{record['chunk_id']}"
 
 
@@ -403,7 +406,7 @@ def _fetch_main(args: argparse.Namespace) -> int:
 def _meta2_fetch_main(args: argparse.Namespace) -> int:
     page = _page_size(args.limit)
 
-    def records(client: RdirClient) -> Iterator[dict]:
+    def records(client: RdirClient) -> Iterator[Record]:
         for records in pages(client.backend.meta2_page, args.marker, volume=args.volume, prefix=args.prefix,
                              limit=page):
             for record in records:
