@@ -117,6 +117,12 @@ cdef class ChunkIndex:
         (or existed)."""
         return self.stamps.apply(batch)
 
+    def apply_group(self, list batches):
+        """Write several batches in one transaction, in their order (the group
+        commit of the server: one commit for many requests), all or nothing;
+        returns how many records each wrote (or existed)."""
+        return self.stamps.apply_group(batches)
+
     # -- reads ----------------------------------------------------------------
 
     def get(self, container_id, chunk_id):
@@ -318,6 +324,12 @@ cdef class Meta2Index:
         urls for a ``key_only`` batch); returns how many records were written
         (or existed)."""
         return self.stamps.apply(batch)
+
+    def apply_group(self, list batches):
+        """Write several batches in one transaction, in their order (the group
+        commit of the server: one commit for many requests), all or nothing;
+        returns how many records each wrote (or existed)."""
+        return self.stamps.apply_group(batches)
 
     def fetch(self, *, prefix=None, marker=None, limit=1000, Transaction txn=None):
         """One page of records in url order: ``(records, truncated, next_marker)``,

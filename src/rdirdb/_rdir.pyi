@@ -66,6 +66,8 @@ class ChunkIndex:
         """Delete every key in one transaction; returns how many existed."""
     def apply(self, batch: Batch) -> int:
         """Write a batch of encode_chunks (delete its keys if ``key_only``) in one transaction."""
+    def apply_group(self, batches: list[Batch]) -> list[int]:
+        """Write several batches in one transaction, in order, all or nothing; each one's count."""
     def get(self, container_id: str, chunk_id: str) -> _ChunkRecord | None: ...
     def fetch(
         self,
@@ -116,6 +118,8 @@ class Meta2Index:
     def delete_batch(self, container_urls: Iterable[str] | Iterable[Mapping[str, Any]]) -> int: ...
     def apply(self, batch: Batch) -> int:
         """Write a batch of encode_meta2 (delete its urls if ``key_only``) in one transaction."""
+    def apply_group(self, batches: list[Batch]) -> list[int]:
+        """Write several batches in one transaction, in order, all or nothing; each one's count."""
     def fetch(
         self,
         *,
