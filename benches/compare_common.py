@@ -15,6 +15,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from array import array
 from functools import lru_cache
 
 import lmdb
@@ -42,8 +43,11 @@ def records(n: int) -> list[tuple[str, str, str, int, str, int]]:
     """n OpenIO-shaped records ``(container_id, content_id, chunk_id, mtime, path, version)``
     in random order; two chunks per content, as small objects get on one rawx.
 
-    The tuples are built in their final order, as a client's batch would be
-    (shuffling a built list would scatter them in memory and add cache misses).
+    The tuples and every object in them are built in their final order, as a
+    client's batch would be: shuffling a built list, or taking the mtimes from
+    a list of int objects made in another order, scatters the records in
+    memory, and a writer then spends most of its time waiting for cache misses
+    (reading such a batch was 45% slower).
     """
     rng = random.Random(42)
     containers = [
@@ -52,7 +56,8 @@ def records(n: int) -> list[tuple[str, str, str, int, str, int]]:
     ]
     chunk_hex = rng.randbytes(32 * n).hex().upper()
     content_hex = rng.randbytes(16 * (n // 2 + 1)).hex().upper()
-    mtimes = [MTIME + rng.randrange(86_400 * 365) for _ in range(n)]
+    # An array, not a list: mtimes[i] makes its int object here, next to its tuple.
+    mtimes = array("q", (MTIME + rng.randrange(86_400 * 365) for _ in range(n)))
     order = list(range(n))
     rng.shuffle(order)
     out = []
