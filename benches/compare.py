@@ -9,7 +9,9 @@ same random order, 10,000 per transaction:
 * rdirdb: ``ChunkIndex.put_batch`` on Python tuples, ``fetch`` pages of 1,000
   with markers (Python records out), ``status(limit=10000)`` pages.
 * ceiling: ``rdirdb._ceiling.raw_insert`` / ``raw_scan``, C loops over the same
-  pre-encoded keys and values (no Python object per record).
+  keys and values, already encoded and packed in one buffer for the insert (no
+  validation, no encoding, no Python object per record: docs/engine.md, "The
+  benchmarks' ceilings").
 * baseline: what a user writes with the ``lmdb`` package: text keys
   ``chunk|<cid>|<chunk>``, compact JSON values, ``txn.put`` in the given
   order; pages by ``cursor.set_range`` + ``json.loads`` + key split.
@@ -42,7 +44,6 @@ from compare_common import (
     baseline_load,
     baseline_pages,
     batches,
-    encoded,
     median_rates,
     ratio,
     raw_insert,
@@ -77,7 +78,7 @@ def baseline_insert(n: int, sync: bool, clock: Clock) -> None:
 def insert_section(n: int) -> list[Row]:
     """Bulk insert: random order, 10,000 records per transaction."""
     rows = []
-    encoded(n)  # the records and their encoding are built before any clock starts
+    common.packed(n)  # the records and their encoding are built before any clock starts
     for sync in (True, False):
         rates = median_rates(n, {
             "rdirdb": lambda clock: rdirdb_insert(n, sync, clock),

@@ -91,6 +91,12 @@ def encoded(n: int) -> tuple[list[bytes], list[bytes]]:
     return encode(records(n))
 
 
+@lru_cache(maxsize=1)
+def packed(n: int) -> _ceiling.Packed:
+    """The stored keys and values of ``records(n)`` in one buffer, for the insert ceiling."""
+    return _ceiling.pack(*encoded(n))
+
+
 # -- measuring -----------------------------------------------------------------
 
 
@@ -146,11 +152,12 @@ def ratio(a: float, b: float, target: float | None = None) -> str:
 
 
 def raw_insert(n: int, sync: bool, clock: Clock) -> None:
-    keys, values = encoded(n)
+    """The insert ceiling: the records already encoded, packed in one buffer."""
+    records = packed(n)
     with Store(WORK.fresh(), sync=sync) as store:
         env = store.volume("vol", create=True).env
         with clock:
-            _ceiling.raw_insert(env, keys, values, batch=BATCH)
+            _ceiling.raw_insert(env, records, batch=BATCH)
     shutil.rmtree(store.path)
 
 
