@@ -11,11 +11,12 @@ COMPARE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def test_compare_runs_every_section_and_every_contender(tmp_path):
-    out = subprocess.run([sys.executable, COMPARE, "--n", "20000", "--reps", "1", "--json", str(tmp_path / "c.json")],
+    out = subprocess.run([sys.executable, COMPARE, "--n", "20000", "--reps", "1", "--clock", "cpu",
+                          "--json", str(tmp_path / "c.json")],
                          capture_output=True, text=True, timeout=600, env={**os.environ, "TMPDIR": str(tmp_path)})
     assert out.returncode == 0, out.stderr[-2000:]
     data = json.loads((tmp_path / "c.json").read_text())
-    assert data["n"] == 20000
+    assert (data["n"], data["clock"]) == (20000, "cpu")
     rows = {row["label"]: row for row in data["rows"]}
     assert {row["section"] for row in data["rows"]} == {"insert_section", "scan_section", "compare_client"}
     for label in ("insert ceiling raw_insert (nosync)", "scan ceiling raw_scan", "ceiling raw_entries",
