@@ -16,6 +16,8 @@ docs/engine.md describes the storage these codecs write.
 from libc.stdint cimport int8_t, int64_t, uint8_t, uint64_t
 from libc.string cimport memcmp, memcpy
 
+from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
+
 from rdirdb.lmdb cimport MDB_val
 
 cdef extern from *:
@@ -286,3 +288,61 @@ cdef inline bint _parse_meta2_value(const uint8_t *p, size_t size, Meta2Value *o
     p = _get_field(p, end, &out.cid, &out.cid_n)
     p = _get_field(p, end, &out.extra, &out.extra_n)
     return _get_tail(p, end, flags, &out.tail, &out.tail_n) != NULL
+
+
+# -- write stamps (docs/reliability.md, "Replicas that converge") -------------------------------
+#
+# A record written since stamps exist ends with the 8-byte big-endian stamp of its write,
+# flag V_STAMPED set in its first byte; the value parsers above stop before it. A record of an
+# older store has no stamp: its stamp is 0, older than any write. A tombstone's value is its
+# stamp alone. A stamp is a hybrid logical clock: milliseconds since the epoch << 16 | a counter.
+
+cdef enum:
+    V_STAMPED = 0x80           # chunk and meta2: the value ends with the stamp of its write
+    STAMP_SIZE = 8
+    STAMP_COUNTER_BITS = 16
+
+
+cdef inline void _put_stamp(uint8_t *p, uint64_t stamp) noexcept nogil:
+    cdef int i
+    for i in range(STAMP_SIZE):
+        p[i] = <uint8_t>(stamp >> (8 * (STAMP_SIZE - 1 - i)))
+
+
+cdef inline uint64_t _get_stamp(const uint8_t *p) noexcept nogil:
+    cdef uint64_t v = 0
+    cdef int i
+    for i in range(STAMP_SIZE):
+        v = (v << 8) | p[i]
+    return v
+
+
+cdef inline uint64_t _value_stamp(const uint8_t *v, size_t n) noexcept nogil:
+    """The stamp of a stored record's value; 0 for a record written before stamps."""
+    if n < 1 + STAMP_SIZE or not v[0] & V_STAMPED:
+        return 0
+    return _get_stamp(v + n - STAMP_SIZE)
+
+
+cdef inline uint64_t _hlc_next(uint64_t last) noexcept nogil:
+    """The stamp of a write that follows ``last``: the wall clock in ms, or last + 1
+    when the clock is behind it (the hybrid logical clock's send/receive rule)."""
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    cdef uint64_t now = ((<uint64_t>ts.tv_sec * 1000 + <uint64_t>(ts.tv_nsec // 1000000))
+                         << STAMP_COUNTER_BITS)
+    return now if now > last else last + 1
+
+
+cdef inline int _entry_order(uint64_t sa, bint ta, const uint8_t *va, size_t na,
+                             uint64_t sb, bint tb, const uint8_t *vb, size_t nb) noexcept nogil:
+    """The rule that resolves two versions of one key (> 0: a wins, < 0: b wins, 0: the same):
+    the newer stamp; at equal stamps a tombstone over a record; between two records, the
+    greater value bytes (so that every replica picks the same one)."""
+    if sa != sb:
+        return 1 if sa > sb else -1
+    if ta != tb:
+        return 1 if ta else -1
+    if ta:
+        return 0
+    return _text_cmp(va, na, vb, nb)

@@ -6,10 +6,15 @@ from typing import Any, Iterable, Mapping, Sequence, final
 import numpy as np
 
 from rdirdb._lmdb import Environment, Transaction
+from rdirdb._repair import Stamps
 
 # Named databases of a rawx volume's environment and of a meta2 volume's.
 CHUNK_DATABASES: tuple[str, ...]
 META2_DATABASES: tuple[str, ...]
+# Their tombstones, and the volume's last write stamp.
+CHUNK_TOMB_DATABASES: tuple[str, ...]
+META2_TOMB_DATABASES: tuple[str, ...]
+CLOCK_DATABASE: str
 
 # Limits on ids, in UTF-8 bytes (the reference server's buffer sizes).
 MAX_CONTAINER_ID: int
@@ -53,6 +58,7 @@ class ChunkIndex:
     """The chunk records of one rawx volume, stored in ``env``."""
 
     env: Environment
+    stamps: Stamps
     def __init__(self, env: Environment) -> None: ...
     def put_batch(self, records: _ChunkInput) -> int:
         """Validate and write every record in one transaction (all or nothing)."""
@@ -104,6 +110,7 @@ class Meta2Index:
     """The container records of one meta2 volume, stored in ``env``."""
 
     env: Environment
+    stamps: Stamps
     def __init__(self, env: Environment) -> None: ...
     def put_batch(self, records: Iterable[Mapping[str, Any]]) -> int: ...
     def delete_batch(self, container_urls: Iterable[str] | Iterable[Mapping[str, Any]]) -> int: ...
