@@ -114,8 +114,8 @@ class _FailingIndex:
         return self.index.apply(batch)
 
 
-@pytest.mark.parametrize("threaded", [True, False], ids=["threaded", "on-the-loop"])
-def test_a_failed_group_is_written_again_one_request_at_a_time(tmp_path, threaded, caplog):
+@pytest.mark.parametrize("inline_below", [0, 5], ids=["threaded", "on-the-loop"])
+def test_a_failed_group_is_written_again_one_request_at_a_time(tmp_path, inline_below, caplog):
     store = Store(tmp_path, sync=False)
     volume = store.volume("v", create=True)
     records = [chunk_record() for _ in range(4)]
@@ -130,7 +130,7 @@ def test_a_failed_group_is_written_again_one_request_at_a_time(tmp_path, threade
     store.prepare_write = prepare  # type: ignore[method-assign]
 
     async def run() -> list[Response]:
-        app = RdirApp(store, committer=GroupCommit(threaded=threaded))
+        app = RdirApp(store, committer=GroupCommit(inline_below=inline_below))
         deferred = [app.handle("POST", "/v1/rdir/push", "vol=v", json.dumps(rec).encode()) for rec in records]
         assert all(isinstance(d, Deferred) and d.response is None for d in deferred)
         volume.index = failing = _FailingIndex(volume.index, [batches[1]])

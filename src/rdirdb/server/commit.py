@@ -5,11 +5,13 @@ A worker validates and encodes each push or delete on its event loop
 a group), then hands the batch to :class:`GroupCommit`. The batches waiting for
 one volume are written in one transaction (``index.apply_group``), and each
 request is answered when that transaction has committed, synced to disk when
-the store syncs. With ``threaded`` the commit runs in a thread of its own
-(LMDB's writes and its fsync release the GIL): the event loop keeps reading
-requests meanwhile, and those form the next group, as in PostgreSQL's and
-RocksDB's group commit. Without it, the group is what one turn of the event
-loop received, committed on the loop itself.
+the store syncs. A group is what one turn of the event loop received, or,
+while a commit is running, what arrived meanwhile. A large group commits in a
+thread of its own (LMDB's writes and its fsync release the GIL): the event loop
+keeps reading requests meanwhile, and those form the next group, as in
+PostgreSQL's and RocksDB's group commit. A group of fewer than ``inline_below``
+requests commits on the loop itself: a short unsynced commit costs less than
+the hand-over to a thread and back.
 
 A group is all or nothing, and so is each request in it: if the group's
 transaction fails (an engine or disk error: the input was checked before), it is
@@ -59,20 +61,20 @@ def _commit_all(groups: list[Group]) -> list[list[Result]]:
 class GroupCommit:
     """The write queue of one worker; ``submit`` from the event loop only."""
 
-    def __init__(self, *, threaded: bool) -> None:
-        self.threaded = threaded
+    def __init__(self, *, inline_below: int = 0) -> None:
+        self.inline_below = inline_below
         self._pending: dict[Volume, tuple[list[Batch], list[Done]]] = {}
+        self._waiting = 0  # requests in _pending
         self._scheduled = False
         self._running: asyncio.Future[list[list[Result]]] | None = None
-        self._executor = (
-            concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rdir-commit") if threaded else None
-        )
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self.commits = 0  # transactions of more than one request, and requests in them
         self.grouped = 0
 
     def submit(self, volume: Volume, batch: Batch, done: Done) -> None:
         """Write ``batch`` with the next group; ``done(result)`` is called on the
         event loop once its transaction committed (or failed)."""
+        self._waiting += 1
         waiting = self._pending.get(volume)
         if waiting is None:
             self._pending[volume] = ([batch], [done])
@@ -86,6 +88,7 @@ class GroupCommit:
     def _take(self) -> list[Group]:
         groups = [(volume, batches, dones) for volume, (batches, dones) in self._pending.items()]
         self._pending = {}
+        self._waiting = 0
         for _, batches, _ in groups:
             if len(batches) > 1:
                 self.commits += 1
@@ -96,10 +99,13 @@ class GroupCommit:
         self._scheduled = False
         if self._running is not None or not self._pending:
             return
+        inline = self._waiting < self.inline_below
         groups = self._take()
-        if self._executor is None:
+        if inline:
             _deliver(groups, _commit_all(groups))
             return
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rdir-commit")
         running = asyncio.get_running_loop().run_in_executor(self._executor, _commit_all, groups)
         self._running = running
         running.add_done_callback(lambda future: self._committed(groups, future))

@@ -46,6 +46,7 @@ STOP_SIGNALS = frozenset((signal.SIGTERM, signal.SIGINT))
 ACCEPT_PAUSE = 0.0005  # seconds per connection served before accepting another
 MAX_ACCEPT_PAUSE = 0.005
 GC_THRESHOLD = 100_000  # allocations between two young-generation collections
+INLINE_BELOW = 5  # unsynced groups of fewer requests commit on the event loop (docs/server.md)
 
 
 class StartupError(Exception):
@@ -259,8 +260,8 @@ async def _serve(sock: socket.socket, settings: Settings, opened: OpenedVolumes,
     store = Store(settings.db_path, sync=settings.fsync, writemap=settings.writemap,
                   tombstone_retention=settings.tombstone_retention)
     # Synced commits wait for the disk: off the event loop, which meanwhile
-    # gathers the next group. Unsynced ones are short: on the loop, one per turn.
-    committer = GroupCommit(threaded=settings.fsync)
+    # gathers the next group. Unsynced ones are short: small groups on the loop.
+    committer = GroupCommit(inline_below=0 if settings.fsync else INLINE_BELOW)
     app = RdirApp(
         store,
         namespace=settings.namespace,
