@@ -29,7 +29,7 @@ def test_put_batch(benchmark, volume, dataset):
 @pytest.mark.parametrize("volume", [True, False], ids=["sync", "nosync"], indirect=True)
 def test_raw_insert_ceiling(benchmark, volume, dataset):
     packed = [_ceiling.pack(*encode(batch)) for batch in dataset[1][:ROUNDS]]
-    _rounds(benchmark, lambda records: _ceiling.raw_insert(volume.env, records, batch=10_000), packed)
+    _rounds(benchmark, lambda records: _ceiling.raw_insert(volume.chunks.stamps, records, batch=10_000), packed)
 
 
 @pytest.mark.benchmark(group="insert 10,000")

@@ -163,9 +163,9 @@ def raw_insert(n: int, sync: bool, clock: Clock) -> None:
     """The insert ceiling: the records already encoded, packed in one buffer."""
     records = packed(n)
     with Store(WORK.fresh(), sync=sync) as store:
-        env = store.volume("vol", create=True).env
+        index = store.volume("vol", create=True).chunks.stamps
         with clock:
-            _ceiling.raw_insert(env, records, batch=BATCH)
+            _ceiling.raw_insert(index, records, batch=BATCH)
     shutil.rmtree(store.path)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rdirdb import _ceiling, _rdir
+from rdirdb import _ceiling, _rdir, _repair
 from rdirdb.rdir.store import Store
 
 CANONICAL = [("%064X" % (i % 3), "C" * 32, "%064X" % (7 * i), 1_700_000_000 + i, f"obj-{i}", 1) for i in range(50)]
@@ -21,9 +21,12 @@ def test_raw_insert_writes_what_put_batch_writes(tmp_path):
         values = [_rdir.encode_chunk_value(*rec[1:2], *rec[3:]) for rec in CANONICAL]
         packed = _ceiling.pack(keys, values)
         assert len(packed) == len(CANONICAL)
-        _ceiling.raw_insert(b.volume("v", create=True).env, packed, batch=7)
-        assert _dump(a.volume("v").env, "chunk_bin") == _dump(b.volume("v").env, "chunk_bin")
-        assert len(_dump(b.volume("v").env, "chunk_bin")) == len(CANONICAL)
+        _ceiling.raw_insert(b.volume("v", create=True).chunks.stamps, packed, batch=7)
+        # The same records, each with a write stamp of its own volume's clock.
+        assert a.volume("v").chunks.fetch(limit=1000) == b.volume("v").chunks.fetch(limit=1000)
+        assert [k for k, _ in _dump(a.volume("v").env, "chunk_bin")] == \
+            [k for k, _ in _dump(b.volume("v").env, "chunk_bin")]
+        assert all(_repair.value_stamp(v) for _, v in _dump(b.volume("v").env, "chunk_bin"))
 
 
 def test_raw_entries_are_the_entries_of_a_fetch(tmp_path):

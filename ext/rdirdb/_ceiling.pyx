@@ -6,8 +6,8 @@ suite. No path of the product can do the same work faster (docs/engine.md,
 
 * raw_insert writes pairs already encoded and packed in one buffer (pack)
   through the engine's own batch writer (one copy per batch, sort, MDB_APPEND,
-  one transaction per batch): a write path without validation, encoding or a
-  Python object per record.
+  the write stamp, one transaction per batch): a write path without
+  validation, encoding or a Python object per record.
 * raw_entries hands out the entries of chunk_fetch, ``(container_id, chunk_id,
   {content_id, mtime, path, version})``, built by the engine's own builder
   straight from a cursor in one read transaction: no pages, markers, copies or
@@ -21,9 +21,10 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
-from rdirdb._batch cimport Batch, Entry, apply_batch
+from rdirdb._batch cimport Batch, Entry
 from rdirdb._codec cimport ChunkValue, F_ALL, _parse_chunk_value
 from rdirdb._lmdb cimport Environment, check
+from rdirdb._repair cimport Stamps
 from rdirdb._scan cimport Hit, _CidCache, _corrupted, _parsed_record
 from rdirdb.lmdb cimport *
 
@@ -71,16 +72,15 @@ def pack(keys, values):
     return p
 
 
-def raw_insert(Environment env, Packed records, Py_ssize_t batch=10000, db="chunk_bin"):
-    """Insert packed pairs, ``batch`` pairs per transaction: one copy of each batch's
-    bytes into the engine's batch, its sort, its write."""
+def raw_insert(Stamps index, Packed records, Py_ssize_t batch=10000):
+    """Insert packed pairs of chunk_bin, ``batch`` pairs per transaction: one copy of
+    each batch's bytes into the engine's batch, its sort, its stamped write
+    (``index``: ``ChunkIndex.stamps`` of the volume)."""
     cdef Batch b
     cdef Py_ssize_t n = records.n, start, end, i
-    cdef MDB_dbi dbis[2]
     cdef Entry *e
     cdef size_t base
     cdef uint8_t *arena
-    dbis[0] = dbis[1] = env.dbi(db)
     for start in range(0, n, batch):
         end = min(start + batch, n)
         b = Batch(end - start)
@@ -95,7 +95,7 @@ def raw_insert(Environment env, Packed records, Py_ssize_t batch=10000, db="chun
             e.voff = records.off[2 * i + 1] - base
             e.vlen = <uint32_t>(records.off[2 * i + 2] - records.off[2 * i + 1])
         b.sort_unique()
-        apply_batch(env, dbis, b, False)
+        index.apply(b)
 
 
 @cython.final

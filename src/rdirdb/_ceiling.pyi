@@ -3,6 +3,7 @@
 from typing import Any, Sequence, final
 
 from rdirdb._lmdb import Environment
+from rdirdb._repair import Stamps
 
 @final
 class Packed:
@@ -14,8 +15,8 @@ class Packed:
 def pack(keys: Sequence[bytes], values: Sequence[bytes]) -> Packed:
     """Pack pre-encoded keys and values for raw_insert."""
 
-def raw_insert(env: Environment, records: Packed, batch: int = 10000, db: str = "chunk_bin") -> None:
-    """Insert packed pairs, ``batch`` per transaction, through the engine's batch writer."""
+def raw_insert(index: Stamps, records: Packed, batch: int = 10000) -> None:
+    """Insert packed chunk_bin pairs, ``batch`` per transaction, through the engine's stamped batch writer."""
 
 @final
 class RawEntries:
