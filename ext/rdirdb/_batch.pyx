@@ -150,9 +150,13 @@ cdef int clock_advance(MDB_txn *txn, MDB_dbi clock, uint64_t floor, uint64_t *st
     return mdb_put(txn, clock, &k, &v, 0)
 
 
-cdef inline bint _has_tombstones(MDB_txn *txn, const MDB_dbi *tombs, uint32_t kind) noexcept nogil:
+cdef inline int _has_tombstones(MDB_txn *txn, MDB_dbi tombs, bint *found) noexcept nogil:
+    """Whether the database of tombstones ``tombs`` holds any (so that puts need not look
+    there for the keys they write). Returns an LMDB code."""
     cdef MDB_stat st
-    return mdb_stat(txn, tombs[kind], &st) != MDB_SUCCESS or st.ms_entries > 0
+    cdef int rc = mdb_stat(txn, tombs, &st)
+    found[0] = rc != MDB_SUCCESS or st.ms_entries > 0
+    return rc
 
 
 cdef int _write_entries(MDB_txn *txn, Batch batch, Py_ssize_t *count) noexcept nogil:
@@ -193,7 +197,10 @@ cdef int _write_entries(MDB_txn *txn, Batch batch, Py_ssize_t *count) noexcept n
             break
         appending = False
         if stamped:
-            tombs = _has_tombstones(txn, batch.tombs, kind)
+            rc = _has_tombstones(txn, batch.tombs[kind], &tombs)
+            if rc != MDB_SUCCESS:
+                mdb_cursor_close(cur)
+                break
         if not batch.key_only:
             rc = mdb_cursor_get(cur, &last, &last_value, MDB_LAST)
             if rc == MDB_NOTFOUND:

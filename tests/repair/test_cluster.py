@@ -18,6 +18,7 @@ from rdirdb.rdir.client import RdirClient  # noqa: E402
 from rdirdb.rdir.registry import open_registry  # noqa: E402
 from rdirdb.rdir.repair import HttpReplica, b64, repair_hosts  # noqa: E402
 from rdirdb.rdir.store import Store  # noqa: E402
+from rdirdb.server.repairer import repair_round  # noqa: E402
 from tests.cli.conftest import Cli  # noqa: E402
 from tests.entry_point import rdirdb_command, rdirdb_env  # noqa: E402
 from tests.server.helpers import Server  # noqa: E402
@@ -318,5 +319,26 @@ def test_serve_repairs_periodically(tmp_path):
                     pass
                 time.sleep(0.1)
             assert _listing(c1) == expected and len(expected) == 90
+        # The command finds the replicas in the registry too.
+        report = Cli().json("rdir", "repair", VOL, "--registry", url)
+        assert report["replicas"] == cluster.hosts and report["differences"] == 0
     finally:
         cluster.close()
+
+
+def test_a_round_purges_expired_tombstones(tmp_path):
+    """Without a registry a round of the periodic task only purges."""
+    with Store(tmp_path) as store:
+        chunks = store.volume(VOL, create=True).chunks
+        _push_local(chunks)
+        assert chunks.stamps.tombstone_count() == 5
+    time.sleep(0.01)
+    assert repair_round(str(tmp_path), False, 3600, None, "127.0.0.1:1")["tombstones"] == 5
+    figures = repair_round(str(tmp_path), False, 0.005, None, "127.0.0.1:1")
+    assert figures == {"volumes": 1, "tombstones": 0, "repaired": 0, "applied": 0, "failed": 0}
+
+
+def _push_local(chunks) -> None:
+    records = [_record(n) for n in range(10)]
+    chunks.put_batch(records)
+    chunks.delete_batch([(r["container_id"], r["chunk_id"]) for r in records[:5]])

@@ -42,6 +42,8 @@ LEAF = 8  # a differing range of at most this many entries (on every replica) is
 APPLY_BATCH = 5000  # entries per apply request (each one transaction, of whole ranges)
 MAX_APPLY = 100_000  # the most entries a server applies in one request (a larger range goes in parts)
 LIST_LIMIT = 10000  # entries per listing request
+RANGES_PER_REQUEST = 1000  # ranges per split or digest request
+MAX_KEPT = 1000  # differing keys a report keeps (all are counted)
 
 
 class Replica(Protocol):
@@ -238,7 +240,8 @@ class RepairReport:
     records_listed: int = 0  # entries the replicas sent to the repair (listings of differing ranges)
     records_sent: int = 0  # entries the repair sent to replicas
     records_applied: int = 0  # of those, applied (the others had lost to a newer write meanwhile)
-    differences: list[Difference] = field(default_factory=list)
+    differing: int = 0  # keys whose versions differed
+    differences: list[Difference] = field(default_factory=list)  # the first MAX_KEPT of them
     admin_differences: dict[str, dict[str, str | None]] = field(default_factory=dict)
     dry_run: bool = False
     seconds: float = 0.0
@@ -256,7 +259,7 @@ class RepairReport:
             "records_sent": self.records_sent,
             "records_applied": self.records_applied,
             "records_moved": self.records_moved,
-            "differences": len(self.differences),
+            "differences": self.differing,
             "admin_differences": self.admin_differences,
             "dry_run": self.dry_run,
             "seconds": round(self.seconds, 3),
@@ -313,8 +316,10 @@ def repair_volume(
     done, known = 0, 1
     outbox: list[list[list[Entry]]] = [[] for _ in replicas]  # per replica, per range
     while pending:
-        leaves = [rng for rng, ds in pending if max(c for c, _ in ds) <= leaf]
-        to_split = [(rng, ds) for rng, ds in pending if max(c for c, _ in ds) > leaf]
+        # Listed as they are: small ranges, and ranges a replica holds none of (copied).
+        listed = [max(c for c, _ in ds) <= leaf or min(c for c, _ in ds) == 0 for _, ds in pending]
+        leaves = [rng for (rng, _), x in zip(pending, listed) if x]
+        to_split = [p for p, x in zip(pending, listed) if not x]
         for rng in leaves:
             _settle(replicas, rng, cutoff, report, outbox, dry_run)
         done += len(leaves)
@@ -323,7 +328,9 @@ def repair_volume(
         by_leader: dict[int, list[Range]] = {}
         for rng, ds in to_split:
             by_leader.setdefault(max(range(len(ds)), key=lambda i: ds[i][0]), []).append(rng)
-        for leader, ranges in by_leader.items():
+        requests = [(leader, rs[f : f + RANGES_PER_REQUEST]) for leader, rs in by_leader.items()
+                    for f in range(0, len(rs), RANGES_PER_REQUEST)]
+        for leader, ranges in requests:
             splits = replicas[leader].split(ranges, parts, cutoff)
             bounds: list[list[bytes | None]] = [[*(s for s, _, _ in sp), hi] for sp, (_, hi) in zip(splits, ranges)]
             others = {i: r.digest(bounds, cutoff) for i, r in enumerate(replicas) if i != leader}
@@ -354,33 +361,42 @@ def _settle(
     replicas: Sequence[Replica], rng: Range, cutoff: int, report: RepairReport, outbox: list[list[list[Entry]]],
     dry_run: bool,
 ) -> None:
-    """List one differing range on every replica; queue for each the newest versions it lacks."""
-    held: list[dict[bytes, Entry]] = []
-    for r in replicas:
-        entries: dict[bytes, Entry] = {}
-        lo: bytes | None = rng[0]
-        while lo is not None:
-            page, lo = r.entries(lo, rng[1], cutoff, LIST_LIMIT)
+    """List one differing range on every replica and queue for each the newest versions it
+    lacks. A large range (a replica that holds none of it: a copy) goes page by page: the
+    pages of the replicas are merged up to the first key one of them has not listed yet, the
+    rest is listed again with the next pages, and the queues are sent as they fill (each
+    apply a whole part of the range), so that memory stays bounded."""
+    lo, hi = rng
+    while True:
+        pages = [r.entries(lo, hi, cutoff, LIST_LIMIT) for r in replicas]
+        stops = [nxt for _, nxt in pages if nxt is not None]
+        bound = min(stops) if stops else None
+        held: list[dict[bytes, Entry]] = []
+        for page, _ in pages:
             report.records_listed += len(page)
-            entries.update((e[0], e) for e in page)
-        held.append(entries)
-    keys = sorted(set().union(*held))
-    queued: list[list[Entry]] = [[] for _ in replicas]
-    for key in keys:
-        versions = [h[key] for h in held if key in h]
-        best = versions[0]
-        for v in versions[1:]:
-            best = _winner(best, v)
-        lacking = [i for i, h in enumerate(held) if not _same(h.get(key), best)]
-        if not lacking:
-            continue
-        report.differences.append(Difference(key, best[1], best[2] is None, [replicas[i].name for i in lacking]))
-        for i in lacking:
-            queued[i].append(best)
-    if not dry_run:
-        for i, queue in enumerate(queued):
-            if queue:
-                outbox[i].append(queue)
+            held.append({e[0]: e for e in page if bound is None or e[0] < bound})
+        queued: list[list[Entry]] = [[] for _ in replicas]
+        for key in sorted(set().union(*held)):
+            versions = [h[key] for h in held if key in h]
+            best = versions[0]
+            for v in versions[1:]:
+                best = _winner(best, v)
+            lacking = [i for i, h in enumerate(held) if not _same(h.get(key), best)]
+            if not lacking:
+                continue
+            report.differing += 1
+            if len(report.differences) < MAX_KEPT:
+                report.differences.append(Difference(key, best[1], best[2] is None, [replicas[i].name for i in lacking]))
+            for i in lacking:
+                queued[i].append(best)
+        if not dry_run:
+            for i, queue in enumerate(queued):
+                if queue:
+                    outbox[i].append(queue)
+            _flush(replicas, outbox, report, APPLY_BATCH)
+        if bound is None:
+            return
+        lo = bound
 
 
 def _flush(replicas: Sequence[Replica], outbox: list[list[list[Entry]]], report: RepairReport,

@@ -26,13 +26,14 @@ MASTER_CHECK = 0.5  # seconds between two checks that the master is alive
 
 
 def repair_round(db_path: str, sync: bool, retention: float, registry_url: str | None, addr: str) -> dict[str, int]:
-    """One round: purge, then repair every volume held here that has other replicas."""
-    figures = {"volumes": 0, "purged": 0, "repaired": 0, "applied": 0, "failed": 0}
-    with Store(db_path, sync=sync, tombstone_retention=retention) as store:
+    """One round: purge, then repair every volume held here that has other replicas; returns
+    how many volumes, tombstones kept, volumes repaired, entries applied, failed repairs."""
+    figures = {"volumes": 0, "tombstones": 0, "repaired": 0, "applied": 0, "failed": 0}
+    with Store(db_path, sync=sync, tombstone_retention=retention) as store:  # opening a volume purges
         held = [(t, v) for t in SERVICE_TYPES for v in store.volumes(t)]
         for service_type, volume_id in held:
             figures["volumes"] += 1
-            figures["purged"] += store.volume(volume_id, service_type).purge_tombstones(retention)
+            figures["tombstones"] += store.volume(volume_id, service_type).stamps.tombstone_count()
     if registry_url is None:
         return figures
     with open_registry(registry_url) as registry:

@@ -316,11 +316,11 @@ def _repair_main(args: argparse.Namespace) -> int:
         print_json({"type": args.type, "volume": args.volume, **report.as_dict(), "shown": shown})
         return 0
     print_table(("TYPE", "VOLUME", "REPLICAS", "RANGES", "DIFFERING KEYS", "LISTED", "SENT", "APPLIED"),
-                [(args.type, args.volume, len(hosts), report.ranges_compared, len(report.differences),
+                [(args.type, args.volume, len(hosts), report.ranges_compared, report.differing,
                   report.records_listed, report.records_sent, report.records_applied)])
     if shown:
         print(f"\n{'would get' if args.dry_run else 'got'} the newest version "
-              f"({len(shown)} of {len(report.differences)}):")
+              f"({len(shown)} of {report.differing}):")
         print_table(("KEY", "NEWEST", "REPLICAS"), [(d["key"], d["newest"], ",".join(d["replicas"])) for d in shown])
     for key, values in report.admin_differences.items():
         print(f"\nadmin key {key!r} differs (not repaired): "
