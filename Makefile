@@ -4,7 +4,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := liblmdb-dev
+APT_PACKAGES := liblmdb-dev libxxhash-dev
 STAMP := .make-installed
 DEMO_ARGS ?=
 
@@ -16,7 +16,7 @@ all: compile
 # System packages: the LMDB headers and library (skipped when already there or
 # when LMDB_INCLUDEDIR points elsewhere).
 system-deps:
-	@if [ -z "$$LMDB_INCLUDEDIR" ] && [ ! -f /usr/include/lmdb.h ]; then \
+	@if { [ -z "$$LMDB_INCLUDEDIR" ] && [ ! -f /usr/include/lmdb.h ]; } || [ ! -f /usr/include/xxhash.h ]; then \
 		echo "rdirdb: installing $(APT_PACKAGES)"; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PACKAGES); \
@@ -42,7 +42,8 @@ compile: install
 # its own, next to a copy of the Python sources: the release build in src/ stays.
 DEBUG_TREE := build/debug-tree
 NATIVE_TESTS := tests/test_lmdb.py tests/test_codec.py tests/test_batch.py tests/test_scan.py \
-	tests/test_store.py tests/reliability/test_bad_input.py
+	tests/test_store.py tests/reliability/test_bad_input.py tests/sharedbase/test_objects.py \
+	tests/sharedbase/test_record_model.py tests/repair/test_engine.py
 
 debug: install
 	rm -rf $(DEBUG_TREE) && mkdir -p $(DEBUG_TREE)

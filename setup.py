@@ -14,7 +14,7 @@ from setuptools.command.build_ext import build_ext
 EXT_DIR = "ext"
 # The rdir engine is split by concern (docs/architecture.md); _ceiling is the
 # benchmarks' ceiling, not part of the product.
-MODULES = ["_lmdb", "_batch", "_encode", "_scan", "_count", "_rdir", "_ceiling", "_shardmap"]
+MODULES = ["_lmdb", "_batch", "_encode", "_scan", "_count", "_repair", "_rdir", "_ceiling", "_shardmap"]
 DEBUG = os.environ.get("RDIRDB_DEBUG") == "1"
 DEBUG_C_DIR = os.path.join("build", "debug-c")
 WARNINGS = ["-Wall", "-Wsign-compare"] + (["-Werror"] if DEBUG else [])

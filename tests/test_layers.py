@@ -19,7 +19,7 @@ LAYERS = [
     ["rdirdb.cli", "rdirdb.__main__", "rdirdb.demo", "rdirdb.tools", "rdirdb.server.cli", "rdirdb.server.__main__"],
     ["rdirdb.server"],
     ["rdirdb.rdir.client"],
-    ["rdirdb.rdir.dispatcher"],
+    ["rdirdb.rdir.dispatcher", "rdirdb.rdir.repair"],
     ["rdirdb.rdir.embedded", "rdirdb.rdir.remote"],
     ["rdirdb.rdir.backend", "rdirdb.rdir.registry"],
     ["rdirdb.rdir.store"],

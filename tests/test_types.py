@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-EXTENSIONS = ["_lmdb", "_batch", "_encode", "_scan", "_count", "_rdir", "_ceiling", "_shardmap"]
+EXTENSIONS = ["_lmdb", "_batch", "_encode", "_scan", "_count", "_repair", "_rdir", "_ceiling", "_shardmap"]
 
 pytest.importorskip("mypy")
 

@@ -4,7 +4,7 @@
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
 from rdirdb._lmdb cimport Environment
-from rdirdb.lmdb cimport MDB_dbi
+from rdirdb.lmdb cimport MDB_dbi, MDB_txn
 
 
 cdef struct Entry:
@@ -26,6 +26,8 @@ cdef class Batch:
     cdef readonly bint meta2       # meta2 records, else chunk records
     cdef readonly bint key_only    # keys to delete, else records to write
     cdef MDB_dbi dbis[2]           # where apply_batch writes: one database per kind
+    cdef MDB_dbi tombs[2]          # the tombstones of each kind (with ``clock``: 0 writes no stamp)
+    cdef MDB_dbi clock             # the volume's last write stamp
 
     cdef uint8_t *reserve(self, size_t size) except NULL
     cdef Entry *add(self, uint32_t kind, Py_ssize_t index) except NULL
@@ -33,5 +35,8 @@ cdef class Batch:
     cdef int sort_unique(self) except -1
 
 
-cdef Py_ssize_t apply_batch(Environment env, const MDB_dbi *dbis, Batch batch, bint meta2) except -1
-cdef list apply_batches(Environment env, const MDB_dbi *dbis, list batches, bint meta2)
+cdef Py_ssize_t apply_batch(Environment env, const MDB_dbi *dbis, Batch batch, bint meta2,
+                            const MDB_dbi *tombs=*, MDB_dbi clock=*) except -1
+cdef int clock_advance(MDB_txn *txn, MDB_dbi clock, uint64_t floor, uint64_t *stamp) noexcept nogil
+cdef list apply_batches(Environment env, const MDB_dbi *dbis, list batches, bint meta2,
+                        const MDB_dbi *tombs=*, MDB_dbi clock=*)

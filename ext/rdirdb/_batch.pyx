@@ -6,15 +6,19 @@ A batch holds the stored keys and values of its records in one growing arena;
 sort_unique() orders them by database and key (the last of equal keys wins),
 and apply_batch() writes them in one LMDB write transaction, without the GIL,
 appending where a key is past the end of its database (MDB_APPEND): all or
-nothing.
+nothing. With the volume's tombstone and clock databases, every write is
+stamped (docs/reliability.md, "Replicas that converge"): a record's value
+carries the stamp of its transaction, a delete leaves a tombstone, a put
+removes the key's tombstone.
 """
 
 cimport cython
+from libc.errno cimport ENOMEM
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy
 
-from rdirdb._codec cimport _text_cmp
+from rdirdb._codec cimport STAMP_SIZE, V_STAMPED, _get_stamp, _hlc_next, _put_stamp, _text_cmp
 from rdirdb._lmdb cimport Environment, Transaction
 from rdirdb.lmdb cimport *
 
@@ -125,21 +129,71 @@ cdef class Batch:
         return count
 
 
+cdef int clock_advance(MDB_txn *txn, MDB_dbi clock, uint64_t floor, uint64_t *stamp) noexcept nogil:
+    """The stamp of this write transaction: after the volume's last one and after
+    ``floor`` (the newest stamp it receives from a replica), by the wall clock when
+    it is ahead; stored as the volume's last stamp. Returns an LMDB code."""
+    cdef MDB_val k, v
+    cdef uint64_t last = floor
+    cdef uint8_t buf[STAMP_SIZE]
+    k.mv_data = <void *><const char *>b"last"
+    k.mv_size = 4
+    cdef int rc = mdb_get(txn, clock, &k, &v)
+    if rc == MDB_SUCCESS and v.mv_size == STAMP_SIZE and _get_stamp(<const uint8_t *>v.mv_data) > last:
+        last = _get_stamp(<const uint8_t *>v.mv_data)
+    elif rc != MDB_SUCCESS and rc != MDB_NOTFOUND:
+        return rc
+    stamp[0] = _hlc_next(last)
+    _put_stamp(buf, stamp[0])
+    v.mv_data = buf
+    v.mv_size = STAMP_SIZE
+    return mdb_put(txn, clock, &k, &v, 0)
+
+
+cdef inline bint _has_tombstones(MDB_txn *txn, const MDB_dbi *tombs, uint32_t kind) noexcept nogil:
+    cdef MDB_stat st
+    return mdb_stat(txn, tombs[kind], &st) != MDB_SUCCESS or st.ms_entries > 0
+
+
 cdef int _write_entries(MDB_txn *txn, Batch batch, Py_ssize_t *count) noexcept nogil:
-    """Put (or delete, for keys) every live entry in ``txn``; returns an LMDB code."""
+    """Put (or delete, for keys) every live entry in ``txn``; returns an LMDB code.
+
+    A stamped batch (``batch.clock``) writes each record with the stamp of the
+    transaction and drops its tombstone, and leaves a tombstone for each key deleted."""
     cdef MDB_cursor *cur
-    cdef MDB_val k, v, last, last_value
+    cdef MDB_val k, v, last, last_value, stamp_val
     cdef Py_ssize_t i = 0
     cdef int rc = MDB_SUCCESS
     cdef uint32_t kind
-    cdef bint appending
+    cdef bint appending, stamped = batch.clock != 0, tombs = False
     cdef Entry *e
+    cdef uint64_t stamp = 0
+    cdef size_t max_vlen = 0
+    cdef uint8_t *scratch = NULL
+    cdef uint8_t stamp_buf[STAMP_SIZE]
+    if stamped:
+        rc = clock_advance(txn, batch.clock, 0, &stamp)
+        if rc != MDB_SUCCESS:
+            return rc
+        _put_stamp(stamp_buf, stamp)
+        stamp_val.mv_data = stamp_buf
+        stamp_val.mv_size = STAMP_SIZE
+        if not batch.key_only:
+            for i in range(batch.n):
+                if batch.entries[i].vlen > max_vlen:
+                    max_vlen = batch.entries[i].vlen
+            i = 0
+            scratch = <uint8_t *>malloc(max_vlen + STAMP_SIZE)
+            if scratch == NULL:
+                return ENOMEM
     while i < batch.n and rc == MDB_SUCCESS:
         kind = batch.entries[i].kind
         rc = mdb_cursor_open(txn, batch.dbis[kind], &cur)
         if rc != MDB_SUCCESS:
             break
         appending = False
+        if stamped:
+            tombs = _has_tombstones(txn, batch.tombs, kind)
         if not batch.key_only:
             rc = mdb_cursor_get(cur, &last, &last_value, MDB_LAST)
             if rc == MDB_NOTFOUND:
@@ -158,15 +212,30 @@ cdef int _write_entries(MDB_txn *txn, Batch batch, Py_ssize_t *count) noexcept n
                     count[0] += 1
                 elif rc == MDB_NOTFOUND:
                     rc = MDB_SUCCESS
+                if rc == MDB_SUCCESS and stamped:
+                    rc = mdb_put(txn, batch.tombs[kind], &k, &stamp_val, 0)
                 continue
             v.mv_data = batch.arena + e.voff
             v.mv_size = e.vlen
+            if stamped:
+                memcpy(scratch, v.mv_data, e.vlen)
+                scratch[0] |= V_STAMPED
+                memcpy(scratch + e.vlen, stamp_buf, STAMP_SIZE)
+                v.mv_data = scratch
+                v.mv_size = e.vlen + STAMP_SIZE
+                if tombs:
+                    rc = mdb_del(txn, batch.tombs[kind], &k, NULL)
+                    if rc == MDB_NOTFOUND:
+                        rc = MDB_SUCCESS
+                    elif rc != MDB_SUCCESS:
+                        break
             if not appending and _text_cmp(<uint8_t *>k.mv_data, k.mv_size,
                                            <uint8_t *>last.mv_data, last.mv_size) > 0:
                 appending = True
             rc = mdb_cursor_put(cur, &k, &v, MDB_APPEND if appending else 0)
             count[0] += 1
         mdb_cursor_close(cur)
+    free(scratch)
     return rc
 
 
@@ -180,22 +249,31 @@ def _write_into(Transaction txn, Batch batch):
     return count
 
 
-cdef int _bind(Batch batch, const MDB_dbi *dbis, bint meta2) except -1:
-    """Check that ``batch`` is of the index's kind and point it at the index's databases."""
+cdef int _bind(Batch batch, const MDB_dbi *dbis, bint meta2, const MDB_dbi *tombs,
+               MDB_dbi clock) except -1:
+    """Check that ``batch`` is of the index's kind and point it at the index's
+    databases, its tombstones and its clock (stamped writes; 0: none)."""
     if batch.meta2 != meta2:
         raise TypeError(f"a batch of {'meta2' if batch.meta2 else 'chunk'} records "
                         f"cannot be applied to a {'meta2' if meta2 else 'chunk'} index")
     batch.dbis[0] = dbis[0]
     if not meta2:
         batch.dbis[1] = dbis[1]
+    batch.clock = clock if tombs != NULL else 0
+    if batch.clock:
+        batch.tombs[0] = tombs[0]
+        if not meta2:
+            batch.tombs[1] = tombs[1]
     return 0
 
 
-cdef Py_ssize_t apply_batch(Environment env, const MDB_dbi *dbis, Batch batch, bint meta2) except -1:
+cdef Py_ssize_t apply_batch(Environment env, const MDB_dbi *dbis, Batch batch, bint meta2,
+                            const MDB_dbi *tombs=NULL, MDB_dbi clock=0) except -1:
     """Write a sorted batch (delete its keys if ``key_only``) in one write
     transaction, all or nothing; returns how many records were written (or
-    existed). ``dbis`` are the databases of the batch's kinds."""
-    _bind(batch, dbis, meta2)
+    existed). ``dbis`` are the databases of the batch's kinds, ``tombs`` their
+    tombstones and ``clock`` the volume's last stamp (stamped writes; 0: none)."""
+    _bind(batch, dbis, meta2, tombs, clock)
     if batch.n == 0:
         return 0
     return env.write(_write_into, batch)
@@ -206,11 +284,12 @@ def _write_all_into(Transaction txn, list batches):
     return [_write_into(txn, batch) if (<Batch>batch).n else 0 for batch in batches]
 
 
-cdef list apply_batches(Environment env, const MDB_dbi *dbis, list batches, bint meta2):
+cdef list apply_batches(Environment env, const MDB_dbi *dbis, list batches, bint meta2,
+                        const MDB_dbi *tombs=NULL, MDB_dbi clock=0):
     """Write several batches in one write transaction, in their order (a later
     batch's record or delete wins over an earlier one's), all or nothing;
     returns how many records each wrote (or found, for deletes)."""
     cdef Batch batch
     for batch in batches:
-        _bind(batch, dbis, meta2)
+        _bind(batch, dbis, meta2, tombs, clock)
     return env.write(_write_all_into, batches)

@@ -16,6 +16,8 @@ docs/engine.md describes the storage these codecs write.
 from libc.stdint cimport int8_t, int64_t, uint8_t, uint64_t
 from libc.string cimport memcmp, memcpy
 
+from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
+
 from rdirdb.lmdb cimport MDB_val
 
 cdef extern from *:
@@ -40,10 +42,20 @@ cdef extern from *:
     -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
     -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
     };
-    static const char rdirdb_hex_digits[] = "0123456789ABCDEF";
+    /* The two hex digits of each byte: one 2-byte copy per byte unpacked
+       (its odd characters, from 1 to 31, are the 16 digits in order). */
+    static const char rdirdb_hex_pairs[513] =
+        "000102030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F"
+        "202122232425262728292A2B2C2D2E2F303132333435363738393A3B3C3D3E3F"
+        "404142434445464748494A4B4C4D4E4F505152535455565758595A5B5C5D5E5F"
+        "606162636465666768696A6B6C6D6E6F707172737475767778797A7B7C7D7E7F"
+        "808182838485868788898A8B8C8D8E8F909192939495969798999A9B9C9D9E9F"
+        "A0A1A2A3A4A5A6A7A8A9AAABACADAEAFB0B1B2B3B4B5B6B7B8B9BABBBCBDBEBF"
+        "C0C1C2C3C4C5C6C7C8C9CACBCCCDCECFD0D1D2D3D4D5D6D7D8D9DADBDCDDDEDF"
+        "E0E1E2E3E4E5E6E7E8E9EAEBECEDEEEFF0F1F2F3F4F5F6F7F8F9FAFBFCFDFEFF";
     """
     const int8_t rdirdb_hexval[256]
-    const char rdirdb_hex_digits[]
+    const char rdirdb_hex_pairs[513]
 
 
 cdef enum:
@@ -109,17 +121,23 @@ cdef inline bint _is_upper_hex(const uint8_t *s, Py_ssize_t n) noexcept nogil:
     return acc >= 0
 
 
-cdef inline void _pack_hex(const uint8_t *s, Py_ssize_t nbytes, uint8_t *out) noexcept nogil:
+cdef inline bint _pack_hex(const uint8_t *s, Py_ssize_t nbytes, uint8_t *out) noexcept nogil:
+    """Pack ``2 * nbytes`` hex digits into ``out``, checking them in the same pass:
+    False when one is not an uppercase hex digit (``out`` then holds garbage)."""
     cdef Py_ssize_t i
+    cdef int8_t hi, lo, acc = 0
     for i in range(nbytes):
-        out[i] = <uint8_t>((_hexval(s[2 * i]) << 4) | _hexval(s[2 * i + 1]))
+        hi = rdirdb_hexval[s[2 * i]]
+        lo = rdirdb_hexval[s[2 * i + 1]]
+        acc |= hi | lo
+        out[i] = <uint8_t>((hi << 4) | lo)
+    return acc >= 0
 
 
 cdef inline void _unpack_hex(const uint8_t *b, Py_ssize_t nbytes, uint8_t *out) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(nbytes):
-        out[2 * i] = rdirdb_hex_digits[b[i] >> 4]
-        out[2 * i + 1] = rdirdb_hex_digits[b[i] & 15]
+        memcpy(out + 2 * i, rdirdb_hex_pairs + 2 * b[i], 2)
 
 
 cdef inline void _canon_text(const uint8_t *key, uint8_t *out) noexcept nogil:
@@ -227,15 +245,19 @@ cdef inline uint8_t *_write_chunk_value(uint8_t *p, const uint8_t *content, Py_s
                                         int64_t version, const uint8_t *tail, Py_ssize_t tail_n) noexcept nogil:
     """Encode a chunk value at ``p`` (room: _chunk_value_bound); returns its end.
     A mtime <= 0 is stored as 0 (none)."""
-    cdef uint8_t flags = 0
-    if content_n % 2 == 0 and _is_upper_hex(content, content_n):
-        flags |= V_CONTENT_HEX
-    if tail_n:
-        flags |= V_KEY_TAIL
-    p[0] = flags
+    cdef uint8_t *flags = p
+    cdef uint8_t *packed
+    flags[0] = V_KEY_TAIL if tail_n else 0
     p = _put_varint(p + 1, <uint64_t>(mtime if mtime > 0 else 0))
     p = _put_varint(p, _zigzag(version))
-    p = _put_id(p, content, content_n, flags & V_CONTENT_HEX)
+    # The content id packed (_put_id) when it is uppercase hex of even length:
+    # packed and checked in one pass, written as text when the check fails.
+    packed = _put_varint(p, <uint64_t>(content_n // 2))
+    if content_n % 2 == 0 and _pack_hex(content, content_n // 2, packed):
+        flags[0] |= V_CONTENT_HEX
+        p = packed + content_n // 2
+    else:
+        p = _put_field(p, content, content_n)
     p = _put_field(p, path, path_n)
     if tail_n:
         p = _put_field(p, tail, tail_n)
@@ -286,3 +308,61 @@ cdef inline bint _parse_meta2_value(const uint8_t *p, size_t size, Meta2Value *o
     p = _get_field(p, end, &out.cid, &out.cid_n)
     p = _get_field(p, end, &out.extra, &out.extra_n)
     return _get_tail(p, end, flags, &out.tail, &out.tail_n) != NULL
+
+
+# -- write stamps (docs/reliability.md, "Replicas that converge") -------------------------------
+#
+# A record written since stamps exist ends with the 8-byte big-endian stamp of its write,
+# flag V_STAMPED set in its first byte; the value parsers above stop before it. A record of an
+# older store has no stamp: its stamp is 0, older than any write. A tombstone's value is its
+# stamp alone. A stamp is a hybrid logical clock: milliseconds since the epoch << 16 | a counter.
+
+cdef enum:
+    V_STAMPED = 0x80           # chunk and meta2: the value ends with the stamp of its write
+    STAMP_SIZE = 8
+    STAMP_COUNTER_BITS = 16
+
+
+cdef inline void _put_stamp(uint8_t *p, uint64_t stamp) noexcept nogil:
+    cdef int i
+    for i in range(STAMP_SIZE):
+        p[i] = <uint8_t>(stamp >> (8 * (STAMP_SIZE - 1 - i)))
+
+
+cdef inline uint64_t _get_stamp(const uint8_t *p) noexcept nogil:
+    cdef uint64_t v = 0
+    cdef int i
+    for i in range(STAMP_SIZE):
+        v = (v << 8) | p[i]
+    return v
+
+
+cdef inline uint64_t _value_stamp(const uint8_t *v, size_t n) noexcept nogil:
+    """The stamp of a stored record's value; 0 for a record written before stamps."""
+    if n < 1 + STAMP_SIZE or not v[0] & V_STAMPED:
+        return 0
+    return _get_stamp(v + n - STAMP_SIZE)
+
+
+cdef inline uint64_t _hlc_next(uint64_t last) noexcept nogil:
+    """The stamp of a write that follows ``last``: the wall clock in ms, or last + 1
+    when the clock is behind it (the hybrid logical clock's send/receive rule)."""
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    cdef uint64_t now = ((<uint64_t>ts.tv_sec * 1000 + <uint64_t>(ts.tv_nsec // 1000000))
+                         << STAMP_COUNTER_BITS)
+    return now if now > last else last + 1
+
+
+cdef inline int _entry_order(uint64_t sa, bint ta, const uint8_t *va, size_t na,
+                             uint64_t sb, bint tb, const uint8_t *vb, size_t nb) noexcept nogil:
+    """The rule that resolves two versions of one key (> 0: a wins, < 0: b wins, 0: the same):
+    the newer stamp; at equal stamps a tombstone over a record; between two records, the
+    greater value bytes (so that every replica picks the same one)."""
+    if sa != sb:
+        return 1 if sa > sb else -1
+    if ta != tb:
+        return 1 if ta else -1
+    if ta:
+        return 0
+    return _text_cmp(va, na, vb, nb)

@@ -26,22 +26,30 @@ cimport cython
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
 
-from rdirdb._batch cimport Batch, apply_batch, apply_batches
+from rdirdb._batch cimport Batch, apply_batch
+from rdirdb._repair cimport Stamps, open_stamps
 from rdirdb._codec cimport *
 from rdirdb._count cimport chunk_status, count_prefix
 from rdirdb._encode cimport _encode_chunk_object
 from rdirdb._lmdb cimport Environment, Transaction, check
-from rdirdb._scan cimport (Hit, _chunk_array, _chunk_record, _CidCache, _incident_arg, _int_arg,
+from rdirdb._scan cimport (Entries, Hit, _chunk_array, _chunk_record, _CidCache, _incident_arg, _int_arg,
                            _meta2_record, _Page)
 from rdirdb.lmdb cimport *
 
 from rdirdb._batch import Batch
 from rdirdb._encode import encode_chunk_key, encode_chunk_value, encode_chunks, encode_meta2, order_key
-from rdirdb._scan import CHUNK_DTYPE, CHUNK_DTYPE_FIELDS, chunk_array, decode_chunk_key, decode_chunk_value, split_marker
+from rdirdb._scan import (CHUNK_DTYPE, CHUNK_DTYPE_FIELDS, Entries, chunk_array, decode_chunk_key,
+                          decode_chunk_value, split_marker)
 from rdirdb.errors import UnsupportedLmdbError
 
 CHUNK_DATABASES = ("chunk_bin", "chunk_text", "admin")
 META2_DATABASES = ("meta2",)
+# The tombstones of each database of records, and the volume's last write stamp
+# (docs/reliability.md, "Replicas that converge"). Opened by the indexes, created on the
+# first read-write open: a store written before stamps existed opens as it is.
+CHUNK_TOMB_DATABASES = ("chunk_bin_tomb", "chunk_text_tomb")
+META2_TOMB_DATABASES = ("meta2_tomb",)
+CLOCK_DATABASE = "clock"
 
 # Limits on ids, in UTF-8 bytes (the reference server's buffer sizes).
 MAX_CONTAINER_ID = C_MAX_CONTAINER_ID
@@ -74,6 +82,7 @@ cdef class ChunkIndex:
     cdef readonly Environment env
     cdef MDB_dbi dbis[2]
     cdef MDB_dbi admin_dbi
+    cdef readonly Stamps stamps
 
     def __init__(self, Environment env):
         self.env = env
@@ -84,6 +93,7 @@ cdef class ChunkIndex:
         self.dbis[0] = env.dbi("chunk_bin")
         self.dbis[1] = env.dbi("chunk_text")
         self.admin_dbi = env.dbi("admin")
+        self.stamps = open_stamps(env, self.dbis, CHUNK_TOMB_DATABASES, CLOCK_DATABASE, False)
 
     # -- writes ---------------------------------------------------------------
 
@@ -95,24 +105,24 @@ cdef class ChunkIndex:
         fields. Nothing is written if any record is invalid; for duplicate keys
         the last record wins. Returns the number of records written.
         """
-        return apply_batch(self.env, self.dbis, encode_chunks(records), False)
+        return self.stamps.apply(encode_chunks(records))
 
     def delete_batch(self, keys):
         """Delete the records of ``keys`` (``(container_id, chunk_id)`` tuples or
         dicts) in one transaction. Returns how many existed."""
-        return apply_batch(self.env, self.dbis, encode_chunks(keys, key_only=True), False)
+        return self.stamps.apply(encode_chunks(keys, key_only=True))
 
     def apply(self, Batch batch):
         """Write a batch of :func:`encode_chunks` in one transaction (delete its
         keys for a ``key_only`` batch); returns how many records were written
         (or existed)."""
-        return apply_batch(self.env, self.dbis, batch, False)
+        return self.stamps.apply(batch)
 
     def apply_group(self, list batches):
         """Write several batches in one transaction, in their order (the group
         commit of the server: one commit for many requests), all or nothing;
         returns how many records each wrote (or existed)."""
-        return apply_batches(self.env, self.dbis, batches, False)
+        return self.stamps.apply_group(batches)
 
     # -- reads ----------------------------------------------------------------
 
@@ -163,6 +173,16 @@ cdef class ChunkIndex:
         finally:
             page.close()
 
+    def fetch_entries(self, *, prefix=None, marker=None, limit=1000, incident=0):
+        """Like :meth:`fetch` with ``entries``, the entries made lazily: an iterator of
+        :class:`Entries` (each entry is made as it is asked for, so it dies young)."""
+        cdef _Page page = _Page()
+        try:
+            page.collect(self.env, self.dbis, _CHUNK_CANONICAL, 2, prefix, marker, limit, incident)
+            return page.entries(), page.truncated, page.next_marker(False)
+        finally:
+            page.close()
+
     def fetch_arrays(self, *, prefix=None, marker=None, limit=1000, incident=0):
         """Like :meth:`fetch`, as one numpy structured array of CHUNK_DTYPE."""
         cdef _Page page = _Page()
@@ -205,7 +225,7 @@ def _clear_into(Transaction txn, ChunkIndex index, bint all, uint64_t cutoff, bi
     cdef MDB_val k
     cdef int rc = MDB_SUCCESS, i
     cdef uint8_t *buf = <uint8_t *>malloc(
-        _chunk_value_bound(C_MAX_CONTENT_ID, C_MAX_PATH, C_MAX_CHUNK_ID + C_MAX_CONTAINER_ID))
+        _chunk_value_bound(C_MAX_CONTENT_ID, C_MAX_PATH, C_MAX_CHUNK_ID + C_MAX_CONTAINER_ID) + STAMP_SIZE)
     if buf == NULL:
         raise MemoryError()
     try:
@@ -215,6 +235,9 @@ def _clear_into(Transaction txn, ChunkIndex index, bint all, uint64_t cutoff, bi
                 if rc == MDB_SUCCESS:
                     removed += <Py_ssize_t>st.ms_entries
                     rc = mdb_drop(txn._txn, index.dbis[i], 0)
+                if rc == MDB_SUCCESS and index.stamps.clock:
+                    # A replica cleared to be copied again keeps no tombstone (the clock stays).
+                    rc = mdb_drop(txn._txn, index.stamps.tombs[i], 0)
             else:
                 rc = mdb_cursor_open(txn._txn, index.dbis[i], &cur)
                 if rc == MDB_SUCCESS:
@@ -267,6 +290,10 @@ cdef int _clear_walk(MDB_cursor *cur, uint64_t cutoff, bint repair, Py_ssize_t *
             nv.mv_data = buf
             nv.mv_size = <size_t>(_write_chunk_value(buf, cp, cn, <int64_t>cv.mtime, cv.path, cv.path_n,
                                                      cv.version, cv.tail, cv.tail_n) - buf)
+            if (<const uint8_t *>v.mv_data)[0] & V_STAMPED:  # the stamp of its write stays
+                buf[0] |= V_STAMPED
+                _put_stamp(buf + nv.mv_size, _value_stamp(<const uint8_t *>v.mv_data, v.mv_size))
+                nv.mv_size += STAMP_SIZE
             rc = mdb_cursor_put(cur, &k, &nv, MDB_CURRENT)
             if rc != MDB_SUCCESS:
                 return rc
@@ -286,32 +313,34 @@ cdef class Meta2Index:
 
     cdef readonly Environment env
     cdef MDB_dbi dbis[1]
+    cdef readonly Stamps stamps
 
     def __init__(self, Environment env):
         self.env = env
         self.dbis[0] = env.dbi("meta2")
+        self.stamps = open_stamps(env, self.dbis, META2_TOMB_DATABASES, CLOCK_DATABASE, True)
 
     def put_batch(self, records):
         """Write records (dicts with container_url, container_id, optional mtime and
         extra_data) in one transaction, all or nothing. Returns how many."""
-        return apply_batch(self.env, self.dbis, encode_meta2(records), True)
+        return self.stamps.apply(encode_meta2(records))
 
     def delete_batch(self, container_urls):
         """Delete the records of ``container_urls`` (or of records with container_id and
         container_url) in one transaction; returns how many existed."""
-        return apply_batch(self.env, self.dbis, encode_meta2(container_urls, key_only=True), True)
+        return self.stamps.apply(encode_meta2(container_urls, key_only=True))
 
     def apply(self, Batch batch):
         """Write a batch of :func:`encode_meta2` in one transaction (delete its
         urls for a ``key_only`` batch); returns how many records were written
         (or existed)."""
-        return apply_batch(self.env, self.dbis, batch, True)
+        return self.stamps.apply(batch)
 
     def apply_group(self, list batches):
         """Write several batches in one transaction, in their order (the group
         commit of the server: one commit for many requests), all or nothing;
         returns how many records each wrote (or existed)."""
-        return apply_batches(self.env, self.dbis, batches, True)
+        return self.stamps.apply_group(batches)
 
     def fetch(self, *, prefix=None, marker=None, limit=1000, Transaction txn=None):
         """One page of records in url order: ``(records, truncated, next_marker)``,
@@ -333,33 +362,3 @@ cdef class Meta2Index:
         if not prefix:
             return self.env.stat("meta2")["entries"]
         return count_prefix(self.env, self.dbis[0], prefix)
-
-
-# ===========================================================================
-# OpenIO's entries, made as the caller iterates
-# ===========================================================================
-
-@cython.final
-cdef class Entries:
-    """Iterate a fetched page as OpenIO's ``(container_id, chunk_id, value)`` entries.
-
-    Each entry is built only when the caller asks for it, so it dies young: a
-    page of 1,000 value dicts built at once keeps the garbage collector busy
-    (a full listing of a large volume ran several times slower that way).
-    """
-    cdef list records
-    cdef Py_ssize_t i
-
-    def __cinit__(self, list records):
-        self.records = records
-        self.i = 0
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self.i >= len(self.records):
-            raise StopIteration
-        rec = <tuple>self.records[self.i]
-        self.i += 1
-        return (rec[0], rec[2], {"content_id": rec[1], "mtime": rec[3], "path": rec[4], "version": rec[5]})

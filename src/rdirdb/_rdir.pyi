@@ -6,10 +6,15 @@ from typing import Any, Iterable, Mapping, Sequence, final
 import numpy as np
 
 from rdirdb._lmdb import Environment, Transaction
+from rdirdb._repair import Stamps
 
 # Named databases of a rawx volume's environment and of a meta2 volume's.
 CHUNK_DATABASES: tuple[str, ...]
 META2_DATABASES: tuple[str, ...]
+# Their tombstones, and the volume's last write stamp.
+CHUNK_TOMB_DATABASES: tuple[str, ...]
+META2_TOMB_DATABASES: tuple[str, ...]
+CLOCK_DATABASE: str
 
 # Limits on ids, in UTF-8 bytes (the reference server's buffer sizes).
 MAX_CONTAINER_ID: int
@@ -43,6 +48,7 @@ from rdirdb._encode import encode_meta2 as encode_meta2
 from rdirdb._encode import order_key as order_key
 from rdirdb._scan import CHUNK_DTYPE as CHUNK_DTYPE
 from rdirdb._scan import CHUNK_DTYPE_FIELDS as CHUNK_DTYPE_FIELDS
+from rdirdb._scan import Entries as Entries
 from rdirdb._scan import chunk_array as chunk_array
 from rdirdb._scan import decode_chunk_key as decode_chunk_key
 from rdirdb._scan import decode_chunk_value as decode_chunk_value
@@ -53,6 +59,7 @@ class ChunkIndex:
     """The chunk records of one rawx volume, stored in ``env``."""
 
     env: Environment
+    stamps: Stamps
     def __init__(self, env: Environment) -> None: ...
     def put_batch(self, records: _ChunkInput) -> int:
         """Validate and write every record in one transaction (all or nothing)."""
@@ -75,6 +82,15 @@ class ChunkIndex:
         txn: Transaction | None = None,
     ) -> tuple[list[Any], bool, str | None]:
         """One page: (records, truncated, next marker); as of ``txn`` when given."""
+    def fetch_entries(
+        self,
+        *,
+        prefix: str | None = None,
+        marker: str | None = None,
+        limit: int = 1000,
+        incident: int = 0,
+    ) -> tuple[Entries, bool, str | None]:
+        """Like fetch with ``entries``, each entry made as it is asked for."""
     def fetch_arrays(
         self,
         *,
@@ -106,6 +122,7 @@ class Meta2Index:
     """The container records of one meta2 volume, stored in ``env``."""
 
     env: Environment
+    stamps: Stamps
     def __init__(self, env: Environment) -> None: ...
     def put_batch(self, records: Iterable[Mapping[str, Any]]) -> int: ...
     def delete_batch(self, container_urls: Iterable[str] | Iterable[Mapping[str, Any]]) -> int: ...
@@ -123,11 +140,3 @@ class Meta2Index:
     ) -> tuple[list[_Meta2Record], bool, str | None]:
         """One page: (records, truncated, next marker)."""
     def count(self, prefix: str | None = None) -> int: ...
-
-@final
-class Entries:
-    """A fetched page as OpenIO's ``(container_id, chunk_id, value)`` entries, made lazily."""
-
-    def __new__(cls, records: list[_ChunkRecord]) -> Entries: ...
-    def __iter__(self) -> Entries: ...
-    def __next__(self) -> tuple[str, str, dict[str, Any]]: ...

@@ -20,12 +20,14 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from typing import Any, Iterator
 from urllib.parse import quote, unquote
 
 from rdirdb._batch import Batch
 from rdirdb._lmdb import Environment, Transaction
 from rdirdb._rdir import CHUNK_DATABASES, META2_DATABASES, ChunkIndex, Meta2Index, encode_chunks, encode_meta2
+from rdirdb._repair import STAMP_BITS_COUNTER, Stamps
 from rdirdb.errors import BadRequest, ClosedError, Forbidden, LmdbFileNotFoundError, NotFound, caller_error
 
 SERVICE_TYPES = ("rawx", "meta2")
@@ -37,6 +39,26 @@ ADMIN_DB = "admin"
 LOCK_KEY = "lock"
 INCIDENT_KEY = "incident_date"
 CLEAR_LOCK_OWNER = "admin_clear"
+
+# How long a delete's tombstone is kept (docs/reliability.md, "Replicas that converge"): a
+# replica down longer than this must be cleared and copied, not repaired.
+TOMBSTONE_RETENTION = 10 * 86400  # seconds
+
+
+def stamp_at(seconds: float) -> int:
+    """The first write stamp of the moment ``seconds`` (since the epoch): stamps are
+    milliseconds << STAMP_BITS_COUNTER, plus a counter (a hybrid logical clock)."""
+    return max(0, int(seconds * 1000)) << STAMP_BITS_COUNTER
+
+
+def stamp_time(stamp: int) -> float:
+    """The wall-clock time (seconds since the epoch) of a write stamp."""
+    return (stamp >> STAMP_BITS_COUNTER) / 1000
+
+
+def retention_cutoff(retention: float, now: float | None = None) -> int:
+    """The stamp below which tombstones have outlived ``retention`` seconds."""
+    return stamp_at((time.time() if now is None else now) - retention)
 
 
 def volume_file_name(volume_id: str) -> str:
@@ -90,6 +112,13 @@ class Volume:
             self.chunks = self.index = ChunkIndex(env)
         else:
             self.meta2 = self.index = Meta2Index(env)
+        self.stamps: Stamps = self.index.stamps
+
+    def purge_tombstones(self, retention: float, now: float | None = None) -> int:
+        """Remove the tombstones older than ``retention`` seconds; returns how many."""
+        if self.env.readonly:
+            return 0
+        return self.stamps.purge(retention_cutoff(retention, now))
 
     def snapshot(self) -> Transaction:
         """A read transaction: the volume as of now, for as long as it stays open.
@@ -223,6 +252,8 @@ class Store:
     ``sync=False`` trades durability on power loss for speed: a commit still
     survives the death of the process. ``writemap`` opens the volumes with
     MDB_WRITEMAP; by default, when ``sync`` is off (:func:`default_writemap`).
+    Deletes leave tombstones for ``tombstone_retention`` seconds (10 days), purged
+    when a volume opens and by :meth:`purge_tombstones`.
     """
 
     def __init__(
@@ -233,7 +264,11 @@ class Store:
         sync: bool = True,
         readonly: bool = False,
         writemap: bool | None = None,
+        tombstone_retention: float = TOMBSTONE_RETENTION,
     ) -> None:
+        if not tombstone_retention > 0:
+            raise BadRequest(f"tombstone_retention must be positive, not {tombstone_retention!r}")
+        self.tombstone_retention = tombstone_retention
         self.path = os.fspath(path)
         self.map_size = map_size
         self.sync = sync
@@ -319,8 +354,13 @@ class Store:
                 # Read-only, while its creator has not yet made its databases.
                 raise NotFound(f"DB not found: {service_type} volume {volume_id!r}") from None
             vol = Volume(volume_id, service_type, env)
+            vol.purge_tombstones(self.tombstone_retention)
             self._volumes[key] = vol
             return vol
+
+    def purge_tombstones(self) -> int:
+        """Purge the expired tombstones of every open volume; returns how many."""
+        return sum(vol.purge_tombstones(self.tombstone_retention) for vol in self)
 
     def volumes(self, service_type: str = "rawx") -> list[str]:
         """The ids of the volumes stored on disk, sorted."""

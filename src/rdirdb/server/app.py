@@ -22,6 +22,7 @@ from rdirdb.rdir.backend import DEFAULT_LIMIT as DEFAULT_LIMIT  # the server's s
 from rdirdb.rdir.backend import MAX_LIMIT as MAX_LIMIT
 from rdirdb.rdir.backend import listing_limit, parse_bool
 from rdirdb.rdir.store import Store, Volume, volume_file_name
+from rdirdb.server.repair import Handler, repair_routes
 from rdirdb.server.commit import GroupCommit, Result
 
 log = logging.getLogger("rdirdb.server")
@@ -230,6 +231,10 @@ def meta2_volume_name(volume_id: str) -> str:
     return volume_id.replace(":", "-", 1)
 
 
+def _json_route(handler: Handler, req: Request) -> Response:
+    return json_response(handler(req.query, req.body))
+
+
 # -- the application ------------------------------------------------------------
 
 
@@ -289,6 +294,9 @@ class RdirApp:
             "/v1/rdir/meta2/delete": {post: self.meta2_delete},
             "/v1/rdir/meta2/fetch": {get: self.meta2_fetch, post: self.meta2_fetch},
         }
+        # rdirdb's own routes (anti-entropy repair), next to OpenIO's.
+        for path, handler in repair_routes(store, self._open).items():
+            self.routes[path] = {post: functools.partial(_json_route, handler)}
         # The writes that go to the committer (answered by a Deferred), in their order.
         self.grouped: frozenset[tuple[str, str]] = frozenset(() if committer is None else (
             (post, "/v1/rdir/push"), (delete, "/v1/rdir/delete"),

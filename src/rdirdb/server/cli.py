@@ -8,6 +8,7 @@ import math
 import os
 from typing import Callable, Sequence
 
+from rdirdb.rdir.store import TOMBSTONE_RETENTION
 from rdirdb.tools.common import count
 
 CPUS = os.cpu_count() or 1
@@ -94,6 +95,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--heartbeat", type=_seconds(), default=5.0, help="seconds between registry refreshes (default %(default)s)"
     )
     parser.add_argument(
+        "--repair-interval", type=_seconds(), default=None, metavar="SECONDS",
+        help="repair the volumes held here with their other replicas (from --registry) every SECONDS, "
+        "and purge expired tombstones (default: never; docs/reliability.md)",
+    )
+    parser.add_argument(
+        "--tombstone-retention", type=_seconds(), default=TOMBSTONE_RETENTION, metavar="SECONDS",
+        help="how long a delete's tombstone is kept for repair (default 10 days: a replica down "
+        "longer must be cleared and copied)",
+    )
+    parser.add_argument(
         "--log-level", default="INFO", type=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR"),
         help="DEBUG logs every request (default %(default)s)",
     )
@@ -132,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
         registry=args.registry,
         location=args.location,
         heartbeat=args.heartbeat,
+        repair_interval=args.repair_interval,
+        tombstone_retention=args.tombstone_retention,
     )
     return serve(settings)
 

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator
 from rdirdb.server.app import DEFAULT_LIMIT, MAX_LIMIT, RdirApp
 from rdirdb.server.commit import GroupCommit
 from rdirdb.server.http import MAX_HEAD, MAX_URL, HttpProtocol, ServerState
-from rdirdb.rdir.store import Store, volume_file_name
+from rdirdb.rdir.store import TOMBSTONE_RETENTION, Store, volume_file_name
 
 log = logging.getLogger("rdirdb.server")
 
@@ -70,6 +70,8 @@ class Settings:
     registry: str | None = None  # URL of the service registry to register in
     location: str = ""  # dc.rack.host.disk, for the dispatcher's distance rules
     heartbeat: float = 5.0
+    repair_interval: float | None = None  # seconds between periodic repairs (rdirdb.server.repairer)
+    tombstone_retention: float = TOMBSTONE_RETENTION  # seconds a delete's tombstone is kept
 
     def config(self) -> dict[str, object]:
         """The /config document (there is no central configuration)."""
@@ -79,6 +81,8 @@ class Settings:
             "rdir.listing.default_limit": DEFAULT_LIMIT,
             "rdir.listing.max_limit": MAX_LIMIT,
             "rdir.fsync": self.fsync,
+            "rdir.tombstone_retention": self.tombstone_retention,
+            "rdir.repair_interval": self.repair_interval,
             "server.workers": self.workers,
             "server.max_body_size": self.max_body,
             "server.max_url_size": MAX_URL,
@@ -253,7 +257,8 @@ async def _serve(sock: socket.socket, settings: Settings, opened: OpenedVolumes,
         loop.add_signal_handler(sig, stop.set)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # one sent since the fork arrives now
     orphan_watch = loop.create_task(_stop_when_orphaned(stop, opened, master))
-    store = Store(settings.db_path, sync=settings.fsync, writemap=settings.writemap)
+    store = Store(settings.db_path, sync=settings.fsync, writemap=settings.writemap,
+                  tombstone_retention=settings.tombstone_retention)
     # Synced commits wait for the disk: off the event loop, which meanwhile
     # gathers the next group. Unsynced ones are short: small groups on the loop.
     committer = GroupCommit(inline_below=0 if settings.fsync else INLINE_BELOW)
@@ -386,6 +391,25 @@ def _start_heartbeat(
     return _fork(heartbeat)
 
 
+def _start_repairer(settings: Settings, addr: str, served: tuple[socket.socket, int]) -> int | None:
+    """Fork the periodic repair (``--repair-interval``), if asked for."""
+    if not settings.repair_interval:
+        return None
+    from rdirdb.server.repairer import run_repairer
+
+    master = os.getpid()
+    interval = settings.repair_interval
+
+    def repairer() -> int:
+        sock, claim = served
+        sock.close()
+        os.close(claim)
+        return run_repairer(settings.db_path, settings.fsync, settings.tombstone_retention, settings.registry,
+                            addr, interval, master, STOP_SIGNALS)
+
+    return _fork(repairer)
+
+
 def serve(settings: Settings) -> int:
     """Run the server until SIGTERM/SIGINT; returns the exit code."""
     try:
@@ -429,7 +453,7 @@ def serve(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     code = 0
-    heartbeat = None
+    heartbeat = repairer = None
     try:
         for _ in range(settings.workers):
             if stopping:  # a SIGTERM during the start: fork no more
@@ -441,6 +465,7 @@ def serve(settings: Settings) -> int:
         )
         with _stop_signals_blocked():
             heartbeat = _start_heartbeat(settings, identity, f"{host}:{port}", opened, (sock, claim))
+            repairer = _start_repairer(settings, f"{host}:{port}", (sock, claim))
         sys.stdout.flush()
         while children:
             try:
@@ -461,6 +486,12 @@ def serve(settings: Settings) -> int:
                 continue
             start_worker()
     finally:
+        if repairer is not None:
+            try:
+                os.kill(repairer, signal.SIGTERM)
+                os.waitpid(repairer, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
         if heartbeat is not None:  # it deregisters the server, then exits
             try:
                 os.kill(heartbeat, signal.SIGTERM)

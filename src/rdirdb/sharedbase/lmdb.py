@@ -6,7 +6,8 @@ cannot hand a shard out twice, and the writer's fence holds until commit.
 
 Named databases:
 
-* ``shards``: shard id (8 bytes, big-endian) -> JSON record;
+* ``shards``: shard id (8 bytes, big-endian) -> JSON record, its fence fields
+  (state, locker) first;
 * ``names``: shard name -> shard id;
 * ``sigs``: obj_id (32 bytes) -> shard id (8 bytes) + state byte;
 * ``deleted``: obj_id -> shard id, the tombstones (winery's partial index);
@@ -38,8 +39,7 @@ from rdirdb.sharedbase.states import ShardState
 
 DATABASES = ("meta", "shards", "names", "sigs", "deleted", "counts")
 
-# The state byte of a ``sigs`` value (_shardmap.pyx reads SIG_PRESENT).
-SIG_INFLIGHT, SIG_PRESENT, SIG_DELETED = 0, 1, 2
+SIG_PRESENT, SIG_DELETED = _shardmap.SIG_PRESENT, _shardmap.SIG_DELETED  # a ``sigs`` value's state byte
 
 T = TypeVar("T")
 
@@ -175,13 +175,11 @@ class LmdbBackend:
 
     @staticmethod
     def _put_row(txn: Transaction, row: ShardRow) -> None:
-        record = {
-            "name": row.name, "state": row.state.value,
-            "locker": row.locker.hex if row.locker else None,
-            "ts": row.locker_ts.timestamp() if row.locker_ts else None,
+        rest = {
+            "name": row.name, "ts": row.locker_ts.timestamp() if row.locker_ts else None,
             "pool": row.pool_name, "mapped": row.mapped_on_hosts,
         }
-        txn.put(_id_key(row.id), json.dumps(record).encode(), db="shards")
+        txn.put(_id_key(row.id), _fence(row.state, row.locker) + b", " + json.dumps(rest)[1:].encode(), db="shards")
 
     def _row_by_id(self, txn: Transaction, shard_id: int) -> Optional[ShardRow]:
         raw = txn.get(_id_key(shard_id), db="shards")
@@ -313,28 +311,16 @@ class LmdbBackend:
 
     def record(self, db: Transaction, shard_id: int, locker: uuid.UUID,
                ids: list[bytes]) -> Optional[dict[bytes, int]]:
-        def record(txn: Transaction) -> Optional[dict[bytes, int]]:
-            row = self._row_by_id(txn, shard_id)
-            if row is None or row.state not in _WRITABLE or row.locker != locker:
-                return None  # the fence: no longer ours
-            owners, added = {}, 0
-            ours = _SIG.pack(shard_id, SIG_PRESENT)
-            for obj_id in ids:
-                raw = txn.get(obj_id, db="sigs")
-                if raw is None:
-                    added += 1
-                elif raw[8] == SIG_DELETED:  # re-add: the row moves to our shard
-                    txn.delete(obj_id, db="deleted")
-                    added += 1
-                else:
-                    owners[obj_id] = _SIG.unpack(raw)[0]
-                    continue
-                txn.put(obj_id, ours, db="sigs")
-                owners[obj_id] = shard_id
-            if added:
-                self._add_count(txn, shard_id, added)
-            return owners
-        return self._run_write(record, db)
+        # One native loop without the GIL, in the transaction that checks the
+        # fence: the shard's row starts as it does while ``locker`` holds it writable.
+        fences = tuple(_fence(state, locker) for state in _WRITABLE)
+        batch = b"".join(ids)
+        owners = self._run_write(lambda txn: _shardmap.record_new(txn, shard_id, fences, batch), db)
+        if owners is None:
+            return None
+        if (owners == shard_id).all():  # the usual batch: all ours
+            return dict.fromkeys(ids, shard_id)
+        return dict(zip(ids, owners.tolist()))
 
     def contains(self, obj_id: bytes) -> Optional[int]:
         return _shardmap.lookup_one(self.env, "sigs", obj_id)
@@ -397,7 +383,20 @@ class LmdbBackend:
         self._run_write(clean)
 
 
-_WRITABLE = frozenset({ShardState.WRITING, ShardState.IMPORTING})
+_WRITABLE = (ShardState.WRITING, ShardState.IMPORTING)
+
+
+def _fence(state: ShardState, locker: Optional[uuid.UUID]) -> bytes:
+    """The first bytes of a shard's JSON row: the fields of the writers' fence.
+
+    A row written with ``locker`` in a writable state starts with the fence of
+    that state and locker, and no other row does (the locker's hex is followed
+    by its closing quote). Rows written before the fence came first in their
+    row have the name first: none of them is held by a live writer, since
+    lockers are new for each process.
+    """
+    return b'{"state": %s, "locker": %s' % (
+        json.dumps(state.value).encode(), json.dumps(locker.hex if locker else None).encode())
 
 
 def _now() -> datetime:

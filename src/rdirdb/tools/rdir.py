@@ -9,7 +9,9 @@ reassign|copy`` (reference §8), on the registry given by ``--registry``:
   or with their status (``--check``, exit code 1 unless every one is OK);
 * ``reassign TYPE RDIR_ID`` moves every volume of an rdir service to others
   and copies each volume's index there (unless ``--no-copy``);
-* ``copy TYPE VOLUME --dest HOST`` copies a volume's index between servers.
+* ``copy TYPE VOLUME --dest HOST`` copies a volume's index between servers;
+* ``repair VOLUME`` makes a volume's replicas converge (anti-entropy repair,
+  ``rdirdb.rdir.repair``; ``--dry-run`` reports the differences).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from rdirdb.rdir.dispatcher import STATUS_OK, UNASSIGNED, RdirDispatcher
 from rdirdb.errors import RdirdbError
 from rdirdb.progress import Progress
 from rdirdb.rdir.registry import Registry, open_registry
+from rdirdb.rdir.repair import describe_key, repair_hosts
+from rdirdb.rdir.store import TOMBSTONE_RETENTION
 from rdirdb.tools.common import (
     CommandError,
     Main,
@@ -79,6 +83,19 @@ def add_parser(subparsers: Subparsers) -> None:
                      help="destination rdir servers: host:port or rdir service ids")
     sub.add_argument("--source", type=host_list, metavar="HOST[,HOST]",
                      help="source rdir servers (default: the volume's rdir services)")
+
+    sub = add_command(commands, "repair", _repair_main,
+                      "make a volume's replicas converge: compare range digests, move what differs, "
+                      "newest write wins")
+    sub.add_argument("volume", metavar="VOLUME", help="the volume id")
+    sub.add_argument("--type", choices=VOLUME_TYPES, default="rawx", help="the volume's type (default rawx)")
+    where = sub.add_mutually_exclusive_group(required=True)
+    where.add_argument("--registry", metavar="URL", help="the service registry: the volume's rdir services")
+    where.add_argument("--hosts", type=host_list, metavar="HOST[,HOST]", help="the replicas' rdir servers")
+    sub.add_argument("--dry-run", action="store_true", help="compare and report the differences, move nothing")
+    sub.add_argument("--retention", type=float, default=TOMBSTONE_RETENTION, metavar="SECONDS",
+                     help="the servers' tombstone retention (default 10 days)")
+    sub.add_argument("--show", type=int, default=20, metavar="N", help="differences listed (default 20)")
 
 
 def _command(commands: Subparsers, name: str, main: Main, help: str) -> argparse.ArgumentParser:
@@ -272,4 +289,40 @@ def _copy_main(args: argparse.Namespace) -> int:
     else:
         print_table(("TYPE", "VOLUME", "SOURCES", "DESTS", "RECORDS"),
                     [(args.type, args.volume, ",".join(sources), ",".join(dests), copied)])
+    return 0
+
+
+def _repair_main(args: argparse.Namespace) -> int:
+    if args.hosts:
+        hosts = [check_address(h) for h in args.hosts]
+    else:
+        with open_registry(args.registry) as registry:
+            hosts = [service.addr for service in registry.rdir_services(args.volume)]
+    if len(hosts) < 2:
+        raise CommandError(f"volume {args.volume!r} has {len(hosts)} replica(s): repair needs two or more")
+    with Progress(None, "dry run" if args.dry_run else "repairing", unit="ranges") as bar:
+        def progress(done: int, known: int) -> None:
+            bar.total = known
+            bar.update(done - bar.done)
+
+        report = repair_hosts(args.volume, hosts, args.type, dry_run=args.dry_run, retention=args.retention,
+                              progress=progress)
+    shown = [
+        {"key": describe_key(d.key, args.type), "newest": "deleted" if d.deleted else "record",
+         "replicas": d.replicas}
+        for d in report.differences[: max(0, args.show)]
+    ]
+    if args.json:
+        print_json({"type": args.type, "volume": args.volume, **report.as_dict(), "shown": shown})
+        return 0
+    print_table(("TYPE", "VOLUME", "REPLICAS", "RANGES", "DIFFERING KEYS", "LISTED", "SENT", "APPLIED"),
+                [(args.type, args.volume, len(hosts), report.ranges_compared, len(report.differences),
+                  report.records_listed, report.records_sent, report.records_applied)])
+    if shown:
+        print(f"\n{'would get' if args.dry_run else 'got'} the newest version "
+              f"({len(shown)} of {len(report.differences)}):")
+        print_table(("KEY", "NEWEST", "REPLICAS"), [(d["key"], d["newest"], ",".join(d["replicas"])) for d in shown])
+    for key, values in report.admin_differences.items():
+        print(f"\nadmin key {key!r} differs (not repaired): "
+              + ", ".join(f"{host}={value if value is not None else '-'}" for host, value in values.items()))
     return 0
