@@ -68,8 +68,6 @@ class GroupCommit:
         self._scheduled = False
         self._running: asyncio.Future[list[list[Result]]] | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self.commits = 0  # transactions of more than one request, and requests in them
-        self.grouped = 0
 
     def submit(self, volume: Volume, batch: Batch, done: Done) -> None:
         """Write ``batch`` with the next group; ``done(result)`` is called on the
@@ -89,10 +87,6 @@ class GroupCommit:
         groups = [(volume, batches, dones) for volume, (batches, dones) in self._pending.items()]
         self._pending = {}
         self._waiting = 0
-        for _, batches, _ in groups:
-            if len(batches) > 1:
-                self.commits += 1
-                self.grouped += len(batches)
         return groups
 
     def _flush(self) -> None:
