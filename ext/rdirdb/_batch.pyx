@@ -292,11 +292,12 @@ def _write_all_into(Transaction txn, list batches):
 
 
 cdef list apply_batches(Environment env, const MDB_dbi *dbis, list batches, bint meta2,
-                        const MDB_dbi *tombs=NULL, MDB_dbi clock=0):
+                        const MDB_dbi *tombs=NULL, MDB_dbi clock=0, bint sync_meta=True):
     """Write several batches in one write transaction, in their order (a later
     batch's record or delete wins over an earlier one's), all or nothing;
-    returns how many records each wrote (or found, for deletes)."""
+    returns how many records each wrote (or found, for deletes). ``sync_meta``:
+    see :meth:`Environment.write`."""
     cdef Batch batch
     for batch in batches:
         _bind(batch, dbis, meta2, tombs, clock)
-    return env.write(_write_all_into, batches)
+    return env.write(_write_all_into, batches, sync_meta=sync_meta)

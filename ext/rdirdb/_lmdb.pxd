@@ -36,6 +36,7 @@ cdef class Transaction:
     cdef MDB_txn *_txn
     cdef readonly Environment env
     cdef readonly bint write
+    cdef bint _sync_meta
     cdef object _children
     cdef object __weakref__
 

@@ -415,14 +415,21 @@ cdef class Environment:
 
     # -- Python API -----------------------------------------------------------
 
-    def write(self, fn, *args):
+    def write(self, fn, *args, bint sync_meta=True):
         """``fn(txn, *args)`` in a write transaction, committed when it returns;
         returns its result. A write that finds the map full is run again in a
-        new transaction once the map has grown (see :func:`replay`)."""
-        return replay(self._write_once, fn, args)
+        new transaction once the map has grown (see :func:`replay`).
 
-    def _write_once(self, fn, args):
+        ``sync_meta=False`` (a durable environment) leaves the commit's meta page
+        unflushed: the commit is on disk once a later commit flushed its data
+        pages, or :meth:`sync` ran (the server's group commit: one flush per
+        commit under load, see rdirdb/server/commit.py)."""
+        return replay(self._write_once, fn, args, sync_meta)
+
+    def _write_once(self, fn, args, bint sync_meta):
+        cdef Transaction txn
         with self.begin(write=True) as txn:
+            txn._sync_meta = sync_meta
             return fn(txn, *args)
 
     def begin(self, *, bint write=False):
@@ -432,6 +439,7 @@ cdef class Environment:
         self.begin_raw(&txn._txn, write)
         txn.env = self
         txn.write = write
+        txn._sync_meta = write
         self._children.add(txn)
         return txn
 
@@ -569,7 +577,7 @@ cdef class Transaction:
         cdef MDB_txn *txn = self._txn
         self._txn = NULL
         self.env._children.discard(self)
-        self.env.end_raw(txn, commit, self.write)
+        self.env.end_raw(txn, commit, self._sync_meta)
         return 0
 
     cdef int fail(self, int rc, const char *what) except -1:

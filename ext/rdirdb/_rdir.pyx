@@ -118,11 +118,12 @@ cdef class ChunkIndex:
         (or existed)."""
         return self.stamps.apply(batch)
 
-    def apply_group(self, list batches):
+    def apply_group(self, list batches, *, bint sync_meta=True):
         """Write several batches in one transaction, in their order (the group
         commit of the server: one commit for many requests), all or nothing;
-        returns how many records each wrote (or existed)."""
-        return self.stamps.apply_group(batches)
+        returns how many records each wrote (or existed). ``sync_meta``: see
+        :meth:`Environment.write`."""
+        return self.stamps.apply_group(batches, sync_meta)
 
     # -- reads ----------------------------------------------------------------
 
@@ -336,11 +337,12 @@ cdef class Meta2Index:
         (or existed)."""
         return self.stamps.apply(batch)
 
-    def apply_group(self, list batches):
+    def apply_group(self, list batches, *, bint sync_meta=True):
         """Write several batches in one transaction, in their order (the group
         commit of the server: one commit for many requests), all or nothing;
-        returns how many records each wrote (or existed)."""
-        return self.stamps.apply_group(batches)
+        returns how many records each wrote (or existed). ``sync_meta``: see
+        :meth:`Environment.write`."""
+        return self.stamps.apply_group(batches, sync_meta)
 
     def fetch(self, *, prefix=None, marker=None, limit=1000, Transaction txn=None):
         """One page of records in url order: ``(records, truncated, next_marker)``,

@@ -301,9 +301,9 @@ cdef class Stamps:
         return apply_batch(self.env, self.dbis, batch, self.meta2, self.tombs if self.clock else NULL,
                            self.clock)
 
-    cdef list apply_group(self, list batches):
+    cdef list apply_group(self, list batches, bint sync_meta=True):
         return apply_batches(self.env, self.dbis, batches, self.meta2,
-                             self.tombs if self.clock else NULL, self.clock)
+                             self.tombs if self.clock else NULL, self.clock, sync_meta)
 
     def last_stamp(self):
         """The volume's last write stamp (0: none yet)."""

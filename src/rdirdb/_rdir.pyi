@@ -67,7 +67,7 @@ class ChunkIndex:
         """Delete every key in one transaction; returns how many existed."""
     def apply(self, batch: Batch) -> int:
         """Write a batch of encode_chunks (delete its keys if ``key_only``) in one transaction."""
-    def apply_group(self, batches: list[Batch]) -> list[int]:
+    def apply_group(self, batches: list[Batch], *, sync_meta: bool = True) -> list[int]:
         """Write several batches in one transaction, in order, all or nothing; each one's count."""
     def get(self, container_id: str, chunk_id: str) -> _ChunkRecord | None: ...
     def fetch(
@@ -128,7 +128,7 @@ class Meta2Index:
     def delete_batch(self, container_urls: Iterable[str] | Iterable[Mapping[str, Any]]) -> int: ...
     def apply(self, batch: Batch) -> int:
         """Write a batch of encode_meta2 (delete its urls if ``key_only``) in one transaction."""
-    def apply_group(self, batches: list[Batch]) -> list[int]:
+    def apply_group(self, batches: list[Batch], *, sync_meta: bool = True) -> list[int]:
         """Write several batches in one transaction, in order, all or nothing; each one's count."""
     def fetch(
         self,

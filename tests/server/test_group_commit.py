@@ -102,11 +102,11 @@ class _FailingIndex:
         self.bad = bad
         self.groups = 0
 
-    def apply_group(self, batches: list[Any]) -> list[int]:
+    def apply_group(self, batches: list[Any], *, sync_meta: bool = True) -> list[int]:
         self.groups += 1
         if any(batch in self.bad for batch in batches):
             raise OSError(5, "Input/output error")
-        return self.index.apply_group(batches)
+        return self.index.apply_group(batches, sync_meta=sync_meta)
 
     def apply(self, batch: Any) -> int:
         if batch in self.bad:
@@ -114,9 +114,10 @@ class _FailingIndex:
         return self.index.apply(batch)
 
 
-@pytest.mark.parametrize("inline_below", [0, 5], ids=["threaded", "on-the-loop"])
-def test_a_failed_group_is_written_again_one_request_at_a_time(tmp_path, inline_below, caplog):
-    store = Store(tmp_path, sync=False)
+@pytest.mark.parametrize(("inline_below", "defer_meta"), [(0, False), (5, False), (0, True)],
+                         ids=["threaded", "on-the-loop", "durable"])
+def test_a_failed_group_is_written_again_one_request_at_a_time(tmp_path, inline_below, defer_meta, caplog):
+    store = Store(tmp_path, sync=defer_meta)
     volume = store.volume("v", create=True)
     records = [chunk_record() for _ in range(4)]
     batches = {}
@@ -130,7 +131,7 @@ def test_a_failed_group_is_written_again_one_request_at_a_time(tmp_path, inline_
     store.prepare_write = prepare  # type: ignore[method-assign]
 
     async def run() -> list[Response]:
-        app = RdirApp(store, committer=GroupCommit(inline_below=inline_below))
+        app = RdirApp(store, committer=GroupCommit(inline_below=inline_below, defer_meta=defer_meta))
         deferred = [app.handle("POST", "/v1/rdir/push", "vol=v", json.dumps(rec).encode()) for rec in records]
         assert all(isinstance(d, Deferred) and d.response is None for d in deferred)
         volume.index = failing = _FailingIndex(volume.index, [batches[1]])
@@ -207,3 +208,43 @@ def test_acknowledged_writes_survive_a_sigkill_of_every_process(start_server):
     items = again.request("GET", "/v1/rdir/fetch", {"vol": vol, "max": 100000}).json
     stored = {item[0] for item in items}
     assert [r for r in acked if fetch_item(r)[0] not in stored] == []
+
+
+class _SyncCounter:
+    """A volume's environment that counts its syncs."""
+
+    def __init__(self, env: Environment) -> None:
+        self.env = env
+        self.syncs = 0
+
+    def info(self) -> dict[str, int]:
+        return self.env.info()
+
+    def sync(self) -> None:
+        self.syncs += 1
+        self.env.sync()
+
+
+def test_a_durable_group_is_on_disk_after_the_next_commit_or_a_sync(tmp_path):
+    from rdirdb.server.commit import _commit_deferred
+
+    with Store(tmp_path, sync=True) as store:
+        volume = store.volume("v", create=True)
+        volume.env = counter = _SyncCounter(volume.env)  # type: ignore[assignment]
+
+        def group(n: int) -> Any:
+            return volume, [store.prepare_write("v", "rawx", [chunk_record()])[1]
+                            for _ in range(n)], []
+
+        results, held, failed = _commit_deferred([group(3)], {})
+        assert results == [[1, 1, 1]] and failed == {} and counter.syncs == 0
+        assert held == {volume: counter.info()["last_txnid"]}
+        # the next group's commit flushed its data pages, and the meta page of the first
+        results, held, failed = _commit_deferred([group(2)], held)
+        assert results == [[1, 1]] and failed == {} and counter.syncs == 0
+        # nothing committed after the second group: its meta page needs a sync
+        results, held, failed = _commit_deferred([], held)
+        assert (results, held, failed) == ([], {}, {}) and counter.syncs == 1
+        volume.env = counter.env  # type: ignore[assignment]
+    with Store(tmp_path, sync=True) as store:
+        assert store.volume("v").chunks.count() == 5

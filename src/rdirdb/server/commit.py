@@ -13,6 +13,14 @@ PostgreSQL's and RocksDB's group commit. A group of fewer than ``inline_below``
 requests commits on the loop itself: a short unsynced commit costs less than
 the hand-over to a thread and back.
 
+With ``defer_meta`` (a durable store), a group's commit flushes its data pages
+but not its meta page (see ``Environment.write``): the next group's commit,
+which flushes its own data pages, puts that meta page on disk too, so under load
+each commit costs one flush instead of two. A group's requests are answered once
+the commit after it is done, or, when no request is waiting, once a sync
+flushed its meta page (as LMDB's MDB_NOMETASYNC, but no acknowledged write
+waits on a commit that may never come).
+
 A group is all or nothing, and so is each request in it: if the group's
 transaction fails (an engine or disk error: the input was checked before), it is
 aborted and each of its requests is written again in a transaction of its own,
@@ -24,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-from typing import Callable, Union
+from typing import Any, Callable, Union
 
 from rdirdb._batch import Batch
 from rdirdb.rdir.store import Volume
@@ -36,20 +44,22 @@ Done = Callable[[Result], None]
 Group = tuple[Volume, list[Batch], list[Done]]
 
 
-def _apply_alone(volume: Volume, batch: Batch) -> Result:
+def _apply_alone(volume: Volume, batch: Batch) -> Result:  # meta page synced
     try:
         return volume.index.apply(batch)
     except Exception as exc:
         return exc
 
 
-def commit_group(volume: Volume, batches: list[Batch]) -> list[Result]:
+def commit_group(volume: Volume, batches: list[Batch], *, sync_meta: bool = True) -> list[Result]:
     """Write ``batches`` to ``volume`` in one transaction; if it fails, each in
-    one of its own. The result of each batch, in order; never raises."""
-    if len(batches) == 1:
+    one of its own. The result of each batch, in order; never raises.
+    ``sync_meta=False``: the group's meta page is on disk only after a later
+    commit or ``env.sync()`` (see :meth:`Environment.write`)."""
+    if len(batches) == 1 and sync_meta:
         return [_apply_alone(volume, batches[0])]
     try:
-        return list(volume.index.apply_group(batches))
+        return list(volume.index.apply_group(batches, sync_meta=sync_meta))
     except Exception:  # the transaction was aborted: nothing of the group is written
         return [_apply_alone(volume, batch) for batch in batches]
 
@@ -58,15 +68,45 @@ def _commit_all(groups: list[Group]) -> list[list[Result]]:
     return [commit_group(volume, batches) for volume, batches, _ in groups]
 
 
+Held = dict[Volume, int]  # volume: its last txnid once its unsynced group committed
+Synced = dict[Volume, Exception]  # the volumes of Held whose sync failed
+
+
+def _commit_deferred(groups: list[Group], held: Held) -> tuple[list[list[Result]], Held, Synced]:
+    """Commit ``groups`` leaving their meta pages unflushed, then make sure the
+    commits of ``held`` are on disk: a later commit (of this worker or another
+    one of the server, all durable) flushed its data pages after their meta
+    page was written, or else a sync. Returns the results, the new held, and
+    the held volumes whose sync failed; never raises."""
+    results = [commit_group(volume, batches, sync_meta=False) for volume, batches, _ in groups]
+    failed: Synced = {}
+    for volume, txnid in held.items():
+        try:
+            if volume.env.info()["last_txnid"] <= txnid:
+                volume.env.sync()
+        except Exception as exc:
+            failed[volume] = exc
+    now: Held = {}
+    for volume, _, _ in groups:
+        try:
+            now[volume] = volume.env.info()["last_txnid"]
+        except Exception:  # the environment is unusable: its sync, next time, fails
+            now[volume] = -1
+    return results, now, failed
+
+
 class GroupCommit:
     """The write queue of one worker; ``submit`` from the event loop only."""
 
-    def __init__(self, *, inline_below: int = 0) -> None:
+    def __init__(self, *, inline_below: int = 0, defer_meta: bool = False) -> None:
         self.inline_below = inline_below
+        self.defer_meta = defer_meta  # a durable store: see the module's docstring
+        self._held: list[tuple[list[Group], list[list[Result]]]] = []  # committed, meta not yet on disk
+        self._held_txnids: Held = {}
         self._pending: dict[Volume, tuple[list[Batch], list[Done]]] = {}
         self._waiting = 0  # requests in _pending
         self._scheduled = False
-        self._running: asyncio.Future[list[list[Result]]] | None = None
+        self._running: asyncio.Future[Any] | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
     def submit(self, volume: Volume, batch: Batch, done: Done) -> None:
@@ -91,28 +131,47 @@ class GroupCommit:
 
     def _flush(self) -> None:
         self._scheduled = False
-        if self._running is not None or not self._pending:
+        if self._running is not None or not (self._pending or self._held):
+            return
+        if self.defer_meta:
+            groups = self._take()
+            held = self._held_txnids
+            running = self._run(_commit_deferred, groups, held)
+            running.add_done_callback(lambda future: self._committed_deferred(groups, future))
             return
         inline = self._waiting < self.inline_below
         groups = self._take()
         if inline:
             _deliver(groups, _commit_all(groups))
             return
+        self._run(_commit_all, groups).add_done_callback(lambda future: self._committed(groups, future))
+
+    def _run(self, fn: Callable[..., Any], *args: object) -> asyncio.Future[Any]:
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rdir-commit")
-        running = asyncio.get_running_loop().run_in_executor(self._executor, _commit_all, groups)
+        running = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
         self._running = running
-        running.add_done_callback(lambda future: self._committed(groups, future))
+        return running
 
     def _committed(self, groups: list[Group], future: asyncio.Future[list[list[Result]]]) -> None:
         self._running = None
         _deliver(groups, future.result())  # _commit_all never raises
         self._flush()  # what arrived during that commit
 
+    def _committed_deferred(self, groups: list[Group], future: asyncio.Future[tuple[list[list[Result]], Held, Synced]]) -> None:
+        self._running = None
+        results, self._held_txnids, failed = future.result()  # _commit_deferred never raises
+        for held_groups, held_results in self._held:  # on disk now, unless their sync failed
+            _deliver(held_groups, [
+                [failed[volume]] * len(outcome) if volume in failed else outcome
+                for (volume, _, _), outcome in zip(held_groups, held_results)])
+        self._held = [(groups, results)] if groups else []
+        self._flush()  # what arrived during that commit, or the sync of this one
+
     async def close(self) -> None:
         """Commit what is waiting, then stop the thread (at shutdown, once no
         request can arrive any more)."""
-        while self._running is not None or self._pending:
+        while self._running is not None or self._pending or self._held:
             if self._running is not None:
                 await asyncio.wait([self._running])
                 await asyncio.sleep(0)  # let _committed run
