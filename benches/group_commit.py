@@ -1,14 +1,15 @@
 """Durable single pushes with group commit: the server with and without fsync.
 
-Starts ``rdirdb serve`` twice per round (``--no-fsync``, then the default
+Starts ``rdirdb serve`` twice per round (``--no-fsync``, the default, then
 ``--fsync``), each on a fresh store, and loads it with wrk: 8, then 64
 keep-alive connections, each posting one random record per request (Lua).
 Rounds alternate the two modes, so that the machine's load weighs on both
 alike; it prints each run, the medians, and the ratio fsync / no-fsync of the
 medians at each connection count (the goal of issue 11: >= 0.5 at 64). A
-synced push waits for two flushes (LMDB's data pages, then its meta page), so
-the ratio follows the disk's flush latency: each round also times
-``fdatasync`` of a 4 KiB overwrite next to the store.
+synced commit is on disk after two flushes (LMDB's data pages, then its meta
+page, flushed by the next commit under load), so the ratio follows the disk's
+flush latency: each round also times ``fdatasync`` of a 4 KiB overwrite next
+to the store.
 Needs wrk (``make bench-deps``). Loopback only; every run is bounded in time.
 
     python benches/group_commit.py [--rounds 3] [--seconds 5] [--workers N]

@@ -1,6 +1,6 @@
 """Group commit (rdirdb.server.commit): writes that arrive together share one
 transaction, each is answered after that commit, each stays all or nothing, and
-with fsync (the server's default) nothing acknowledged is lost to a SIGKILL."""
+with --fsync nothing acknowledged is lost to a SIGKILL."""
 
 from __future__ import annotations
 
@@ -48,8 +48,8 @@ def _last_txnid(db_path: str, vol: str) -> int:
 
 
 def test_pipelined_writes_share_one_commit_and_keep_their_own_answers(start_server):
-    server = start_server()
-    assert server.request("GET", "/config").json["rdir.fsync"] is True  # the default
+    server = start_server("--fsync")
+    assert server.request("GET", "/config").json["rdir.fsync"] is True
     vol = new_volume()
     assert server.request("POST", "/v1/rdir/create", {"vol": vol}).status == 201
     before = _last_txnid(server.db_path, vol)
@@ -75,7 +75,7 @@ def test_pipelined_writes_share_one_commit_and_keep_their_own_answers(start_serv
 
 
 def test_a_group_applies_its_requests_in_their_order(start_server):
-    server = start_server("--no-fsync")  # groups on the event loop
+    server = start_server()  # --no-fsync, the default: small groups on the event loop
     assert server.request("GET", "/config").json["rdir.fsync"] is False
     vol = new_volume()
     assert server.request("POST", "/v1/rdir/create", {"vol": vol}).status == 201
@@ -168,7 +168,7 @@ def _server_pids(server) -> list[int]:
 
 
 def test_acknowledged_writes_survive_a_sigkill_of_every_process(start_server):
-    server = start_server("--service-id", "svc", workers=2)  # fsync: the default
+    server = start_server("--service-id", "svc", "--fsync", workers=2)
     vol = new_volume()
     assert server.request("POST", "/v1/rdir/create", {"vol": vol}).status == 201
     acked: list[dict] = []
@@ -204,7 +204,7 @@ def test_acknowledged_writes_survive_a_sigkill_of_every_process(start_server):
         t.join(10)
     assert len(acked) >= 300
 
-    again = start_server("--service-id", "svc", db_path=server.db_path)
+    again = start_server("--service-id", "svc", "--fsync", db_path=server.db_path)
     items = again.request("GET", "/v1/rdir/fetch", {"vol": vol, "max": 100000}).json
     stored = {item[0] for item in items}
     assert [r for r in acked if fetch_item(r)[0] not in stored] == []
