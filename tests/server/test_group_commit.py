@@ -245,6 +245,6 @@ def test_a_durable_group_is_on_disk_after_the_next_commit_or_a_sync(tmp_path):
         # nothing committed after the second group: its meta page needs a sync
         results, held, failed = _commit_deferred([], held)
         assert (results, held, failed) == ([], {}, {}) and counter.syncs == 1
-        volume.env = counter.env  # type: ignore[assignment]
+        volume.env = counter.env
     with Store(tmp_path, sync=True) as store:
         assert store.volume("v").chunks.count() == 5
