@@ -28,8 +28,8 @@ def test_put_batch(benchmark, volume, dataset):
 @pytest.mark.benchmark(group="insert 10,000")
 @pytest.mark.parametrize("volume", [True, False], ids=["sync", "nosync"], indirect=True)
 def test_raw_insert_ceiling(benchmark, volume, dataset):
-    encoded = [encode(batch) for batch in dataset[1][:ROUNDS]]
-    _rounds(benchmark, lambda kv: _ceiling.raw_insert(volume.env, *kv, batch=10_000), encoded)
+    packed = [_ceiling.pack(*encode(batch)) for batch in dataset[1][:ROUNDS]]
+    _rounds(benchmark, lambda records: _ceiling.raw_insert(volume.chunks.stamps, records, batch=10_000), packed)
 
 
 @pytest.mark.benchmark(group="insert 10,000")

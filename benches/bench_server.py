@@ -126,7 +126,7 @@ def _push_bodies(first: int, n: int, count: int) -> list[bytes]:
 
 
 def bench_breakdown() -> None:
-    from rdirdb.server.app import RdirApp, _chunk_record
+    from rdirdb.server.app import RdirApp
     from rdirdb.server.http import render
     from rdirdb.server.serve import tune_gc
     from rdirdb.rdir.store import Store
@@ -147,7 +147,7 @@ def bench_breakdown() -> None:
         for label, n, count in (("push, 1 record", 1, 3000), ("push, 1,000 records", 1000, 30)):
             bodies = _push_bodies(10**7 + n * 10**4, n, count)  # fresh ids: every push inserts
             json_us = _mean_us(orjson.loads, bodies)
-            batches = [[_chunk_record(r) for r in (b if n > 1 else [b])] for b in map(orjson.loads, bodies)]
+            batches = [b if n > 1 else [b] for b in map(orjson.loads, bodies)]
             engine_us = _mean_us(store.volume("e").chunks.put_batch, batches)
             raws = [b"POST /v1/rdir/push?vol=v HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
                     % (len(b), b) for b in bodies]

@@ -1,6 +1,6 @@
 """rdirdb next to a raw-LMDB ceiling and a plain py-lmdb baseline, in one run.
 
-    python benches/compare.py [--n 1000000] [--reps 3] [--json FILE]
+    python benches/compare.py [--n 1000000] [--reps 3] [--clock wall|cpu] [--json FILE]
 
 Every figure is records/s, the median of ``--reps`` runs, each insert on a
 fresh temporary directory. The three contenders get the same records in the
@@ -9,7 +9,9 @@ same random order, 10,000 per transaction:
 * rdirdb: ``ChunkIndex.put_batch`` on Python tuples, ``fetch`` pages of 1,000
   with markers (Python records out), ``status(limit=10000)`` pages.
 * ceiling: ``rdirdb._ceiling.raw_insert`` / ``raw_scan``, C loops over the same
-  pre-encoded keys and values (no Python object per record).
+  keys and values, already encoded and packed in one buffer for the insert (no
+  validation, no encoding, no Python object per record: docs/engine.md, "The
+  benchmarks' ceilings").
 * baseline: what a user writes with the ``lmdb`` package: text keys
   ``chunk|<cid>|<chunk>``, compact JSON values, ``txn.put`` in the given
   order; pages by ``cursor.set_range`` + ``json.loads`` + key split.
@@ -42,7 +44,6 @@ from compare_common import (
     baseline_load,
     baseline_pages,
     batches,
-    encoded,
     median_rates,
     ratio,
     raw_insert,
@@ -77,7 +78,7 @@ def baseline_insert(n: int, sync: bool, clock: Clock) -> None:
 def insert_section(n: int) -> list[Row]:
     """Bulk insert: random order, 10,000 records per transaction."""
     rows = []
-    encoded(n)  # the records and their encoding are built before any clock starts
+    common.packed(n)  # the records and their encoding are built before any clock starts
     for sync in (True, False):
         rates = median_rates(n, {
             "rdirdb": lambda clock: rdirdb_insert(n, sync, clock),
@@ -144,12 +145,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000, help="records (default 1,000,000)")
     parser.add_argument("--reps", type=int, default=common.REPS, help="repetitions; medians are printed")
+    parser.add_argument("--clock", choices=sorted(common.TIMERS), default="wall",
+                        help="time by the wall clock (default) or by this process's CPU time, "
+                             "steadier on a loaded machine but blind to the waits of synced commits")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     args = parser.parse_args(argv)
     common.REPS = args.reps
+    common.TIMER = common.TIMERS[args.clock]
     common.WORK = common.Workdir()
     print(f"rdirdb {rdirdb.__version__} (liblmdb {'.'.join(map(str, rdirdb.lmdb_version()))}), "
-          f"py-lmdb {lmdb.__version__}; n={args.n:,}, medians of {common.REPS}, {os.cpu_count()} CPUs")
+          f"py-lmdb {lmdb.__version__}; n={args.n:,}, medians of {common.REPS}, {args.clock} clock, "
+          f"{os.cpu_count()} CPUs")
     print(f"  {'':<40} {'records/s':>14}        ratios")
     report = []
     started = time.perf_counter()
@@ -165,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n({time.perf_counter() - started:.0f} s)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"n": args.n, "reps": common.REPS, "rows": report}, f, indent=2)
+            json.dump({"n": args.n, "reps": common.REPS, "clock": args.clock, "rows": report}, f, indent=2)
     return 0
 
 

@@ -87,9 +87,10 @@ class BenchServer:
         raise RuntimeError(f"server did not start: {self.log.read().decode(errors='replace')}")
 
     @classmethod
-    def rdirdb(cls, workers: int, db: str | None = None) -> "BenchServer":
+    def rdirdb(cls, workers: int, db: str | None = None, args: tuple[str, ...] = ("--no-fsync",)) -> "BenchServer":
+        """``rdirdb serve``; by default with the reference server's durability (no fsync)."""
         argv = [sys.executable, "-m", "rdirdb.server", "--db-path", "{db}", "--bind", "127.0.0.1:{port}",
-                "--workers", str(workers), "--service-id", "bench", "--log-level", "WARNING"]
+                "--workers", str(workers), "--service-id", "bench", "--log-level", "WARNING", *args]
         return cls(argv, db)
 
     def connection(self) -> http.client.HTTPConnection:

@@ -10,6 +10,9 @@ already present: each keeps its shard, nothing is written). Timed: the
 ``record_new_obj_ids`` call inside the transaction, and the whole transaction
 with its commit. A run reports the median batch of each.
 
+``--parts`` splits the call of this tree instead: the facade's checks and sort
+of the ids, the native loop (``_shardmap.record_new``), and the returned dict.
+
 With ``--against``, the runs of this tree and of the other one (its ``src``
 directory, built in place) alternate, each in a process of its own, so that both
 see the same swings of a shared machine; the report gives the medians over the
@@ -64,6 +67,40 @@ def one_run(n_ids: int, batch: int) -> dict[str, float]:
     return result
 
 
+def parts(n_ids: int, batch: int) -> dict[str, float]:
+    """Median milliseconds per batch of each part of the call, ``{"<phase> <part>": ms}``."""
+    from rdirdb import SharedBase, _shardmap
+    from rdirdb.sharedbase.lmdb import _WRITABLE, _fence
+    from rdirdb.sharedbase.states import check_obj_ids
+
+    ids = ids_for("record", n_ids)
+    result: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="rdirdb-sb-bench-") as tmp:
+        with SharedBase(f"lmdb://{tmp}", active_pool_name="bench", sync=False) as base:
+            shard_id = base.locked_shard_id
+            fences = tuple(_fence(state, base.locker) for state in _WRITABLE)
+            for phase in PHASES:
+                times: dict[str, list[float]] = {"facade": [], "native": [], "dict": []}
+                for i in range(0, n_ids, batch):
+                    with base.transaction() as db:
+                        t0 = time.perf_counter()
+                        checked = sorted(set(check_obj_ids(ids[i:i + batch])))
+                        t1 = time.perf_counter()
+                        owners = _shardmap.record_new(db, shard_id, fences, b"".join(checked))
+                        t2 = time.perf_counter()
+                        assert owners is not None
+                        if (owners == shard_id).all():
+                            dict.fromkeys(checked, shard_id)
+                        else:
+                            dict(zip(checked, owners.tolist()))
+                        t3 = time.perf_counter()
+                    for part, seconds in zip(times, (t1 - t0, t2 - t1, t3 - t2)):
+                        times[part].append(seconds)
+                for part, values in times.items():
+                    result[f"{phase} {part}"] = statistics.median(values) * 1e3
+    return result
+
+
 def _run_in(src: Path, args: argparse.Namespace) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(src)}
     out = subprocess.run([sys.executable, __file__, "--child", "--ids", str(args.ids), "--batch", str(args.batch)],
@@ -77,10 +114,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1_000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--against", type=Path, metavar="SRC", help="the src/ of another built tree")
+    parser.add_argument("--parts", action="store_true", help="split the call of this tree into its parts")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(one_run(args.ids, args.batch)))
+        return
+    if args.parts:
+        runs = [parts(args.ids, args.batch) for _ in range(args.runs)]
+        print(f"record_new_obj_ids on LMDB, its parts: {args.ids:,} ids in batches of {args.batch:,}, "
+              f"medians of {args.runs} runs (ms per batch)")
+        for key in runs[0]:
+            print(f"{key:24}{statistics.median(r[key] for r in runs):10.3f}")
         return
     trees = {"this": SRC} | ({"other": args.against.resolve()} if args.against else {})
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in trees}

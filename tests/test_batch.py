@@ -142,3 +142,40 @@ def test_corrupted_value_counts_as_clear_error(chunks, volume):
     with volume.env.begin(write=True) as txn:
         txn.put(key, b"\x00\xff\xff", db="chunk_bin")
     assert chunks.clear(repair=True) == (0, 1, 1)
+
+
+def _database_sizes(volume) -> dict[bytes, int]:
+    """Entries of every named database of the volume's environment."""
+    with volume.env.begin() as txn, txn.cursor() as cur:
+        names = [name for name, _ in cur]
+    return {name: volume.env.stat(name.decode())["entries"] for name in names}
+
+
+@pytest.mark.parametrize("service_type", ["rawx", "meta2"])
+def test_apply_group_writes_what_apply_writes_one_batch_after_another(tmp_path, service_type):
+    """The server's group commit (index.apply_group) leaves a volume as the
+    batches' own transactions would, in every database of the volume."""
+    from rdirdb.rdir.store import Store
+
+    if service_type == "rawx":
+        puts = [[rec(i), rec(i + 1)] for i in range(0, 40, 2)]
+        deletes = [[(CID, "%064X" % i)] for i in range(0, 40, 3)]
+        encode = _rdir.encode_chunks
+    else:
+        def url(i):
+            return {"container_url": f"ns/acct/c{i}", "container_id": "%064X" % i, "mtime": 10}
+        puts = [[url(i), url(i + 1)] for i in range(0, 40, 2)]
+        deletes = [[url(i)] for i in range(0, 40, 3)]
+        encode = _rdir.encode_meta2
+    # interleaved: a delete between two puts of its key, and a put after it
+    batches = [b for pair in zip(puts, deletes) for b in pair] + puts[:3]
+    with Store(tmp_path, sync=False) as store:
+        one_by_one = store.volume("one", service_type, create=True)
+        grouped = store.volume("group", service_type, create=True)
+        counts = [one_by_one.index.apply(encode(b, key_only=b in deletes)) for b in batches]
+        assert grouped.index.apply_group([encode(b, key_only=b in deletes) for b in batches]) == counts
+        assert _database_sizes(grouped) == _database_sizes(one_by_one)
+        assert grouped.index.fetch(limit=1000)[0] == one_by_one.index.fetch(limit=1000)[0]
+        with pytest.raises(TypeError, match="cannot be applied"):
+            grouped.index.apply_group([_rdir.encode_chunks([rec(1)]) if service_type == "meta2"
+                                       else _rdir.encode_meta2([{"container_url": "a/b/c", "container_id": CID}])])

@@ -6,6 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rdirdb import _rdir
+from rdirdb.errors import CorruptedError
 from rdirdb.rdir.store import Store
 from tests import strategies as S
 from tests.legacy import write_legacy_chunks
@@ -67,6 +69,11 @@ def test_fetch_page_matches_model(tmp_path_factory, data, records):
         assert chunks.status(prefix=prefix, marker=marker, limit=lim, incident=inc) == model.status(
             prefix, marker, lim, inc
         )
+        # The lazy entries of a page are the eager ones, and its paging is the same.
+        entries, truncated, next_marker = chunks.fetch_entries(prefix=prefix, marker=marker, limit=lim, incident=inc)
+        assert (list(entries), truncated, next_marker) == chunks.fetch(
+            prefix=prefix, marker=marker, limit=lim, incident=inc, entries=True
+        )
 
 
 @settings(max_examples=60)
@@ -125,6 +132,42 @@ def test_fetch_arrays(chunks):
     assert array.tolist() == [(b"c1", b"x", b"k1", 5, b"path/1", 1)]
     array, truncated, _ = chunks.fetch_arrays(marker="c1|k1")
     assert array["chunk_id"].tolist() == [b"k22"] and not truncated
+
+
+def test_fetch_entries_are_a_copy_made_as_asked(chunks, volume):
+    """Entries outlive their read transaction: later writes, even of the same keys,
+    do not change a page already fetched; each entry is a fresh object."""
+    recs = [("A" * 64, "C" * 32, "%064X" % i, 7 + i, f"p{i}", i) for i in range(5)]
+    recs.append(("text-cid", "content", "chunk-\u00e9", 1, "path/\u00e9", -2))
+    chunks.put_batch(recs)
+    entries, truncated, marker = chunks.fetch_entries(limit=4)
+    assert (truncated, marker) == (True, "A" * 64 + "|" + "%064X" % 3)
+    assert entries.__length_hint__() == 4
+    first = next(entries)
+    chunks.put_batch([(cid, "D" * 32, chunk, 99, "q", 0) for cid, _, chunk, *_ in recs])
+    chunks.clear(all=True)
+    assert first == ("A" * 64, "%064X" % 0, {"content_id": "C" * 32, "mtime": 7, "path": "p0", "version": 0})
+    rest = list(entries)
+    assert [e[1] for e in rest] == ["%064X" % i for i in (1, 2, 3)]
+    assert rest[0][2] is not rest[1][2] and entries.__length_hint__() == 0
+    assert list(entries) == []
+    chunks.put_batch(recs)
+    entries, truncated, marker = chunks.fetch_entries(marker=marker)
+    assert (list(entries), truncated, marker) == (
+        [("A" * 64, "%064X" % 4, {"content_id": "C" * 32, "mtime": 11, "path": "p4", "version": 4}),
+         ("text-cid", "chunk-\u00e9", {"content_id": "content", "mtime": 1, "path": "path/\u00e9", "version": -2})],
+        False, None)
+
+
+def test_fetch_entries_refuses_a_corrupted_value_when_fetched(chunks, volume):
+    chunks.put_batch([("A" * 64, "C" * 32, "%064X" % i, 1, "p", 1) for i in range(3)])
+    _, key = _rdir.encode_chunk_key("A" * 64, "%064X" % 1)
+    with volume.env.begin(write=True) as txn:
+        txn.put(key, b"\x00\xff\xff", db="chunk_bin")
+    with pytest.raises(CorruptedError):
+        chunks.fetch_entries()
+    entries, _, _ = chunks.fetch_entries(limit=1)  # the page before it is whole
+    assert len(list(entries)) == 1
 
 
 def test_limit_must_be_positive(chunks):

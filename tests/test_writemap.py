@@ -114,8 +114,8 @@ def _data_file_size(db_path: str) -> int:
     return os.path.getsize(os.path.join(db_path, "rawx", "vol", "data.mdb"))
 
 
-@pytest.mark.parametrize("args, writemap", [((), True), (("--no-writemap",), False), (("--fsync",), False),
-                                            (("--fsync", "--writemap"), True)])
+@pytest.mark.parametrize("args, writemap", [((), False), (("--no-fsync",), True), (("--no-fsync", "--no-writemap"), False),
+                                            (("--fsync",), False), (("--writemap",), True)])
 def test_server_writemap_flag(tmp_path, args, writemap):
     pytest.importorskip("httptools")
     from tests.server.helpers import Server

@@ -256,17 +256,13 @@ def _write_into(Transaction txn, Batch batch):
     return count
 
 
-cdef Py_ssize_t apply_batch(Environment env, const MDB_dbi *dbis, Batch batch, bint meta2,
-                            const MDB_dbi *tombs=NULL, MDB_dbi clock=0) except -1:
-    """Write a sorted batch (delete its keys if ``key_only``) in one write
-    transaction, all or nothing; returns how many records were written (or
-    existed). ``dbis`` are the databases of the batch's kinds, ``tombs`` their
-    tombstones and ``clock`` the volume's last stamp (stamped writes; 0: none)."""
+cdef int _bind(Batch batch, const MDB_dbi *dbis, bint meta2, const MDB_dbi *tombs,
+               MDB_dbi clock) except -1:
+    """Check that ``batch`` is of the index's kind and point it at the index's
+    databases, its tombstones and its clock (stamped writes; 0: none)."""
     if batch.meta2 != meta2:
         raise TypeError(f"a batch of {'meta2' if batch.meta2 else 'chunk'} records "
                         f"cannot be applied to a {'meta2' if meta2 else 'chunk'} index")
-    if batch.n == 0:
-        return 0
     batch.dbis[0] = dbis[0]
     if not meta2:
         batch.dbis[1] = dbis[1]
@@ -275,4 +271,32 @@ cdef Py_ssize_t apply_batch(Environment env, const MDB_dbi *dbis, Batch batch, b
         batch.tombs[0] = tombs[0]
         if not meta2:
             batch.tombs[1] = tombs[1]
+    return 0
+
+
+cdef Py_ssize_t apply_batch(Environment env, const MDB_dbi *dbis, Batch batch, bint meta2,
+                            const MDB_dbi *tombs=NULL, MDB_dbi clock=0) except -1:
+    """Write a sorted batch (delete its keys if ``key_only``) in one write
+    transaction, all or nothing; returns how many records were written (or
+    existed). ``dbis`` are the databases of the batch's kinds, ``tombs`` their
+    tombstones and ``clock`` the volume's last stamp (stamped writes; 0: none)."""
+    _bind(batch, dbis, meta2, tombs, clock)
+    if batch.n == 0:
+        return 0
     return env.write(_write_into, batch)
+
+
+def _write_all_into(Transaction txn, list batches):
+    """Environment.write's function: each batch in ``txn``, in order; their counts."""
+    return [_write_into(txn, batch) if (<Batch>batch).n else 0 for batch in batches]
+
+
+cdef list apply_batches(Environment env, const MDB_dbi *dbis, list batches, bint meta2,
+                        const MDB_dbi *tombs=NULL, MDB_dbi clock=0):
+    """Write several batches in one write transaction, in their order (a later
+    batch's record or delete wins over an earlier one's), all or nothing;
+    returns how many records each wrote (or found, for deletes)."""
+    cdef Batch batch
+    for batch in batches:
+        _bind(batch, dbis, meta2, tombs, clock)
+    return env.write(_write_all_into, batches)

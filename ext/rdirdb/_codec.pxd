@@ -42,10 +42,20 @@ cdef extern from *:
     -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
     -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
     };
-    static const char rdirdb_hex_digits[] = "0123456789ABCDEF";
+    /* The two hex digits of each byte: one 2-byte copy per byte unpacked
+       (its odd characters, from 1 to 31, are the 16 digits in order). */
+    static const char rdirdb_hex_pairs[513] =
+        "000102030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F"
+        "202122232425262728292A2B2C2D2E2F303132333435363738393A3B3C3D3E3F"
+        "404142434445464748494A4B4C4D4E4F505152535455565758595A5B5C5D5E5F"
+        "606162636465666768696A6B6C6D6E6F707172737475767778797A7B7C7D7E7F"
+        "808182838485868788898A8B8C8D8E8F909192939495969798999A9B9C9D9E9F"
+        "A0A1A2A3A4A5A6A7A8A9AAABACADAEAFB0B1B2B3B4B5B6B7B8B9BABBBCBDBEBF"
+        "C0C1C2C3C4C5C6C7C8C9CACBCCCDCECFD0D1D2D3D4D5D6D7D8D9DADBDCDDDEDF"
+        "E0E1E2E3E4E5E6E7E8E9EAEBECEDEEEFF0F1F2F3F4F5F6F7F8F9FAFBFCFDFEFF";
     """
     const int8_t rdirdb_hexval[256]
-    const char rdirdb_hex_digits[]
+    const char rdirdb_hex_pairs[513]
 
 
 cdef enum:
@@ -111,17 +121,23 @@ cdef inline bint _is_upper_hex(const uint8_t *s, Py_ssize_t n) noexcept nogil:
     return acc >= 0
 
 
-cdef inline void _pack_hex(const uint8_t *s, Py_ssize_t nbytes, uint8_t *out) noexcept nogil:
+cdef inline bint _pack_hex(const uint8_t *s, Py_ssize_t nbytes, uint8_t *out) noexcept nogil:
+    """Pack ``2 * nbytes`` hex digits into ``out``, checking them in the same pass:
+    False when one is not an uppercase hex digit (``out`` then holds garbage)."""
     cdef Py_ssize_t i
+    cdef int8_t hi, lo, acc = 0
     for i in range(nbytes):
-        out[i] = <uint8_t>((_hexval(s[2 * i]) << 4) | _hexval(s[2 * i + 1]))
+        hi = rdirdb_hexval[s[2 * i]]
+        lo = rdirdb_hexval[s[2 * i + 1]]
+        acc |= hi | lo
+        out[i] = <uint8_t>((hi << 4) | lo)
+    return acc >= 0
 
 
 cdef inline void _unpack_hex(const uint8_t *b, Py_ssize_t nbytes, uint8_t *out) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(nbytes):
-        out[2 * i] = rdirdb_hex_digits[b[i] >> 4]
-        out[2 * i + 1] = rdirdb_hex_digits[b[i] & 15]
+        memcpy(out + 2 * i, rdirdb_hex_pairs + 2 * b[i], 2)
 
 
 cdef inline void _canon_text(const uint8_t *key, uint8_t *out) noexcept nogil:
@@ -229,15 +245,19 @@ cdef inline uint8_t *_write_chunk_value(uint8_t *p, const uint8_t *content, Py_s
                                         int64_t version, const uint8_t *tail, Py_ssize_t tail_n) noexcept nogil:
     """Encode a chunk value at ``p`` (room: _chunk_value_bound); returns its end.
     A mtime <= 0 is stored as 0 (none)."""
-    cdef uint8_t flags = 0
-    if content_n % 2 == 0 and _is_upper_hex(content, content_n):
-        flags |= V_CONTENT_HEX
-    if tail_n:
-        flags |= V_KEY_TAIL
-    p[0] = flags
+    cdef uint8_t *flags = p
+    cdef uint8_t *packed
+    flags[0] = V_KEY_TAIL if tail_n else 0
     p = _put_varint(p + 1, <uint64_t>(mtime if mtime > 0 else 0))
     p = _put_varint(p, _zigzag(version))
-    p = _put_id(p, content, content_n, flags & V_CONTENT_HEX)
+    # The content id packed (_put_id) when it is uppercase hex of even length:
+    # packed and checked in one pass, written as text when the check fails.
+    packed = _put_varint(p, <uint64_t>(content_n // 2))
+    if content_n % 2 == 0 and _pack_hex(content, content_n // 2, packed):
+        flags[0] |= V_CONTENT_HEX
+        p = packed + content_n // 2
+    else:
+        p = _put_field(p, content, content_n)
     p = _put_field(p, path, path_n)
     if tail_n:
         p = _put_field(p, tail, tail_n)

@@ -119,23 +119,25 @@ cdef int _add_chunk(Batch batch, Py_ssize_t index,
     cdef uint8_t *start
     cdef size_t tail_off
     cdef Py_ssize_t text_n, tail_n = 0
-    _check_text(cid, cid_n, C_MAX_CONTAINER_ID, "container_id", index)
-    _check_text(chunk, chunk_n, C_MAX_CHUNK_ID, "chunk_id", index)
-    if cid_n and memchr(cid, 124, cid_n) != NULL:
-        raise BadRequest(f"{_where(index)}container_id contains '|', the key separator")
-    cdef bint canonical = cid_n == CANON_LEN and chunk_n == CANON_LEN and _is_upper_hex(cid, CANON_LEN) \
-        and _is_upper_hex(chunk, CANON_LEN)
-    if not key_only:
-        if not canonical:  # hex ids hold no control character
+    cdef bint canonical = False
+    if cid_n == CANON_LEN and chunk_n == CANON_LEN:
+        # The key packed where it goes, the ids checked in the same pass; it is
+        # kept (batch.used moves) only if both are canonical.
+        p = batch.reserve(CANON_KEY)
+        canonical = _pack_hex(cid, 32, p) and _pack_hex(chunk, 32, p + 32)
+    if not canonical:  # canonical ids pass every check of an id
+        _check_text(cid, cid_n, C_MAX_CONTAINER_ID, "container_id", index)
+        _check_text(chunk, chunk_n, C_MAX_CHUNK_ID, "chunk_id", index)
+        if cid_n and memchr(cid, 124, cid_n) != NULL:
+            raise BadRequest(f"{_where(index)}container_id contains '|', the key separator")
+        if not key_only:
             _check_id(cid, cid_n, "container_id", index)
             _check_id(chunk, chunk_n, "chunk_id", index)
+    if not key_only:
         _check_text(content, content_n, C_MAX_CONTENT_ID, "content_id", index)
         _check_text(path, path_n, C_MAX_PATH, "path", index)
     if canonical:
         e = batch.add(0, index)
-        p = batch.reserve(CANON_KEY)
-        _pack_hex(cid, 32, p)
-        _pack_hex(chunk, 32, p + 32)
         e.koff = batch.used
         e.klen = CANON_KEY
         batch.used += CANON_KEY

@@ -26,7 +26,7 @@ cdef class Environment:
     cdef int _ensure_open(self) except -1
     cdef MDB_dbi dbi(self, name) except? 0
     cdef int begin_raw(self, MDB_txn **txn, bint write) except -1
-    cdef int end_raw(self, MDB_txn *txn, bint commit) except -1
+    cdef int end_raw(self, MDB_txn *txn, bint commit, bint write=*) except -1
     cdef int grow(self, size_t needed) except -1
     cdef int map_full(self, const char *what) except -1
     cdef int reserve(self) except -1

@@ -168,7 +168,11 @@ cdef class Environment:
 
     ``sync=True`` (the default) makes every commit durable (fsync); with
     ``sync=False`` a commit survives the death of the process but not of the
-    machine. ``writemap=True`` changes pages through a writable map (MDB_WRITEMAP:
+    machine. A durable commit flushes its data pages while it holds LMDB's
+    write lock, and its meta page after releasing it (MDB_NOMETASYNC, then
+    mdb_env_sync before the commit returns): each commit is on disk when it
+    returns, as with LMDB's own two flushes, but the next writer (another
+    process or thread) waits for one flush instead of two. ``writemap=True`` changes pages through a writable map (MDB_WRITEMAP:
     no buffer and no write call per dirty page at commit, a sparse data file with
     blocks allocated ahead; see docs/engine.md). Stale reader slots of dead
     processes are cleared on open.
@@ -197,6 +201,10 @@ cdef class Environment:
             flags |= MDB_WRITEMAP
         if not sync:
             flags |= MDB_NOSYNC | MDB_NOMETASYNC
+        elif not writemap:
+            # The meta page is flushed after the commit, outside the write lock
+            # (end_raw): see the class docstring.
+            flags |= MDB_NOMETASYNC
         if create and not readonly:
             os.makedirs(self.path, exist_ok=True)
         elif not os.path.isdir(self.path):
@@ -295,12 +303,16 @@ cdef class Environment:
                     raise
             return 0
 
-    cdef int end_raw(self, MDB_txn *txn, bint commit) except -1:
-        """Commit or abort ``txn`` and release the shared resize lock."""
+    cdef int end_raw(self, MDB_txn *txn, bint commit, bint write=False) except -1:
+        """Commit or abort ``txn`` (a ``write`` one: see the meta page's sync in the
+        class docstring) and release the shared resize lock."""
         cdef int rc = MDB_SUCCESS
+        cdef bint meta_sync = commit and write and self.durable and not self.writemap
         with nogil:
             if commit:
                 rc = mdb_txn_commit(txn)
+                if rc == MDB_SUCCESS and meta_sync:
+                    rc = mdb_env_sync(self._env, 1)
             else:
                 mdb_txn_abort(txn)
             pthread_rwlock_unlock(&self._resize_lock)
@@ -434,6 +446,7 @@ cdef class Environment:
         cdef MDB_dbi handle = 0
         cdef int rc
         cdef const char *cname = NULL
+        cdef bint created = False
         if name in self._dbis:
             return self._dbis[name]
         name_b = name.encode() if name is not None else None
@@ -445,12 +458,13 @@ cdef class Environment:
             self.end_raw(txn, False)
             self.begin_raw(&txn, True)
             rc = mdb_dbi_open(txn, cname, MDB_CREATE, &handle)
+            created = True
         if rc != MDB_SUCCESS:
             self.end_raw(txn, False)
             if rc == MDB_NOTFOUND:
                 raise errors.LmdbFileNotFoundError("mdb_dbi_open", rc, f"no database named {name!r}")
             check(rc, b"mdb_dbi_open")
-        self.end_raw(txn, True)
+        self.end_raw(txn, True, created)
         self._dbis[name] = handle
         return handle
 
@@ -555,7 +569,7 @@ cdef class Transaction:
         cdef MDB_txn *txn = self._txn
         self._txn = NULL
         self.env._children.discard(self)
-        self.env.end_raw(txn, commit)
+        self.env.end_raw(txn, commit, self.write)
         return 0
 
     cdef int fail(self, int rc, const char *what) except -1:

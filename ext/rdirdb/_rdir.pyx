@@ -32,13 +32,14 @@ from rdirdb._codec cimport *
 from rdirdb._count cimport chunk_status, count_prefix
 from rdirdb._encode cimport _encode_chunk_object
 from rdirdb._lmdb cimport Environment, Transaction, check
-from rdirdb._scan cimport (Hit, _chunk_array, _chunk_record, _CidCache, _incident_arg, _int_arg,
+from rdirdb._scan cimport (Entries, Hit, _chunk_array, _chunk_record, _CidCache, _incident_arg, _int_arg,
                            _meta2_record, _Page)
 from rdirdb.lmdb cimport *
 
 from rdirdb._batch import Batch
 from rdirdb._encode import encode_chunk_key, encode_chunk_value, encode_chunks, encode_meta2, order_key
-from rdirdb._scan import CHUNK_DTYPE, CHUNK_DTYPE_FIELDS, chunk_array, decode_chunk_key, decode_chunk_value, split_marker
+from rdirdb._scan import (CHUNK_DTYPE, CHUNK_DTYPE_FIELDS, Entries, chunk_array, decode_chunk_key,
+                          decode_chunk_value, split_marker)
 from rdirdb.errors import UnsupportedLmdbError
 
 CHUNK_DATABASES = ("chunk_bin", "chunk_text", "admin")
@@ -117,6 +118,12 @@ cdef class ChunkIndex:
         (or existed)."""
         return self.stamps.apply(batch)
 
+    def apply_group(self, list batches):
+        """Write several batches in one transaction, in their order (the group
+        commit of the server: one commit for many requests), all or nothing;
+        returns how many records each wrote (or existed)."""
+        return self.stamps.apply_group(batches)
+
     # -- reads ----------------------------------------------------------------
 
     def get(self, container_id, chunk_id):
@@ -163,6 +170,16 @@ cdef class ChunkIndex:
             page.collect(self.env, self.dbis, _CHUNK_CANONICAL, 2, prefix, marker, limit, incident, txn)
             records = [_chunk_record(&page.hits[i], field_mask, cache, entries) for i in range(page.count)]
             return records, page.truncated, page.next_marker(False)
+        finally:
+            page.close()
+
+    def fetch_entries(self, *, prefix=None, marker=None, limit=1000, incident=0):
+        """Like :meth:`fetch` with ``entries``, the entries made lazily: an iterator of
+        :class:`Entries` (each entry is made as it is asked for, so it dies young)."""
+        cdef _Page page = _Page()
+        try:
+            page.collect(self.env, self.dbis, _CHUNK_CANONICAL, 2, prefix, marker, limit, incident)
+            return page.entries(), page.truncated, page.next_marker(False)
         finally:
             page.close()
 
@@ -319,6 +336,12 @@ cdef class Meta2Index:
         (or existed)."""
         return self.stamps.apply(batch)
 
+    def apply_group(self, list batches):
+        """Write several batches in one transaction, in their order (the group
+        commit of the server: one commit for many requests), all or nothing;
+        returns how many records each wrote (or existed)."""
+        return self.stamps.apply_group(batches)
+
     def fetch(self, *, prefix=None, marker=None, limit=1000, Transaction txn=None):
         """One page of records in url order: ``(records, truncated, next_marker)``,
         the shape of :meth:`ChunkIndex.fetch`; ``truncated`` is true only when one
@@ -339,33 +362,3 @@ cdef class Meta2Index:
         if not prefix:
             return self.env.stat("meta2")["entries"]
         return count_prefix(self.env, self.dbis[0], prefix)
-
-
-# ===========================================================================
-# OpenIO's entries, made as the caller iterates
-# ===========================================================================
-
-@cython.final
-cdef class Entries:
-    """Iterate a fetched page as OpenIO's ``(container_id, chunk_id, value)`` entries.
-
-    Each entry is built only when the caller asks for it, so it dies young: a
-    page of 1,000 value dicts built at once keeps the garbage collector busy
-    (a full listing of a large volume ran several times slower that way).
-    """
-    cdef list records
-    cdef Py_ssize_t i
-
-    def __cinit__(self, list records):
-        self.records = records
-        self.i = 0
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self.i >= len(self.records):
-            raise StopIteration
-        rec = <tuple>self.records[self.i]
-        self.i += 1
-        return (rec[0], rec[2], {"content_id": rec[1], "mtime": rec[3], "path": rec[4], "version": rec[5]})

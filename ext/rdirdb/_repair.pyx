@@ -26,7 +26,7 @@ cimport cython
 from libc.stdint cimport uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
 
-from rdirdb._batch cimport Batch, apply_batch, clock_advance
+from rdirdb._batch cimport Batch, apply_batch, apply_batches, clock_advance
 from rdirdb._codec cimport *
 from rdirdb._lmdb cimport Environment, Transaction, check
 from rdirdb.lmdb cimport *
@@ -300,6 +300,10 @@ cdef class Stamps:
     cdef Py_ssize_t apply(self, Batch batch) except -1:
         return apply_batch(self.env, self.dbis, batch, self.meta2, self.tombs if self.clock else NULL,
                            self.clock)
+
+    cdef list apply_group(self, list batches):
+        return apply_batches(self.env, self.dbis, batches, self.meta2,
+                             self.tombs if self.clock else NULL, self.clock)
 
     def last_stamp(self):
         """The volume's last write stamp (0: none yet)."""

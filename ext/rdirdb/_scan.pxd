@@ -10,7 +10,7 @@ _count call them once per record.
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.string cimport memcmp
 
-from rdirdb._codec cimport C_MAX_CONTAINER_ID, CANON_KEY, CANON_TEXT, _canon_text, _text_cmp
+from rdirdb._codec cimport C_MAX_CONTAINER_ID, CANON_KEY, CANON_TEXT, ChunkValue, _canon_text, _text_cmp
 from rdirdb._lmdb cimport Environment, Transaction
 from rdirdb.lmdb cimport (MDB_CORRUPTED, MDB_NEXT, MDB_NOTFOUND, MDB_SUCCESS, MDB_cursor, MDB_dbi,
                           MDB_txn, MDB_val, mdb_cursor_get)
@@ -109,6 +109,23 @@ cdef class _Reader:
     cdef int close(self) except -1
 
 
+cdef class _CidCache:
+    cdef uint8_t raw[C_MAX_CONTAINER_ID]
+    cdef Py_ssize_t n
+    cdef bint canonical
+    cdef object value
+
+    cdef object get(self, const uint8_t *raw, Py_ssize_t n, bint canonical)
+
+
+cdef class Entries:
+    cdef uint8_t *arena
+    cdef Hit *hits
+    cdef ChunkValue *values        # the parsed value of each hit
+    cdef Py_ssize_t count, i
+    cdef _CidCache cache
+
+
 cdef class _Page:
     cdef _Reader reader
     cdef Hit *hits
@@ -120,16 +137,8 @@ cdef class _Page:
                      object prefix, object marker, object limit, object incident,
                      Transaction snapshot=*) except -1
     cdef object next_marker(self, bint meta2)
+    cdef Entries entries(self)
     cdef int close(self) except -1
-
-
-cdef class _CidCache:
-    cdef uint8_t raw[C_MAX_CONTAINER_ID]
-    cdef Py_ssize_t n
-    cdef bint canonical
-    cdef object value
-
-    cdef object get(self, const uint8_t *raw, Py_ssize_t n, bint canonical)
 
 
 cdef Py_ssize_t _limit_arg(object limit) except? -1
@@ -139,5 +148,7 @@ cdef str _decode(const uint8_t *s, Py_ssize_t n)
 cdef str _hex_str(const uint8_t *b, Py_ssize_t nbytes)
 cdef object _key_text_of(Hit *h, bint meta2)
 cdef object _chunk_record(Hit *h, int fields, _CidCache cache, bint entry=*)
+cdef object _parsed_record(Hit *h, ChunkValue *cv, int fields, _CidCache cache, bint entry)
+cdef object _corrupted(str kind)
 cdef object _chunk_array(Hit *hits, Py_ssize_t count)
 cdef dict _meta2_record(Hit *h)

@@ -134,7 +134,7 @@ cdef int _record(MDB_txn *txn, const MDB_dbi *dbis, uint64_t shard_id, const _Fe
     cdef uint64_t added = 0
     cdef int rc, f
     _put_u64(shard_key, shard_id)
-    # The fence: the shard's row still starts as a row of ours, writable, does.
+    # The fence: the shard's row must start as a row of ours in a writable state does.
     k.mv_data = shard_key
     k.mv_size = SHARD_KEY_SIZE
     what[0] = b"mdb_get"

@@ -48,6 +48,7 @@ from rdirdb._encode import encode_meta2 as encode_meta2
 from rdirdb._encode import order_key as order_key
 from rdirdb._scan import CHUNK_DTYPE as CHUNK_DTYPE
 from rdirdb._scan import CHUNK_DTYPE_FIELDS as CHUNK_DTYPE_FIELDS
+from rdirdb._scan import Entries as Entries
 from rdirdb._scan import chunk_array as chunk_array
 from rdirdb._scan import decode_chunk_key as decode_chunk_key
 from rdirdb._scan import decode_chunk_value as decode_chunk_value
@@ -66,6 +67,8 @@ class ChunkIndex:
         """Delete every key in one transaction; returns how many existed."""
     def apply(self, batch: Batch) -> int:
         """Write a batch of encode_chunks (delete its keys if ``key_only``) in one transaction."""
+    def apply_group(self, batches: list[Batch]) -> list[int]:
+        """Write several batches in one transaction, in order, all or nothing; each one's count."""
     def get(self, container_id: str, chunk_id: str) -> _ChunkRecord | None: ...
     def fetch(
         self,
@@ -79,6 +82,15 @@ class ChunkIndex:
         txn: Transaction | None = None,
     ) -> tuple[list[Any], bool, str | None]:
         """One page: (records, truncated, next marker); as of ``txn`` when given."""
+    def fetch_entries(
+        self,
+        *,
+        prefix: str | None = None,
+        marker: str | None = None,
+        limit: int = 1000,
+        incident: int = 0,
+    ) -> tuple[Entries, bool, str | None]:
+        """Like fetch with ``entries``, each entry made as it is asked for."""
     def fetch_arrays(
         self,
         *,
@@ -116,6 +128,8 @@ class Meta2Index:
     def delete_batch(self, container_urls: Iterable[str] | Iterable[Mapping[str, Any]]) -> int: ...
     def apply(self, batch: Batch) -> int:
         """Write a batch of encode_meta2 (delete its urls if ``key_only``) in one transaction."""
+    def apply_group(self, batches: list[Batch]) -> list[int]:
+        """Write several batches in one transaction, in order, all or nothing; each one's count."""
     def fetch(
         self,
         *,
@@ -126,11 +140,3 @@ class Meta2Index:
     ) -> tuple[list[_Meta2Record], bool, str | None]:
         """One page: (records, truncated, next marker)."""
     def count(self, prefix: str | None = None) -> int: ...
-
-@final
-class Entries:
-    """A fetched page as OpenIO's ``(container_id, chunk_id, value)`` entries, made lazily."""
-
-    def __new__(cls, records: list[_ChunkRecord]) -> Entries: ...
-    def __iter__(self) -> Entries: ...
-    def __next__(self) -> tuple[str, str, dict[str, Any]]: ...

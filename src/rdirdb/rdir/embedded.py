@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from rdirdb._rdir import CHUNK_DTYPE, Entries
+from rdirdb._rdir import CHUNK_DTYPE
 from rdirdb.rdir.backend import ChunkEntry, Meta2Record, Page, RdirBackend, listing_limit
 from rdirdb.rdir.store import Store, Volume
 
@@ -47,10 +47,7 @@ class EmbeddedBackend(RdirBackend):
         incident = vol.rebuild_incident(rebuild)
         if incident is None:
             return [], False, None
-        records, truncated, marker = vol.chunks.fetch(
-            prefix=prefix, marker=marker, limit=listing_limit(limit), incident=incident
-        )
-        return Entries(records), truncated, marker
+        return vol.chunks.fetch_entries(prefix=prefix, marker=marker, limit=listing_limit(limit), incident=incident)
 
     def chunk_array_page(
         self, volume: str, *, prefix: str | None, marker: str | None, limit: int | None, rebuild: bool,

@@ -24,6 +24,7 @@ import time
 from typing import Any, Iterator
 from urllib.parse import quote, unquote
 
+from rdirdb._batch import Batch
 from rdirdb._lmdb import Environment, Transaction
 from rdirdb._rdir import CHUNK_DATABASES, META2_DATABASES, ChunkIndex, Meta2Index, encode_chunks, encode_meta2
 from rdirdb._repair import STAMP_BITS_COUNTER, Stamps
@@ -297,6 +298,16 @@ class Store:
         ``create``: a bad batch is refused even for an absent volume, and
         creates nothing. An open volume costs no file system call.
         """
+        vol, batch = self.prepare_write(volume_id, service_type, records, delete=delete, create=create)
+        return vol.index.apply(batch)
+
+    def prepare_write(
+        self, volume_id: str, service_type: str, records: Any, *, delete: bool = False, create: bool = False
+    ) -> tuple[Volume, Batch]:
+        """What :meth:`write` does before its transaction: the volume (opened, or
+        created with ``create``) and the validated batch, for ``vol.index.apply``
+        or, with the batches of other writes, ``vol.index.apply_group`` (the
+        server's group commit). Raises what :meth:`write` raises for bad input."""
         vol = self._cached(volume_id, service_type)
         if vol is None:
             self._dir(volume_id, service_type)  # the id is checked before the batch
@@ -304,7 +315,7 @@ class Store:
         batch = encode(records, key_only=delete)
         if vol is None:
             vol = self.volume(volume_id, service_type, create=create)
-        return vol.index.apply(batch)
+        return vol, batch
 
     def _cached(self, volume_id: str, service_type: str) -> Volume | None:
         if self._volumes is None:

@@ -23,6 +23,7 @@ from rdirdb.rdir.backend import MAX_LIMIT as MAX_LIMIT
 from rdirdb.rdir.backend import listing_limit, parse_bool
 from rdirdb.rdir.store import Store, Volume, volume_file_name
 from rdirdb.server.repair import Handler, repair_routes
+from rdirdb.server.commit import GroupCommit, Result
 
 log = logging.getLogger("rdirdb.server")
 T = TypeVar("T")
@@ -42,6 +43,28 @@ class Response(NamedTuple):
 
 NO_CONTENT = Response(204)
 CREATED = Response(201)
+
+
+class Deferred:
+    """A response that comes later: a write waiting for the commit of its group
+    (see rdirdb.server.commit). ``then(callback)`` gets it once it is there."""
+
+    __slots__ = ("response", "_callback")
+
+    def __init__(self) -> None:
+        self.response: Response | None = None
+        self._callback: Callable[[Response], None] | None = None
+
+    def resolve(self, response: Response) -> None:
+        self.response = response
+        if self._callback is not None:
+            self._callback(response)
+
+    def then(self, callback: Callable[[Response], None]) -> None:
+        if self.response is not None:
+            callback(self.response)
+        else:
+            self._callback = callback
 
 
 class HttpError(Exception):
@@ -70,6 +93,23 @@ def error_response(exc: HttpError) -> Response:
     # A message may quote invalid UTF-8 of the request (lone surrogates): show it escaped.
     message = exc.message.encode("utf-8", "backslashreplace").decode("utf-8")
     return json_response({"status": exc.code, "message": message}, exc.status, headers)
+
+
+def failure(exc: Exception, method: str, path: str) -> Response:
+    """The answer to a request that raised ``exc``: the client's error, 503 when
+    busy, else 500 (a bug or a storage failure, logged)."""
+    if isinstance(exc, HttpError):
+        return error_response(exc)
+    if isinstance(exc, errors.ClientException):
+        return error_response(HttpError(exc.http_status, errors.caller_message(exc) or exc.message))
+    if isinstance(exc, (errors.ReadersFullError, errors.LmdbBusyError)):
+        log.warning("busy: %s", exc)
+        return error_response(HttpError(503, str(exc)))
+    message = errors.caller_message(exc)
+    if message is not None:  # the engine's verdict on the request (a bad type)
+        return error_response(bad_request(message))
+    log.error("%s %s failed", method, path, exc_info=exc)
+    return error_response(HttpError(500, f"Backend error: {exc}"))
 
 
 # -- query string and body fields ---------------------------------------------
@@ -209,6 +249,8 @@ class RdirApp:
 
     ``on_open(service_type, volume_id)`` is called when this process opens a
     volume for the first time (the server counts open volumes across workers).
+    With a ``committer``, pushes and deletes are answered by a :class:`Deferred`
+    once the group commit that holds them is done; without one, at once.
     """
 
     def __init__(
@@ -220,8 +262,10 @@ class RdirApp:
         config: dict[str, Any] | None = None,
         opened_count: Callable[[], int] | None = None,
         on_open: Callable[[str, str], None] | None = None,
+        committer: GroupCommit | None = None,
     ) -> None:
         self.store = store
+        self.committer = committer
         self.namespace = namespace
         self.service_id = service_id
         self.config = config or {}
@@ -229,7 +273,7 @@ class RdirApp:
         self._on_open = on_open
         get, post, delete = "GET", "POST", "DELETE"
         # path -> {method: handler}; everything else is 404 / 405.
-        self.routes: dict[str, dict[str, Callable[[Request], Response]]] = {
+        self.routes: dict[str, dict[str, Callable[[Request], Response | Deferred]]] = {
             "/info": {get: self.info},
             "/status": {get: self.status},
             "/config": {get: self.show_config},
@@ -253,9 +297,14 @@ class RdirApp:
         # rdirdb's own routes (anti-entropy repair), next to OpenIO's.
         for path, handler in repair_routes(store, self._open).items():
             self.routes[path] = {post: functools.partial(_json_route, handler)}
+        # The writes that go to the committer (answered by a Deferred), in their order.
+        self.grouped: frozenset[tuple[str, str]] = frozenset(() if committer is None else (
+            (post, "/v1/rdir/push"), (delete, "/v1/rdir/delete"),
+            (post, "/v1/rdir/meta2/push"), (post, "/v1/rdir/meta2/delete"),
+        ))
 
-    def handle(self, method: str, path: str, query: str, body: bytes) -> Response:
-        """Answer one request; never raises."""
+    def handle(self, method: str, path: str, query: str, body: bytes) -> Response | Deferred:
+        """Answer one request (a write, later when it waits for a group commit); never raises."""
         try:
             methods = self.routes.get(path)
             if methods is None:
@@ -269,20 +318,8 @@ class RdirApp:
             if handler is None:
                 raise HttpError(405, "Bad method", code=400)
             return handler(Request(method, parse_query(query), payload))
-        except HttpError as exc:
-            return error_response(exc)
-        except errors.ClientException as exc:
-            return error_response(HttpError(exc.http_status, errors.caller_message(exc) or exc.message))
-        except (errors.ReadersFullError, errors.LmdbBusyError) as exc:
-            log.warning("busy: %s", exc)
-            return error_response(HttpError(503, str(exc)))
         except Exception as exc:
-            message = errors.caller_message(exc)
-            if message is not None:  # the engine's verdict on the request (a bad type)
-                return error_response(bad_request(message))
-            # A bug or a storage failure, never the client's.
-            log.exception("%s %s failed", method, path)
-            return error_response(HttpError(500, f"Backend error: {exc}"))
+            return failure(exc, method, path)
 
     # -- volumes --
 
@@ -294,12 +331,30 @@ class RdirApp:
     def _open(self, vol: str, service_type: str, create: bool = False) -> Volume:
         return self._opening(service_type, vol, self.store.volume, vol, service_type, create=create)
 
-    def _write(self, req: Request, service_type: str, *, delete: bool = False, create: bool = False) -> Response:
-        """A push or a delete: the body's records go to :meth:`Store.write` as parsed."""
+    def _write(
+        self, req: Request, service_type: str, *, delete: bool = False, create: bool = False
+    ) -> Response | Deferred:
+        """A push or a delete: the body's records go to :meth:`Store.write` as
+        parsed, or, checked the same way, to the group commit."""
         vol = check_volume_id(req.query.get("vol"), "volume" if service_type == "rawx" else "meta2")
         records = records_of(req.body)
-        self._opening(service_type, vol, self.store.write, vol, service_type, records, delete=delete, create=create)
-        return NO_CONTENT
+        if self.committer is None:
+            self._opening(service_type, vol, self.store.write, vol, service_type, records, delete=delete, create=create)
+            return NO_CONTENT
+        volume, batch = self._opening(
+            service_type, vol, self.store.prepare_write, vol, service_type, records, delete=delete, create=create
+        )
+        deferred = Deferred()
+
+        def done(result: Result) -> None:
+            if isinstance(result, Exception):
+                what = f"{service_type} {'delete' if delete else 'push'} to {vol!r}"
+                deferred.resolve(failure(result, req.method, what))
+            else:
+                deferred.resolve(NO_CONTENT)
+
+        self.committer.submit(volume, batch, done)
+        return deferred
 
     def _opening(self, service_type: str, vol: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)``, telling ``on_open`` if it opened the volume."""
@@ -392,10 +447,10 @@ class RdirApp:
         self._volume(req, create=True)
         return CREATED
 
-    def push(self, req: Request) -> Response:
+    def push(self, req: Request) -> Response | Deferred:
         return self._write(req, "rawx", create=parse_bool(req.query.get("create")))
 
-    def delete(self, req: Request) -> Response:
+    def delete(self, req: Request) -> Response | Deferred:
         return self._write(req, "rawx", delete=True)
 
     def _listing(self, req: Request, legacy_body: bool) -> tuple[Volume, dict[str, Any], bool]:
@@ -448,10 +503,10 @@ class RdirApp:
         self._volume(req, "meta2", create=True)
         return CREATED
 
-    def meta2_push(self, req: Request) -> Response:
+    def meta2_push(self, req: Request) -> Response | Deferred:
         return self._write(req, "meta2", create=parse_bool(req.query.get("create"), True))
 
-    def meta2_delete(self, req: Request) -> Response:
+    def meta2_delete(self, req: Request) -> Response | Deferred:
         records_of(req.body)  # as the reference: "null body" before the volume id
         return self._write(req, "meta2", delete=True)
 

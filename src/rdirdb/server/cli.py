@@ -79,14 +79,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds SIGTERM waits for requests in progress (default %(default)s)",
     )
     parser.add_argument(
-        "--fsync", action="store_true",
-        help="flush every commit to disk (survives power loss); by default, like the "
-        "reference, a commit survives the process but not the machine",
+        "--fsync", action=argparse.BooleanOptionalAction, default=True,
+        help="answer a write once its commit is flushed to disk (survives power loss; writes "
+        "arriving meanwhile share the next commit); --no-fsync answers once committed, like "
+        "the reference: a write survives the process but not the machine (default: --fsync)",
     )
     parser.add_argument(
         "--writemap", action=argparse.BooleanOptionalAction, default=None,
         help="open the volumes with LMDB's MDB_WRITEMAP: faster unsynced writes on large "
-        "volumes, a sparse data file (default: on, off with --fsync; see docs/operations.md)",
+        "volumes, a sparse data file (default: on with --no-fsync, else off; see docs/operations.md)",
     )
     parser.add_argument("--registry", help="service registry URL (file:///path.json or a PostgreSQL DSN) to register in")
     parser.add_argument("--location", default="", help="dc.rack.host.disk, for the dispatcher (default none)")

@@ -1,8 +1,10 @@
 """HTTP/1.1 on asyncio with httptools' parser (the stack benches/http_stacks.py chose).
 
-One ``HttpProtocol`` per connection. Requests are answered in order as soon as
-their body is complete; the handler is synchronous (LMDB calls are short and
-release nothing to wait for), so pipelined requests need no queue.
+One ``HttpProtocol`` per connection. The handler runs as soon as a request's
+body is complete. It answers reads at once (LMDB calls are short and have
+nothing to wait for); a write may be answered later, once the group commit that
+holds it is done (a ``Deferred``). Answers go out in the order of the requests:
+those that follow a waiting one wait in the connection's queue.
 """
 
 from __future__ import annotations
@@ -12,21 +14,23 @@ import itertools
 import logging
 import os
 import time
+from collections import deque
 from http import HTTPStatus
 from typing import Callable
 
 import httptools
 
-from rdirdb.server.app import HttpError, Response, error_response
+from rdirdb.server.app import Deferred, HttpError, Response, error_response
 
 log = logging.getLogger("rdirdb.server")
 access_log = logging.getLogger("rdirdb.server.access")
 
-Handler = Callable[[str, str, str, bytes], Response]
+Handler = Callable[[str, str, str, bytes], "Response | Deferred"]
 
 MAX_URL = 16 << 10  # longer request targets get 414 (a listing URL is at most a few KiB)
 MAX_HEAD = 64 << 10  # a larger request line and headers get 431
 LINGER = 1.0  # seconds a refused request's remaining bytes are read and dropped before closing
+MAX_WAITING = 64  # answers a connection may owe before it stops reading (pipelined writes)
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 
@@ -70,7 +74,12 @@ def render(response: Response, req_id: str, keep_alive: bool, head: bool = False
 
 
 class ServerState:
-    """What the connections of one worker share: limits, the handler, the live set."""
+    """What the connections of one worker share: limits, the handler, the live set.
+
+    ``grouped`` are the requests (method, path) that the handler may answer with a
+    ``Deferred`` and that keep their order among themselves (the group commit's
+    writes): one may be handled while another is still committing.
+    """
 
     def __init__(
         self,
@@ -81,8 +90,10 @@ class ServerState:
         max_head: int = MAX_HEAD,
         request_timeout: float = 30.0,
         keepalive_timeout: float = 60.0,
+        grouped: frozenset[tuple[str, str]] = frozenset(),
     ) -> None:
         self.handler = handler
+        self.grouped = grouped  # (method, path) of the writes that join a group commit
         self.max_body = max_body
         self.max_url = max_url
         self.max_head = max_head
@@ -107,13 +118,32 @@ class ServerState:
         self._sweeper = asyncio.get_running_loop().call_later(self.sweep_interval, self._sweep)
 
 
+class _Answer:
+    """A request whose answer is owed, in a connection's queue."""
+
+    __slots__ = ("response", "body", "req_id", "method", "path", "query", "keep_alive", "started")
+
+    def __init__(self, req_id: str, method: str, path: str, query: str, keep_alive: bool, started: float) -> None:
+        self.response: Response | None = None
+        self.body: bytes | None = None  # a request not handled yet (behind a write)
+        self.req_id = req_id
+        self.method = method
+        self.path = path
+        self.query = query
+        self.keep_alive = keep_alive
+        self.started = started
+
+
 class HttpProtocol(asyncio.Protocol):
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.deadline = 0.0  # time.monotonic() after which the connection times out
-        self.in_request = False
+        self.receiving = False  # between the start of a request and its last byte
+        self.waiting: deque[_Answer] = deque()  # requests received, answers not yet sent
+        self.paused = False  # reading paused: too many answers owed
+        self.write_paused = False  # reading paused: the client does not read its answers
         # httptools accumulates a header until it is complete: the bytes of a head
         # are also counted as they arrive, so that one that never ends is refused.
         self.in_head = True  # receiving a request line and headers (or waiting for one)
@@ -139,9 +169,15 @@ class HttpProtocol(asyncio.Protocol):
         if self.state.closing:  # accepted while shutting down
             self.shutdown()
 
+    @property
+    def in_request(self) -> bool:
+        """A request is being received, or its answer is owed."""
+        return self.receiving or bool(self.waiting)
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.state.connections.discard(self)
         self.transport = None
+        self.waiting.clear()  # their writes still commit; nobody is left to answer
         # The parser refers back to this protocol: break the cycle, so that what the
         # connection held (a large body, a partial head) is freed now, not at the
         # next (rare, see serve.tune_gc) garbage collection.
@@ -150,11 +186,13 @@ class HttpProtocol(asyncio.Protocol):
 
     # A client that sends without reading answers must not grow our buffers.
     def pause_writing(self) -> None:
+        self.write_paused = True
         if self.transport is not None:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.transport is not None:
+        self.write_paused = False
+        if self.transport is not None and not self.paused:
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
@@ -177,7 +215,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def timed_out(self) -> None:
         self.deadline = float("inf")
-        if self.in_request and not (self.too_large or self.discarding):
+        if self.receiving and not (self.too_large or self.discarding or self.waiting):
             self._fail(HttpError(408, "Request timeout"))
         elif self.transport is not None:
             self.transport.close()  # an idle keep-alive connection, or a lingering one
@@ -200,11 +238,19 @@ class HttpProtocol(asyncio.Protocol):
 
     def _answer_error(self, exc: HttpError) -> bool:
         """Write the error answer, unless the request was already answered or the
-        connection is gone; whether it was written."""
+        connection is gone; whether it was written. Behind answers still owed, it
+        is queued, what the client sends next is dropped, and the connection
+        closes once the queue is sent."""
         if self.transport is None or self.too_large or self.discarding:
             return False
         req_id = self.req_id or new_request_id()
         log.info("%s %d %s", req_id, exc.status, exc.message)
+        if self.waiting:
+            answer = _Answer(req_id, "", "", "", False, time.monotonic())
+            answer.response = error_response(exc)
+            self.waiting.append(answer)
+            self.discarding = True
+            return False
         self.transport.write(render(error_response(exc), req_id, keep_alive=False))
         return True
 
@@ -226,7 +272,7 @@ class HttpProtocol(asyncio.Protocol):
     # -- httptools callbacks --
 
     def on_message_begin(self) -> None:
-        self.in_request = True
+        self.receiving = True
         self._reset()
         self.deadline = time.monotonic() + self.state.request_timeout
 
@@ -277,34 +323,94 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.in_head = True  # the next request's head, if any
+        self.receiving = False
         if self.transport is None or self.discarding:
             return
         if self.too_large:
             self.transport.close()
             self.transport = None
             return
-        started = time.monotonic()
-        req_id = self.req_id or new_request_id()
         method = self.parser.get_method().decode("latin-1")
         url = httptools.parse_url(self.url)
-        path = url.path.decode("utf-8", "surrogateescape")
-        query = url.query.decode("utf-8", "surrogateescape") if url.query else ""
+        answer = _Answer(
+            self.req_id or new_request_id(),
+            method,
+            url.path.decode("utf-8", "surrogateescape"),
+            url.query.decode("utf-8", "surrogateescape") if url.query else "",
+            self.parser.should_keep_alive(),
+            time.monotonic(),
+        )
         body = b"".join(self.body)
         self.body = []  # not kept while the connection idles
+        if self.waiting and ((answer.method, answer.path) not in self.state.grouped
+                             or any(a.body is not None for a in self.waiting)):
+            # Behind a write still committing: handled once that is answered, so
+            # that what this connection sends is applied and read in its order
+            # (another write joins the group at once: the group keeps the order).
+            answer.body = body
+            self.waiting.append(answer)
+            if len(self.waiting) >= MAX_WAITING and not self.paused:
+                self.paused = True
+                self.transport.pause_reading()
+            return
+        self._handle(answer, body)
+
+    def _handle(self, answer: _Answer, body: bytes, queued: bool = False) -> None:
+        """Run the handler; send the answer, or queue it behind those still owed
+        (``queued``: it is at the head of the queue already)."""
         # HEAD is GET without the body (render drops it, Content-Length stays GET's)
-        response = self.state.handler("GET" if method == "HEAD" else method, path, query, body)
-        keep_alive = self.parser.should_keep_alive() and not self.state.closing
-        self.transport.write(render(response, req_id, keep_alive, head=method == "HEAD"))
-        if response.status >= 400:
-            log.info("%s %s %s -> %d %s", req_id, method, path, response.status, response.body[:200])
-        if access_log.isEnabledFor(logging.DEBUG):
-            access_log.debug(
-                "%s %s %s?%s %d %.3fms", req_id, method, path, query, response.status,
-                (time.monotonic() - started) * 1000,
-            )
-        self.in_request = False
-        if keep_alive:
-            self.deadline = time.monotonic() + self.state.keepalive_timeout
+        result = self.state.handler("GET" if answer.method == "HEAD" else answer.method, answer.path,
+                                    answer.query, body)
+        if isinstance(result, Deferred):
+            if not queued:
+                self.waiting.append(answer)
+            self.deadline = float("inf")  # the server owes the wait, not the client
+            result.then(lambda response: self._answered(answer, response))
+            return
+        answer.response = result
+        if queued:
+            return  # _answered sends it
+        if self.waiting:
+            self.waiting.append(answer)
         else:
+            self._send(answer)
+
+    def _answered(self, answer: _Answer, response: Response) -> None:
+        """A deferred answer is there: send it and what the queue can."""
+        answer.response = response
+        waiting = self.waiting
+        while waiting and self.transport is not None:
+            head = waiting[0]
+            if head.response is not None:
+                self._send(waiting.popleft())
+            elif head.body is not None:  # a request received behind a write: its turn
+                body, head.body = head.body, None
+                self._handle(head, body, queued=True)
+                if head.response is None:
+                    return  # a write again: its commit calls back here
+            else:
+                return
+        if self.paused and len(waiting) < MAX_WAITING // 2 and self.transport is not None:
+            self.paused = False
+            if not self.write_paused:
+                self.transport.resume_reading()
+
+    def _send(self, answer: _Answer) -> None:
+        assert self.transport is not None and answer.response is not None
+        response = answer.response
+        keep_alive = answer.keep_alive and not self.state.closing
+        self.transport.write(render(response, answer.req_id, keep_alive, head=answer.method == "HEAD"))
+        if answer.method:  # (an error queued by _answer_error is logged there)
+            if response.status >= 400:
+                log.info("%s %s %s -> %d %s", answer.req_id, answer.method, answer.path, response.status,
+                         response.body[:200])
+            if access_log.isEnabledFor(logging.DEBUG):
+                access_log.debug(
+                    "%s %s %s?%s %d %.3fms", answer.req_id, answer.method, answer.path, answer.query,
+                    response.status, (time.monotonic() - answer.started) * 1000,
+                )
+        if not keep_alive:
             self.transport.close()
             self.transport = None
+        elif not self.in_request:
+            self.deadline = time.monotonic() + self.state.keepalive_timeout

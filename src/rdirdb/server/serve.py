@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from rdirdb.server.app import DEFAULT_LIMIT, MAX_LIMIT, RdirApp
+from rdirdb.server.commit import GroupCommit
 from rdirdb.server.http import MAX_HEAD, MAX_URL, HttpProtocol, ServerState
 from rdirdb.rdir.store import TOMBSTONE_RETENTION, Store, volume_file_name
 
@@ -45,6 +46,7 @@ STOP_SIGNALS = frozenset((signal.SIGTERM, signal.SIGINT))
 ACCEPT_PAUSE = 0.0005  # seconds per connection served before accepting another
 MAX_ACCEPT_PAUSE = 0.005
 GC_THRESHOLD = 100_000  # allocations between two young-generation collections
+INLINE_BELOW = 5  # unsynced groups of fewer requests commit on the event loop (docs/server.md)
 
 
 class StartupError(Exception):
@@ -63,7 +65,7 @@ class Settings:
     request_timeout: float = 30.0
     keepalive_timeout: float = 60.0
     shutdown_timeout: float = 10.0
-    fsync: bool = False
+    fsync: bool = True
     writemap: bool | None = None  # MDB_WRITEMAP; None: the Store's default (on unless fsync)
     registry: str | None = None  # URL of the service registry to register in
     location: str = ""  # dc.rack.host.disk, for the dispatcher's distance rules
@@ -257,6 +259,9 @@ async def _serve(sock: socket.socket, settings: Settings, opened: OpenedVolumes,
     orphan_watch = loop.create_task(_stop_when_orphaned(stop, opened, master))
     store = Store(settings.db_path, sync=settings.fsync, writemap=settings.writemap,
                   tombstone_retention=settings.tombstone_retention)
+    # Synced commits wait for the disk: off the event loop, which meanwhile
+    # gathers the next group. Unsynced ones are short: small groups on the loop.
+    committer = GroupCommit(inline_below=0 if settings.fsync else INLINE_BELOW)
     app = RdirApp(
         store,
         namespace=settings.namespace,
@@ -264,12 +269,14 @@ async def _serve(sock: socket.socket, settings: Settings, opened: OpenedVolumes,
         config=settings.config(),
         opened_count=opened.count,
         on_open=opened.add,
+        committer=committer,
     )
     state = ServerState(
         app.handle,
         max_body=settings.max_body,
         request_timeout=settings.request_timeout,
         keepalive_timeout=settings.keepalive_timeout,
+        grouped=app.grouped,
     )
     acceptor = loop.create_task(_accept(sock, state))
     await stop.wait()
@@ -286,6 +293,7 @@ async def _serve(sock: socket.socket, settings: Settings, opened: OpenedVolumes,
     for conn in list(state.connections):  # stuck clients: their requests never completed
         if conn.transport is not None:
             conn.transport.abort()
+    await committer.close()
     for volume in store:
         volume.env.sync()
     store.close()

@@ -2,7 +2,8 @@
 
 The facade owns the semantics (argument checks, defaults, error texts, the
 locked shard of this instance); the backends own storage (``pg.py``,
-``lmdb.py``). Differences from winery are listed in docs/sharedbase.md.
+``lmdb.py``), behind the protocol of ``backend.py``. Differences from winery
+are listed in docs/sharedbase.md.
 """
 
 from __future__ import annotations
@@ -463,8 +464,9 @@ class SharedBase:
             # Our own transaction: run again if LMDB aborted it to grow its map.
             return replay(self._record_in_own_transaction, ids)
         self._backend.check_db(db)
-        # On LMDB this may lock the shard inside ``db`` (see transaction()).
-        with self._backend.transaction(db) if self._backend.locks_in_transaction else contextlib.nullcontext():
+        # Joining ``db``: on LMDB, a shard this locks is locked inside it (see
+        # transaction()); on PostgreSQL locks commit on connections of their own.
+        with self._backend.transaction(db):
             shard_name, shard_id = self.locked_shard, self.locked_shard_id
         owners = self._backend.record(db, shard_id, self.locker, ids)
         if owners is None:

@@ -1,0 +1,90 @@
+"""Durable single pushes with group commit: the server with and without fsync.
+
+Starts ``rdirdb serve`` twice per round (``--no-fsync``, then the default
+``--fsync``), each on a fresh store, and loads it with wrk: 8, then 64
+keep-alive connections, each posting one random record per request (Lua).
+Rounds alternate the two modes, so that the machine's load weighs on both
+alike; it prints each run, the medians, and the ratio fsync / no-fsync of the
+medians at each connection count (the goal of issue 11: >= 0.5 at 64). A
+synced push waits for two flushes (LMDB's data pages, then its meta page), so
+the ratio follows the disk's flush latency: each round also times
+``fdatasync`` of a 4 KiB overwrite next to the store.
+Needs wrk (``make bench-deps``). Loopback only; every run is bounded in time.
+
+    python benches/group_commit.py [--rounds 3] [--seconds 5] [--workers N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+from server_bench_util import PUSH_LUA, BenchServer, call, lua, wrk
+
+MODES = {"no-fsync": ("--no-fsync",), "fsync": ("--fsync",)}
+
+
+def run(mode: str, workers: int, connections: list[int], seconds: float) -> dict[int, dict]:
+    server = BenchServer.rdirdb(workers, args=MODES[mode])
+    try:
+        conn = server.connection()
+        call(conn, "POST", "/v1/rdir/create?vol=wrk")
+        conn.close()
+        results = {}
+        for n in connections:
+            result = wrk(server.port, lua(PUSH_LUA, vol="wrk"), seconds, connections=n, server_pid=server.proc.pid)
+            if result["errors"]:
+                raise SystemExit(f"{mode}, {n} connections: {result['errors']} requests failed")
+            print(f"  {mode:<9} {n:>3} connections: {result['rate']:>9,.0f} pushes/s  "
+                  f"(mean latency {result['latency']}, server CPU {result['cpu_us']:.0f} us/push)", flush=True)
+            results[n] = result
+        return results
+    finally:
+        server.stop()
+
+
+def flush_latency(count: int = 50) -> float:
+    """Median milliseconds of a 4 KiB overwrite and its ``fdatasync``, in the temp dir."""
+    with tempfile.NamedTemporaryFile(prefix="rdirdb-bench-") as f:
+        f.write(b"\0" * (64 << 10))
+        f.flush()
+        os.fsync(f.fileno())
+        times = []
+        for i in range(count):
+            started = time.perf_counter()
+            os.pwrite(f.fileno(), b"x" * 4096, (i % 16) * 4096)
+            os.fdatasync(f.fileno())
+            times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per wrk run (default %(default)s)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--connections", default="8,64", help="comma-separated (default %(default)s)")
+    args = parser.parse_args()
+    connections = [int(n) for n in args.connections.split(",")]
+    rates: dict[tuple[str, int], list[float]] = {(m, n): [] for m in MODES for n in connections}
+    flushes = []
+    for r in range(args.rounds):
+        flushes.append(flush_latency())
+        print(f"round {r + 1} of {args.rounds} ({args.workers} workers, {args.seconds:.0f} s per run; "
+              f"fdatasync of 4 KiB: {flushes[-1]:.2f} ms)")
+        for mode in MODES:
+            for n, result in run(mode, args.workers, connections, args.seconds).items():
+                rates[mode, n].append(result["rate"])
+    print(f"\nmedians of {args.rounds} rounds, single-record pushes/s "
+          f"(fdatasync of 4 KiB: {statistics.median(flushes):.2f} ms)")
+    print(f"{'connections':>11}{'no-fsync':>12}{'fsync':>12}{'fsync / no-fsync':>18}")
+    for n in connections:
+        plain, synced = statistics.median(rates["no-fsync", n]), statistics.median(rates["fsync", n])
+        print(f"{n:>11}{plain:>12,.0f}{synced:>12,.0f}{synced / plain:>18.2f}")
+
+
+if __name__ == "__main__":
+    main()

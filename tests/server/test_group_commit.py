@@ -1,0 +1,209 @@
+"""Group commit (rdirdb.server.commit): writes that arrive together share one
+transaction, each is answered after that commit, each stays all or nothing, and
+with fsync (the server's default) nothing acknowledged is lost to a SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from rdirdb._lmdb import Environment
+from rdirdb.rdir.store import Store
+from rdirdb.server.app import Deferred, RdirApp, Response
+from rdirdb.server.commit import GroupCommit
+from tests.server.helpers import chunk_record, fetch_item, new_volume
+
+
+def _post(path: str, vol: str, body: Any, *, method: str = "POST", last: bool = False) -> bytes:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    close = b"Connection: close\r\n" if last else b""
+    return b"%s %s?vol=%s HTTP/1.1\r\nHost: x\r\n%sContent-Length: %d\r\n\r\n%s" % (
+        method.encode(), path.encode(), vol.encode(), close, len(data), data)
+
+
+def _exchange(server, data: bytes) -> list[bytes]:
+    """Send ``data`` in one write; the answers, split (the last request closes)."""
+    with socket.create_connection((server.host, server.port), timeout=10) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return [b"HTTP/1.1 " + a for a in b"".join(chunks).split(b"HTTP/1.1 ")[1:]]
+
+
+def _last_txnid(db_path: str, vol: str) -> int:
+    env = Environment(os.path.join(db_path, "rawx", vol), create=False)
+    try:
+        return env.info()["last_txnid"]
+    finally:
+        env.close()
+
+
+def test_pipelined_writes_share_one_commit_and_keep_their_own_answers(start_server):
+    server = start_server()
+    assert server.request("GET", "/config").json["rdir.fsync"] is True  # the default
+    vol = new_volume()
+    assert server.request("POST", "/v1/rdir/create", {"vol": vol}).status == 201
+    before = _last_txnid(server.db_path, vol)
+    a, b, c = chunk_record(), chunk_record(), chunk_record()
+    bad = dict(chunk_record(), mtime="yesterday")
+    requests = b"".join([
+        _post("/v1/rdir/push", vol, a),
+        _post("/v1/rdir/push", vol, [b, bad]),  # refused whole: b is not written
+        _post("/v1/rdir/push", "absent-" + vol, c),  # no such volume (no create)
+        _post("/v1/rdir/push", vol, b"{not json"),
+        _post("/v1/rdir/push", vol, c),
+        _post("/v1/rdir/delete", vol, {"container_id": a["container_id"], "chunk_id": a["chunk_id"]},
+              method="DELETE"),
+        b"GET /v1/rdir/fetch?vol=%s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % vol.encode(),
+    ])
+    answers = _exchange(server, requests)
+    statuses = [int(answer.split(b" ")[1]) for answer in answers]
+    assert statuses == [204, 400, 404, 400, 204, 204, 200]
+    assert b"[mtime]" in answers[1]
+    assert json.loads(answers[-1].partition(b"\r\n\r\n")[2]) == [fetch_item(c)]
+    # the three writes that were accepted went to disk in one transaction
+    assert _last_txnid(server.db_path, vol) == before + 1
+
+
+def test_a_group_applies_its_requests_in_their_order(start_server):
+    server = start_server("--no-fsync")  # groups on the event loop
+    assert server.request("GET", "/config").json["rdir.fsync"] is False
+    vol = new_volume()
+    assert server.request("POST", "/v1/rdir/create", {"vol": vol}).status == 201
+    rec = chunk_record(mtime=1)
+    key = {"container_id": rec["container_id"], "chunk_id": rec["chunk_id"]}
+    later = dict(rec, mtime=3)
+    answers = _exchange(server, b"".join([
+        _post("/v1/rdir/push", vol, rec),
+        _post("/v1/rdir/delete", vol, key, method="DELETE"),
+        _post("/v1/rdir/push", vol, dict(rec, mtime=2)),
+        _post("/v1/rdir/push", vol, later),
+        b"GET /v1/rdir/fetch?vol=%s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % vol.encode(),
+    ]))
+    assert [a.split(b" ")[1] for a in answers] == [b"204"] * 4 + [b"200"]
+    assert json.loads(answers[-1].partition(b"\r\n\r\n")[2]) == [fetch_item(later)]
+
+
+class _FailingIndex:
+    """An index whose group transactions fail, and whose ``apply`` fails for
+    the batches listed in ``bad`` (a disk error, say, after validation)."""
+
+    def __init__(self, index: Any, bad: list[Any]) -> None:
+        self.index = index
+        self.bad = bad
+        self.groups = 0
+
+    def apply_group(self, batches: list[Any]) -> list[int]:
+        self.groups += 1
+        if any(batch in self.bad for batch in batches):
+            raise OSError(5, "Input/output error")
+        return self.index.apply_group(batches)
+
+    def apply(self, batch: Any) -> int:
+        if batch in self.bad:
+            raise OSError(5, "Input/output error")
+        return self.index.apply(batch)
+
+
+@pytest.mark.parametrize("inline_below", [0, 5], ids=["threaded", "on-the-loop"])
+def test_a_failed_group_is_written_again_one_request_at_a_time(tmp_path, inline_below, caplog):
+    store = Store(tmp_path, sync=False)
+    volume = store.volume("v", create=True)
+    records = [chunk_record() for _ in range(4)]
+    batches = {}
+    original = store.prepare_write
+
+    def prepare(*args: Any, **kwargs: Any) -> Any:
+        vol, batch = original(*args, **kwargs)
+        batches[len(batches)] = batch
+        return vol, batch
+
+    store.prepare_write = prepare  # type: ignore[method-assign]
+
+    async def run() -> list[Response]:
+        app = RdirApp(store, committer=GroupCommit(inline_below=inline_below))
+        deferred = [app.handle("POST", "/v1/rdir/push", "vol=v", json.dumps(rec).encode()) for rec in records]
+        assert all(isinstance(d, Deferred) and d.response is None for d in deferred)
+        volume.index = failing = _FailingIndex(volume.index, [batches[1]])
+        answers: list[asyncio.Future[Response]] = []
+        for d in deferred:
+            future = asyncio.get_running_loop().create_future()
+            d.then(future.set_result)
+            answers.append(future)
+        result = list(await asyncio.gather(*answers))
+        await app.committer.close()  # type: ignore[union-attr]
+        assert failing.groups == 1
+        return result
+
+    answers = asyncio.run(run())
+    assert [a.status for a in answers] == [204, 500, 204, 204]
+    assert json.loads(answers[1].body)["message"] == "Backend error: [Errno 5] Input/output error"
+    assert "push to 'v' failed" in caplog.text
+    stored = {rec[2] for rec in volume.chunks.fetch()[0]}
+    assert stored == {records[i]["chunk_id"] for i in (0, 2, 3)}
+    store.close()
+
+
+def test_without_a_committer_writes_are_answered_at_once(tmp_path):
+    with Store(tmp_path, sync=False) as store:
+        app = RdirApp(store)
+        app.handle("POST", "/v1/rdir/create", "vol=v", b"")
+        answer = app.handle("POST", "/v1/rdir/push", "vol=v", json.dumps(chunk_record()).encode())
+        assert isinstance(answer, Response) and answer.status == 204
+
+
+def _server_pids(server) -> list[int]:
+    with open(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children") as f:
+        return [server.proc.pid, *map(int, f.read().split())]
+
+
+def test_acknowledged_writes_survive_a_sigkill_of_every_process(start_server):
+    server = start_server("--service-id", "svc", workers=2)  # fsync: the default
+    vol = new_volume()
+    assert server.request("POST", "/v1/rdir/create", {"vol": vol}).status == 201
+    acked: list[dict] = []
+    stop = threading.Event()
+
+    def writer() -> None:  # one keep-alive connection, one record per request
+        sock = socket.create_connection((server.host, server.port), timeout=10)
+        try:
+            while not stop.is_set():
+                rec = chunk_record()
+                sock.sendall(_post("/v1/rdir/push", vol, rec))
+                answer = sock.recv(65536)
+                if not answer:
+                    return
+                assert answer.startswith(b"HTTP/1.1 204 "), answer
+                acked.append(rec)
+        except OSError:  # killed mid-request: that one was not acknowledged
+            return
+        finally:
+            sock.close()
+
+    threads = [threading.Thread(target=writer) for _ in range(16)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 20
+    while len(acked) < 300 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in _server_pids(server):  # no process gets to flush or close anything
+        os.kill(pid, signal.SIGKILL)
+    server.wait_exit()
+    stop.set()
+    for t in threads:
+        t.join(10)
+    assert len(acked) >= 300
+
+    again = start_server("--service-id", "svc", db_path=server.db_path)
+    items = again.request("GET", "/v1/rdir/fetch", {"vol": vol, "max": 100000}).json
+    stored = {item[0] for item in items}
+    assert [r for r in acked if fetch_item(r)[0] not in stored] == []
