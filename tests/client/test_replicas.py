@@ -104,3 +104,19 @@ def test_copy_needs_the_remote_mode(tmp_path, vol):
         client.create(vol)
         with pytest.raises(OioException, match="remote mode"):
             client.chunk_copy_vol(vol, dests=["127.0.0.1:1"])
+
+
+def test_a_request_finishing_after_close_keeps_no_connection(servers, vol):
+    """A replica's write still in flight when the client closes (a failed quorum
+    does not wait for it) closes its connection when it ends: no socket is left
+    to the garbage collector."""
+    from rdirdb.rdir.remote import RemoteBackend
+
+    (a, _, _), _ = servers
+    backend = RemoteBackend(rdir_hosts=[a])
+    backend.create(vol, "rawx")
+    backend.close()
+    pool = backend._pool(a)  # what the in-flight request reaches
+    status, _, _ = pool.request("GET", f"/v1/rdir/status?vol={vol}", None, {})
+    assert status == 200
+    assert pool.closed and pool._idle == []

@@ -54,6 +54,7 @@ class _Pool:
         self.read_timeout = read_timeout
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
+        self.closed = False  # then a connection is closed after its request, never kept
 
     def request(
         self, method: str, url: str, body: bytes | None, headers: dict[str, str]
@@ -104,13 +105,14 @@ class _Pool:
 
     def _put(self, conn: http.client.HTTPConnection) -> None:
         with self._lock:
-            if len(self._idle) < POOL_SIZE:
+            if not self.closed and len(self._idle) < POOL_SIZE:
                 self._idle.append(conn)
                 return
         conn.close()
 
     def close(self) -> None:
         with self._lock:
+            self.closed = True
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
@@ -148,12 +150,16 @@ class RemoteBackend(RdirBackend):
         self.read_timeout = read_timeout
         self._pools: dict[str, _Pool] = {}
         self._lock = threading.Lock()
+        self._closed = False
         self._executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="rdir-write")
 
     def close(self) -> None:
+        # The pools stay, closed: a request still in flight (a replica's write
+        # that a failed quorum did not wait for) closes its connection after it.
         with self._lock:
-            pools, self._pools = self._pools, {}
-        for pool in pools.values():
+            self._closed = True
+            pools = list(self._pools.values())
+        for pool in pools:
             pool.close()
         self._executor.shutdown(wait=False)
 
@@ -164,6 +170,7 @@ class RemoteBackend(RdirBackend):
             pool = self._pools.get(host)
             if pool is None:
                 pool = self._pools[host] = _Pool(host, self.connect_timeout, self.read_timeout)
+                pool.closed = self._closed
             return pool
 
     def hosts(self, volume: str, service_type: str, options: dict[str, Any]) -> list[str]:

@@ -22,8 +22,9 @@ from rdirdb.rdir.backend import DEFAULT_LIMIT as DEFAULT_LIMIT  # the server's s
 from rdirdb.rdir.backend import MAX_LIMIT as MAX_LIMIT
 from rdirdb.rdir.backend import listing_limit, parse_bool
 from rdirdb.rdir.store import Store, Volume, volume_file_name
-from rdirdb.server.repair import Handler, repair_routes
 from rdirdb.server.commit import GroupCommit, Result
+from rdirdb.server.fields import field
+from rdirdb.server.repair import Handler, repair_routes
 
 log = logging.getLogger("rdirdb.server")
 T = TypeVar("T")
@@ -139,31 +140,6 @@ def parse_limit(value: str | int | None) -> int:
         match = _LEADING_INT.match(value)
         value = int(match.group()) if match else 0
     return listing_limit(value)
-
-
-def _is_int(value: Any) -> bool:
-    return type(value) is int  # JSON true/false are bools, which must not pass as ints
-
-
-_TYPES: dict[type, Callable[[Any], bool]] = {
-    str: lambda v: type(v) is str,
-    int: _is_int,
-    bool: lambda v: type(v) is bool,
-}
-
-
-def field(obj: Any, name: str, kind: type, *, mandatory: bool = True) -> Any:
-    """One typed field of a JSON object; absent or null is "missing"."""
-    if type(obj) is not dict:
-        raise bad_request("Not an object")
-    value = obj.get(name)
-    if value is None:
-        if mandatory:
-            raise bad_request(f"Missing field [{name}]")
-        return None
-    if not _TYPES[kind](value):
-        raise bad_request(f"Invalid type for field [{name}]")
-    return value
 
 
 def records_of(body: Any) -> list[Any]:

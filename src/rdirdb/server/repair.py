@@ -15,25 +15,13 @@ from rdirdb._repair import MAX_STAMP
 from rdirdb.errors import BadRequest
 from rdirdb.rdir.repair import MAX_APPLY, LocalReplica, Opener, b64, decode_bound, decode_entries, encode_entries, unb64
 from rdirdb.rdir.store import SERVICE_TYPES, Store
+from rdirdb.server.fields import field
 
 Handler = Callable[[dict[str, str], Any], Any]
 
 MAX_RANGES = 100_000  # ranges or bounds per request
 MAX_PARTS = 4096
 MAX_LIMIT = MAX_APPLY  # entries listed or applied per request
-
-
-def _field(body: Any, name: str, kind: type, mandatory: bool = True) -> Any:
-    if type(body) is not dict:
-        raise BadRequest("Not an object")
-    value = body.get(name)
-    if value is None:
-        if mandatory:
-            raise BadRequest(f"Missing field [{name}]")
-        return None
-    if type(value) is not kind:
-        raise BadRequest(f"Invalid type for field [{name}]")
-    return value
 
 
 def repair_routes(store: Store, opener: Opener) -> dict[str, Handler]:
@@ -51,13 +39,13 @@ def repair_routes(store: Store, opener: Opener) -> dict[str, Handler]:
         return LocalReplica(store, vol, service_type, opener=opener)
 
     def cutoff(body: Any) -> int:
-        value = _field(body, "cutoff", int, mandatory=False) or 0
+        value = field(body, "cutoff", int, mandatory=False) or 0
         if not 0 <= value <= MAX_STAMP:
             raise BadRequest("cutoff must be in [0, 2**64)")
         return int(value)
 
     def bounded(body: Any, name: str, low: int, high: int) -> int:
-        value = _field(body, name, int)
+        value = field(body, name, int)
         if not low <= value <= high:
             raise BadRequest(f"{name} must be in [{low}, {high}]")
         return int(value)
@@ -72,7 +60,7 @@ def repair_routes(store: Store, opener: Opener) -> dict[str, Handler]:
     def digest(query: dict[str, str], body: Any) -> Any:
         r, cut = replica(query), cutoff(body)
         bounds = []
-        for i, bs in enumerate(a_list(_field(body, "bounds", list), "bounds", MAX_RANGES)):
+        for i, bs in enumerate(a_list(field(body, "bounds", list), "bounds", MAX_RANGES)):
             bs = a_list(bs, f"bounds[{i}]", MAX_PARTS + 1)
             if len(bs) < 2:
                 raise BadRequest(f"bounds[{i}] needs at least two bounds")
@@ -83,7 +71,7 @@ def repair_routes(store: Store, opener: Opener) -> dict[str, Handler]:
         r, cut = replica(query), cutoff(body)
         parts = bounded(body, "parts", 1, MAX_PARTS)
         ranges = []
-        for i, rng in enumerate(a_list(_field(body, "ranges", list), "ranges", MAX_RANGES)):
+        for i, rng in enumerate(a_list(field(body, "ranges", list), "ranges", MAX_RANGES)):
             if type(rng) is not list or len(rng) != 2:
                 raise BadRequest(f"ranges[{i}] must be [lo, hi]")
             ranges.append((unb64(rng[0], f"ranges[{i}] lo"), decode_bound(rng[1], f"ranges[{i}] hi")))
@@ -93,14 +81,14 @@ def repair_routes(store: Store, opener: Opener) -> dict[str, Handler]:
     def listing(query: dict[str, str], body: Any) -> Any:
         r, cut = replica(query), cutoff(body)
         limit = bounded(body, "limit", 1, MAX_LIMIT)
-        lo = unb64(_field(body, "lo", str), "lo")
-        hi = decode_bound(_field(body, "hi", str, mandatory=False), "hi")
+        lo = unb64(field(body, "lo", str), "lo")
+        hi = decode_bound(field(body, "hi", str, mandatory=False), "hi")
         entries, nxt = r.entries(lo, hi, cut, limit)
         return {"entries": encode_entries(entries), "next": None if nxt is None else b64(nxt)}
 
     def apply(query: dict[str, str], body: Any) -> Any:
         r = replica(query)
-        entries = decode_entries(a_list(_field(body, "entries", list), "entries", MAX_LIMIT))
+        entries = decode_entries(a_list(field(body, "entries", list), "entries", MAX_LIMIT))
         return {"applied": r.apply(entries)}
 
     return {
