@@ -16,7 +16,7 @@ pytest.importorskip("httptools")
 
 from rdirdb.rdir.client import RdirClient  # noqa: E402
 from rdirdb.rdir.registry import open_registry  # noqa: E402
-from rdirdb.rdir.repair import HttpReplica, b64, repair_hosts  # noqa: E402
+from rdirdb.rdir.repair import HttpReplica, b64, repair_hosts, unb64  # noqa: E402
 from rdirdb.rdir.store import Store  # noqa: E402
 from rdirdb.server.repairer import repair_round  # noqa: E402
 from tests.cli.conftest import Cli  # noqa: E402
@@ -342,3 +342,34 @@ def _push_local(chunks) -> None:
     records = [_record(n) for n in range(10)]
     chunks.put_batch(records)
     chunks.delete_batch([(r["container_id"], r["chunk_id"]) for r in records[:5]])
+
+
+def test_out_of_order_ranges_and_stamps_the_clock_cannot_follow_are_400(cluster):
+    """A range whose end is below its start is a client mistake, on every route; an entry
+    stamped so far ahead that the volume's clock would wrap past 2**64 (then stamp later
+    writes older than it) is refused, and changes nothing."""
+    s = cluster.servers[0]
+    with cluster.alone(0) as c0:
+        _push(c0, range(3))
+    lo, hi = b64(b"\x01"), b64(b"\x00")
+    for path, body in [("split", {"parts": 2, "ranges": [[lo, hi]]}), ("range", {"lo": lo, "hi": hi, "limit": 5})]:
+        reply = s.request("POST", f"/v1/rdirdb/repair/{path}", {"vol": VOL}, json_body=body)
+        assert reply.status == 400 and "below" in reply.json["message"], (path, reply.json)
+    listed = s.request("POST", "/v1/rdirdb/repair/range", {"vol": VOL}, json_body={"lo": "", "limit": 10}).json
+    key, _, value = listed["entries"][0]
+    before = s.request("POST", "/v1/rdirdb/repair/digest", {"vol": VOL}, json_body={"bounds": [["", None]]}).json
+    for stamp in [2**64 - 1, 2**63]:
+        body = {"entries": [[key, stamp, b64(unb64(value, "v")[:-8] + stamp.to_bytes(8, "big"))]]}
+        reply = s.request("POST", "/v1/rdirdb/repair/apply", {"vol": VOL}, json_body=body)
+        assert reply.status == 400 and "2**63" in reply.json["message"], reply.json
+    after = s.request("POST", "/v1/rdirdb/repair/digest", {"vol": VOL}, json_body={"bounds": [["", None]]}).json
+    assert after == before
+    # The newest stamp accepted still leaves later writes newer than it.
+    stamp = 2**63 - 1
+    body = {"entries": [[key, stamp, b64(unb64(value, "v")[:-8] + stamp.to_bytes(8, "big"))]]}
+    assert s.request("POST", "/v1/rdirdb/repair/apply", {"vol": VOL}, json_body=body).json == {"applied": 1}
+    with cluster.alone(0) as c0:
+        _push(c0, range(3, 4))
+    stamps = [st for _, st, _ in s.request("POST", "/v1/rdirdb/repair/range", {"vol": VOL},
+                                            json_body={"lo": "", "limit": 10}).json["entries"]]
+    assert len(stamps) == 4 and sorted(stamps)[-2:] == [stamp, max(stamps)] and max(stamps) > stamp

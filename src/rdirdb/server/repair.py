@@ -57,6 +57,11 @@ def repair_routes(store: Store, opener: Opener) -> dict[str, Handler]:
             raise BadRequest(f"{name}: at most {limit} items")
         return value
 
+    def a_range(lo: bytes, hi: bytes | None, what: str) -> tuple[bytes, bytes | None]:
+        if hi is not None and hi < lo:
+            raise BadRequest(f"{what}: the end is below the start")
+        return lo, hi
+
     def digest(query: dict[str, str], body: Any) -> Any:
         r, cut = replica(query), cutoff(body)
         bounds = []
@@ -74,15 +79,16 @@ def repair_routes(store: Store, opener: Opener) -> dict[str, Handler]:
         for i, rng in enumerate(a_list(field(body, "ranges", list), "ranges", MAX_RANGES)):
             if type(rng) is not list or len(rng) != 2:
                 raise BadRequest(f"ranges[{i}] must be [lo, hi]")
-            ranges.append((unb64(rng[0], f"ranges[{i}] lo"), decode_bound(rng[1], f"ranges[{i}] hi")))
+            ranges.append(a_range(unb64(rng[0], f"ranges[{i}] lo"), decode_bound(rng[1], f"ranges[{i}] hi"),
+                                  f"ranges[{i}]"))
         answer = r.split(ranges, parts, cut)
         return {"ranges": [[[b64(s), c, h] for s, c, h in sp] for sp in answer]}
 
     def listing(query: dict[str, str], body: Any) -> Any:
         r, cut = replica(query), cutoff(body)
         limit = bounded(body, "limit", 1, MAX_LIMIT)
-        lo = unb64(field(body, "lo", str), "lo")
-        hi = decode_bound(field(body, "hi", str, mandatory=False), "hi")
+        lo, hi = a_range(unb64(field(body, "lo", str), "lo"),
+                         decode_bound(field(body, "hi", str, mandatory=False), "hi"), "range")
         entries, nxt = r.entries(lo, hi, cut, limit)
         return {"entries": encode_entries(entries), "next": None if nxt is None else b64(nxt)}
 
