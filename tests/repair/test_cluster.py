@@ -373,3 +373,30 @@ def test_out_of_order_ranges_and_stamps_the_clock_cannot_follow_are_400(cluster)
     stamps = [st for _, st, _ in s.request("POST", "/v1/rdirdb/repair/range", {"vol": VOL},
                                             json_body={"lo": "", "limit": 10}).json["entries"]]
     assert len(stamps) == 4 and sorted(stamps)[-2:] == [stamp, max(stamps)] and max(stamps) > stamp
+
+
+@pytest.mark.parametrize("retention", ["-5", "0", "nan", "inf", "abc"])
+def test_repair_refuses_a_retention_that_is_not_seconds(retention):
+    """A retention of zero or less would leave every tombstone out (deletes would not
+    converge); nan or inf used to end in a traceback."""
+    proc = Cli()("rdir", "repair", VOL, "--hosts", "127.0.0.1:1,127.0.0.1:2", f"--retention={retention}")
+    assert proc.returncode == 2 and b"Traceback" not in proc.stderr, proc.stderr
+    assert b"--retention: expected a number of seconds, more than zero" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("retention", [-5, 0, float("nan"), float("inf")])
+def test_the_library_refuses_a_retention_that_is_not_seconds(tmp_path, retention):
+    from rdirdb.errors import BadRequest
+    from rdirdb.rdir.repair import LocalReplica, repair_volume
+
+    with Store(str(tmp_path / "a")) as a, Store(str(tmp_path / "b")) as b:
+        with pytest.raises(BadRequest, match="retention"):
+            repair_volume([LocalReplica(a, VOL), LocalReplica(b, VOL)], retention=retention)
+        with pytest.raises(BadRequest, match="retention"):
+            Store(str(tmp_path / "c"), tombstone_retention=retention)
+
+
+def test_repair_refuses_a_replica_listed_twice():
+    proc = Cli()("rdir", "repair", VOL, "--hosts", "127.0.0.1:1,127.0.0.1:2,127.0.0.1:1")
+    assert proc.returncode == 1 and proc.stderr.decode().strip().endswith(
+        "127.0.0.1:1 listed twice: each replica once"), proc.stderr
