@@ -4,6 +4,7 @@ the others take pushes and deletes, restarted, repaired through the installed
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -319,6 +320,10 @@ def test_serve_repairs_periodically(tmp_path):
                     pass
                 time.sleep(0.1)
             assert _listing(c1) == expected and len(expected) == 90
+        logged = [line for s in cluster.servers for line in s.output().splitlines() if "repair of rawx volume" in line]
+        assert logged and all(line.rstrip().endswith("}") and "{'" not in line for line in logged), logged
+        report = json.loads(logged[0][logged[0].index("{"):])  # a JSON report, not a Python repr
+        assert report["records_applied"] > 0
         # The command finds the replicas in the registry too.
         report = Cli().json("rdir", "repair", VOL, "--registry", url)
         assert report["replicas"] == cluster.hosts and report["differences"] == 0
