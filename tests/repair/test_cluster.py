@@ -405,3 +405,48 @@ def test_repair_refuses_a_replica_listed_twice():
     proc = Cli()("rdir", "repair", VOL, "--hosts", "127.0.0.1:1,127.0.0.1:2,127.0.0.1:1")
     assert proc.returncode == 1 and proc.stderr.decode().strip().endswith(
         "127.0.0.1:1 listed twice: each replica once"), proc.stderr
+
+
+@pytest.mark.parametrize("status, content_type, body, message", [
+    (200, "application/json", b"{}", "unexpected answer to /v1/rdirdb/repair/digest"),
+    (200, "application/json", b"[]", "unexpected answer to /v1/rdirdb/repair/digest"),
+    (200, "application/json", b'{"digests": "x"}', "unexpected answer to /v1/rdirdb/repair/digest"),
+    (200, "application/json", b'{"digests": [[[1]]]}', "unexpected answer to /v1/rdirdb/repair/digest"),
+    (501, "text/html", b"<html>\n<p>Unsupported method ('POST')</p>\n</html>\n",
+     "<html> <p>Unsupported method ('POST')</p> </html> (HTTP 501)"),
+])
+def test_repair_against_a_server_that_is_not_rdirdb_fails_with_a_message(status, content_type, body, message):
+    """What another HTTP server answers is reported with its host, never as a traceback or
+    a Python bytes repr."""
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler) for _ in range(2)]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        hosts = [f"127.0.0.1:{server.server_address[1]}" for server in servers]
+        proc = Cli()("rdir", "repair", VOL, "--hosts", ",".join(hosts))
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "Traceback" not in err and "b'" not in err, err
+    assert err.startswith(f"rdirdb rdir repair: {hosts[0]}: ") and message in err, err
