@@ -15,6 +15,7 @@ import pytest
 
 pytest.importorskip("httptools")
 
+from rdirdb.errors import BadRequest  # noqa: E402
 from rdirdb.rdir.client import RdirClient  # noqa: E402
 from rdirdb.rdir.registry import open_registry  # noqa: E402
 from rdirdb.rdir.repair import HttpReplica, b64, repair_hosts, unb64  # noqa: E402
@@ -450,3 +451,46 @@ def test_repair_against_a_server_that_is_not_rdirdb_fails_with_a_message(status,
     err = proc.stderr.decode()
     assert proc.returncode == 1 and "Traceback" not in err and "b'" not in err, err
     assert err.startswith(f"rdirdb rdir repair: {hosts[0]}: ") and message in err, err
+
+
+def test_a_request_for_more_parts_than_a_repair_asks_is_400(cluster):
+    """A small request must not make a server build a huge answer: split answers at most
+    MAX_SPLIT_PARTS parts (ranges x parts), digest computes at most as many ranges."""
+    from rdirdb.rdir.repair import MAX_SPLIT_PARTS
+
+    s = cluster.servers[0]
+    with cluster.alone(0) as c0:
+        _push(c0, range(3))
+    ranges = [["", None]] * (MAX_SPLIT_PARTS // 4096 + 1)
+    reply = s.request("POST", "/v1/rdirdb/repair/split", {"vol": VOL}, json_body={"parts": 4096, "ranges": ranges})
+    assert reply.status == 400 and f"at most {MAX_SPLIT_PARTS} parts" in reply.json["message"], reply.json
+    bounds = [[""] * 4097] * (MAX_SPLIT_PARTS // 4096 + 1)
+    reply = s.request("POST", "/v1/rdirdb/repair/digest", {"vol": VOL}, json_body={"bounds": bounds})
+    assert reply.status == 400 and f"at most {MAX_SPLIT_PARTS} ranges" in reply.json["message"], reply.json
+    reply = s.request("POST", "/v1/rdirdb/repair/split", {"vol": VOL},
+                      json_body={"parts": 4096, "ranges": ranges[1:]})
+    assert reply.status == 200 and len(reply.json["ranges"]) == len(ranges) - 1
+
+
+def test_a_repair_with_many_parts_stays_within_a_request(tmp_path, monkeypatch):
+    """repair_volume's requests stay within what the servers take, whatever ``parts``."""
+    from rdirdb.rdir import repair as repair_module
+
+    calls = []
+
+    class Counting(repair_module.LocalReplica):
+        def split(self, ranges, parts, cutoff):
+            calls.append(len(ranges) * parts)
+            return super().split(ranges, parts, cutoff)
+
+    monkeypatch.setattr(repair_module, "MAX_SPLIT_PARTS", 8)
+    with Store(str(tmp_path / "a")) as a, Store(str(tmp_path / "b")) as b:
+        with RdirClient({"db_path": str(tmp_path / "a")}) as ca, RdirClient({"db_path": str(tmp_path / "b")}) as cb:
+            _push(ca, range(3000))
+            _push(cb, range(1500, 4500))
+        report = repair_module.repair_volume([Counting(a, VOL), Counting(b, VOL)], parts=4, leaf=1)
+        assert report.records_applied == 3000
+        assert repair_module.repair_volume([Counting(a, VOL), Counting(b, VOL)]).records_moved == 0
+        with pytest.raises(BadRequest, match="parts"):
+            repair_module.repair_volume([Counting(a, VOL), Counting(b, VOL)], parts=4097)
+    assert len(calls) > 2 and max(calls) <= 8

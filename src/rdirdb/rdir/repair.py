@@ -43,7 +43,9 @@ LEAF = 8  # a differing range of at most this many entries (on every replica) is
 APPLY_BATCH = 5000  # entries per apply request (each one transaction, of whole ranges)
 MAX_APPLY = 100_000  # the most entries a server applies in one request (a larger range goes in parts)
 LIST_LIMIT = 10000  # entries per listing request
-RANGES_PER_REQUEST = 1000  # ranges per split or digest request
+RANGES_PER_REQUEST = 1000  # ranges per split or digest request (fewer when parts is large)
+MAX_PARTS = 4096  # the most parts a range is split into
+MAX_SPLIT_PARTS = 1_000_000  # the most parts (ranges x parts) a server answers or digests per request
 MAX_KEPT = 1000  # differing keys a report keeps (all are counted)
 
 
@@ -346,8 +348,9 @@ def repair_volume(
     """
     if len(replicas) < 2:
         raise BadRequest("repair needs at least two replicas")
-    if parts < 2 or leaf < 1:
-        raise BadRequest("parts must be at least 2 and leaf at least 1")
+    if not 2 <= parts <= MAX_PARTS or leaf < 1:
+        raise BadRequest(f"parts must be 2 to {MAX_PARTS} and leaf at least 1")
+    per_request = max(1, min(RANGES_PER_REQUEST, MAX_SPLIT_PARTS // parts))
     start = time.monotonic()
     cutoff = retention_cutoff(retention, now)
     report = RepairReport([r.name for r in replicas], dry_run=dry_run)
@@ -371,8 +374,8 @@ def repair_volume(
         by_leader: dict[int, list[Range]] = {}
         for rng, ds in to_split:
             by_leader.setdefault(max(range(len(ds)), key=lambda i: ds[i][0]), []).append(rng)
-        requests = [(leader, rs[f : f + RANGES_PER_REQUEST]) for leader, rs in by_leader.items()
-                    for f in range(0, len(rs), RANGES_PER_REQUEST)]
+        requests = [(leader, rs[f : f + per_request]) for leader, rs in by_leader.items()
+                    for f in range(0, len(rs), per_request)]
         for leader, ranges in requests:
             splits = replicas[leader].split(ranges, parts, cutoff)
             bounds: list[list[bytes | None]] = [[*(s for s, _, _ in sp), hi] for sp, (_, hi) in zip(splits, ranges)]
