@@ -47,6 +47,10 @@ cdef enum:
 cdef uint64_t TOMB_SEED = 0x9E3779B97F4A7C15   # the hash of a tombstone differs from a record's
 
 MAX_STAMP = 2 ** 64 - 1
+# The newest stamp a replica takes from another: the clock moves past it (and past every
+# stamp it takes later), and must not wrap past 2**64 (later writes would be older).
+# Stamps of the wall clock stay below it for millennia.
+MAX_RECEIVED_STAMP = 2 ** 63 - 1
 STAMP_BITS_COUNTER = STAMP_COUNTER_BITS
 
 
@@ -553,8 +557,8 @@ cdef tuple _check_entry(Py_ssize_t i, object entry, int kinds, bint meta2):
         raise BadRequest(f"entry {i}: unknown kind of key {key[0]}")
     if not meta2 and key[0] == 0 and len(key) != 1 + CANON_KEY:
         raise BadRequest(f"entry {i}: a canonical chunk key is {CANON_KEY} bytes")
-    if type(stamp) is not int or stamp < 0 or stamp > MAX_STAMP:
-        raise BadRequest(f"entry {i}: the stamp must be an int in [0, 2**64)")
+    if type(stamp) is not int or stamp < 0 or stamp > MAX_RECEIVED_STAMP:
+        raise BadRequest(f"entry {i}: the stamp must be an int in [0, 2**63)")
     if value is None:
         if stamp == 0:
             raise BadRequest(f"entry {i}: a tombstone's stamp is at least 1")

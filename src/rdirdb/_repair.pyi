@@ -5,6 +5,7 @@ from typing import Sequence, final
 from rdirdb._lmdb import Environment, Transaction
 
 MAX_STAMP: int
+MAX_RECEIVED_STAMP: int
 STAMP_BITS_COUNTER: int
 
 # An entry of a range: (full key = kind byte + stored key, stamp, value); value None: a tombstone.

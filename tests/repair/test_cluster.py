@@ -4,6 +4,7 @@ the others take pushes and deletes, restarted, repaired through the installed
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,9 +15,10 @@ import pytest
 
 pytest.importorskip("httptools")
 
+from rdirdb.errors import BadRequest  # noqa: E402
 from rdirdb.rdir.client import RdirClient  # noqa: E402
 from rdirdb.rdir.registry import open_registry  # noqa: E402
-from rdirdb.rdir.repair import HttpReplica, b64, repair_hosts  # noqa: E402
+from rdirdb.rdir.repair import HttpReplica, b64, repair_hosts, unb64  # noqa: E402
 from rdirdb.rdir.store import Store  # noqa: E402
 from rdirdb.server.repairer import repair_round  # noqa: E402
 from tests.cli.conftest import Cli  # noqa: E402
@@ -319,6 +321,10 @@ def test_serve_repairs_periodically(tmp_path):
                     pass
                 time.sleep(0.1)
             assert _listing(c1) == expected and len(expected) == 90
+        logged = [line for s in cluster.servers for line in s.output().splitlines() if "repair of rawx volume" in line]
+        assert logged and all(line.rstrip().endswith("}") and "{'" not in line for line in logged), logged
+        report = json.loads(logged[0][logged[0].index("{"):])  # a JSON report, not a Python repr
+        assert report["records_applied"] > 0
         # The command finds the replicas in the registry too.
         report = Cli().json("rdir", "repair", VOL, "--registry", url)
         assert report["replicas"] == cluster.hosts and report["differences"] == 0
@@ -342,3 +348,149 @@ def _push_local(chunks) -> None:
     records = [_record(n) for n in range(10)]
     chunks.put_batch(records)
     chunks.delete_batch([(r["container_id"], r["chunk_id"]) for r in records[:5]])
+
+
+def test_out_of_order_ranges_and_stamps_the_clock_cannot_follow_are_400(cluster):
+    """A range whose end is below its start is a client mistake, on every route; an entry
+    stamped so far ahead that the volume's clock would wrap past 2**64 (then stamp later
+    writes older than it) is refused, and changes nothing."""
+    s = cluster.servers[0]
+    with cluster.alone(0) as c0:
+        _push(c0, range(3))
+    lo, hi = b64(b"\x01"), b64(b"\x00")
+    for path, body in [("split", {"parts": 2, "ranges": [[lo, hi]]}), ("range", {"lo": lo, "hi": hi, "limit": 5})]:
+        reply = s.request("POST", f"/v1/rdirdb/repair/{path}", {"vol": VOL}, json_body=body)
+        assert reply.status == 400 and "below" in reply.json["message"], (path, reply.json)
+    listed = s.request("POST", "/v1/rdirdb/repair/range", {"vol": VOL}, json_body={"lo": "", "limit": 10}).json
+    key, _, value = listed["entries"][0]
+    before = s.request("POST", "/v1/rdirdb/repair/digest", {"vol": VOL}, json_body={"bounds": [["", None]]}).json
+    for stamp in [2**64 - 1, 2**63]:
+        body = {"entries": [[key, stamp, b64(unb64(value, "v")[:-8] + stamp.to_bytes(8, "big"))]]}
+        reply = s.request("POST", "/v1/rdirdb/repair/apply", {"vol": VOL}, json_body=body)
+        assert reply.status == 400 and "2**63" in reply.json["message"], reply.json
+    after = s.request("POST", "/v1/rdirdb/repair/digest", {"vol": VOL}, json_body={"bounds": [["", None]]}).json
+    assert after == before
+    # The newest stamp accepted still leaves later writes newer than it.
+    stamp = 2**63 - 1
+    body = {"entries": [[key, stamp, b64(unb64(value, "v")[:-8] + stamp.to_bytes(8, "big"))]]}
+    assert s.request("POST", "/v1/rdirdb/repair/apply", {"vol": VOL}, json_body=body).json == {"applied": 1}
+    with cluster.alone(0) as c0:
+        _push(c0, range(3, 4))
+    stamps = [st for _, st, _ in s.request("POST", "/v1/rdirdb/repair/range", {"vol": VOL},
+                                            json_body={"lo": "", "limit": 10}).json["entries"]]
+    assert len(stamps) == 4 and sorted(stamps)[-2:] == [stamp, max(stamps)] and max(stamps) > stamp
+
+
+@pytest.mark.parametrize("retention", ["-5", "0", "nan", "inf", "abc"])
+def test_repair_refuses_a_retention_that_is_not_seconds(retention):
+    """A retention of zero or less would leave every tombstone out (deletes would not
+    converge); nan or inf used to end in a traceback."""
+    proc = Cli()("rdir", "repair", VOL, "--hosts", "127.0.0.1:1,127.0.0.1:2", f"--retention={retention}")
+    assert proc.returncode == 2 and b"Traceback" not in proc.stderr, proc.stderr
+    assert b"--retention: expected a number of seconds, more than zero" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("retention", [-5, 0, float("nan"), float("inf")])
+def test_the_library_refuses_a_retention_that_is_not_seconds(tmp_path, retention):
+    from rdirdb.errors import BadRequest
+    from rdirdb.rdir.repair import LocalReplica, repair_volume
+
+    with Store(str(tmp_path / "a")) as a, Store(str(tmp_path / "b")) as b:
+        with pytest.raises(BadRequest, match="retention"):
+            repair_volume([LocalReplica(a, VOL), LocalReplica(b, VOL)], retention=retention)
+        with pytest.raises(BadRequest, match="retention"):
+            Store(str(tmp_path / "c"), tombstone_retention=retention)
+
+
+def test_repair_refuses_a_replica_listed_twice():
+    proc = Cli()("rdir", "repair", VOL, "--hosts", "127.0.0.1:1,127.0.0.1:2,127.0.0.1:1")
+    assert proc.returncode == 1 and proc.stderr.decode().strip().endswith(
+        "127.0.0.1:1 listed twice: each replica once"), proc.stderr
+
+
+@pytest.mark.parametrize("status, content_type, body, message", [
+    (200, "application/json", b"{}", "unexpected answer to /v1/rdirdb/repair/digest"),
+    (200, "application/json", b"[]", "unexpected answer to /v1/rdirdb/repair/digest"),
+    (200, "application/json", b'{"digests": "x"}', "unexpected answer to /v1/rdirdb/repair/digest"),
+    (200, "application/json", b'{"digests": [[[1]]]}', "unexpected answer to /v1/rdirdb/repair/digest"),
+    (501, "text/html", b"<html>\n<p>Unsupported method ('POST')</p>\n</html>\n",
+     "<html> <p>Unsupported method ('POST')</p> </html> (HTTP 501)"),
+])
+def test_repair_against_a_server_that_is_not_rdirdb_fails_with_a_message(status, content_type, body, message):
+    """What another HTTP server answers is reported with its host, never as a traceback or
+    a Python bytes repr."""
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler) for _ in range(2)]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        hosts = [f"127.0.0.1:{server.server_address[1]}" for server in servers]
+        proc = Cli()("rdir", "repair", VOL, "--hosts", ",".join(hosts))
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "Traceback" not in err and "b'" not in err, err
+    assert err.startswith(f"rdirdb rdir repair: {hosts[0]}: ") and message in err, err
+
+
+def test_a_request_for_more_parts_than_a_repair_asks_is_400(cluster):
+    """A small request must not make a server build a huge answer: split answers at most
+    MAX_SPLIT_PARTS parts (ranges x parts), digest computes at most as many ranges."""
+    from rdirdb.rdir.repair import MAX_SPLIT_PARTS
+
+    s = cluster.servers[0]
+    with cluster.alone(0) as c0:
+        _push(c0, range(3))
+    ranges = [["", None]] * (MAX_SPLIT_PARTS // 4096 + 1)
+    reply = s.request("POST", "/v1/rdirdb/repair/split", {"vol": VOL}, json_body={"parts": 4096, "ranges": ranges})
+    assert reply.status == 400 and f"at most {MAX_SPLIT_PARTS} parts" in reply.json["message"], reply.json
+    bounds = [[""] * 4097] * (MAX_SPLIT_PARTS // 4096 + 1)
+    reply = s.request("POST", "/v1/rdirdb/repair/digest", {"vol": VOL}, json_body={"bounds": bounds})
+    assert reply.status == 400 and f"at most {MAX_SPLIT_PARTS} ranges" in reply.json["message"], reply.json
+    reply = s.request("POST", "/v1/rdirdb/repair/split", {"vol": VOL},
+                      json_body={"parts": 4096, "ranges": ranges[1:]})
+    assert reply.status == 200 and len(reply.json["ranges"]) == len(ranges) - 1
+
+
+def test_a_repair_with_many_parts_stays_within_a_request(tmp_path, monkeypatch):
+    """repair_volume's requests stay within what the servers take, whatever ``parts``."""
+    from rdirdb.rdir import repair as repair_module
+
+    calls = []
+
+    class Counting(repair_module.LocalReplica):
+        def split(self, ranges, parts, cutoff):
+            calls.append(len(ranges) * parts)
+            return super().split(ranges, parts, cutoff)
+
+    monkeypatch.setattr(repair_module, "MAX_SPLIT_PARTS", 8)
+    with Store(str(tmp_path / "a")) as a, Store(str(tmp_path / "b")) as b:
+        with RdirClient({"db_path": str(tmp_path / "a")}) as ca, RdirClient({"db_path": str(tmp_path / "b")}) as cb:
+            _push(ca, range(3000))
+            _push(cb, range(1500, 4500))
+        report = repair_module.repair_volume([Counting(a, VOL), Counting(b, VOL)], parts=4, leaf=1)
+        assert report.records_applied == 3000
+        assert repair_module.repair_volume([Counting(a, VOL), Counting(b, VOL)]).records_moved == 0
+        with pytest.raises(BadRequest, match="parts"):
+            repair_module.repair_volume([Counting(a, VOL), Counting(b, VOL)], parts=4097)
+    assert len(calls) > 2 and max(calls) <= 8

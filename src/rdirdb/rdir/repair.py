@@ -24,17 +24,18 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlencode
 
-from rdirdb._repair import check_entries, newer, same_content
-from rdirdb.errors import BadRequest, NotFound, from_status
+from rdirdb._repair import MAX_STAMP, check_entries, newer, same_content
+from rdirdb.errors import BadRequest, NotFound, OioException, from_status
 from rdirdb.rdir.remote import CONNECT_TIMEOUT, READ_TIMEOUT, _json_or_raw, _Pool
 from rdirdb.rdir.store import SERVICE_TYPES, TOMBSTONE_RETENTION, Store, Volume, retention_cutoff, volume_file_name
 
 Entry = tuple[bytes, int, "bytes | None"]  # (full key, stamp, value); value None: a tombstone
 Digest = tuple[int, int]  # (entries, sum of their hashes mod 2**64)
 Range = tuple[bytes, "bytes | None"]  # [lo, hi); hi None: to the end
+T = TypeVar("T")
 Opener = Callable[[str, str, bool], Volume]  # (volume id, service type, create) -> the open volume
 
 PARTS = 16  # ranges a differing range is split into
@@ -42,7 +43,9 @@ LEAF = 8  # a differing range of at most this many entries (on every replica) is
 APPLY_BATCH = 5000  # entries per apply request (each one transaction, of whole ranges)
 MAX_APPLY = 100_000  # the most entries a server applies in one request (a larger range goes in parts)
 LIST_LIMIT = 10000  # entries per listing request
-RANGES_PER_REQUEST = 1000  # ranges per split or digest request
+RANGES_PER_REQUEST = 1000  # ranges per split or digest request (fewer when parts is large)
+MAX_PARTS = 4096  # the most parts a range is split into
+MAX_SPLIT_PARTS = 1_000_000  # the most parts (ranges x parts) a server answers or digests per request
 MAX_KEPT = 1000  # differing keys a report keeps (all are counted)
 
 
@@ -96,6 +99,14 @@ def decode_entries(items: Any) -> list[Entry]:
 
 def decode_bound(text: Any, what: str) -> bytes | None:
     return None if text is None else unb64(text, what)
+
+
+def _digest(pair: Any) -> Digest:
+    """A ``[count, hash]`` of an answer (ValueError if it is not one)."""
+    count, digest = pair
+    if type(count) is not int or type(digest) is not int or count < 0 or not 0 <= digest < 2**64:
+        raise ValueError("not a digest")
+    return count, digest
 
 
 # -- replicas -----------------------------------------------------------------------------------
@@ -186,27 +197,61 @@ class HttpReplica:
         status, resp_headers, data = self._pool.request(method, f"{path}?{query}", payload, headers)
         decoded = _json_or_raw(status, resp_headers, data)
         if status >= 400:
-            message = decoded.get("message", "") if isinstance(decoded, dict) else str(decoded)
+            if isinstance(decoded, dict):
+                message = str(decoded.get("message", ""))
+            else:  # not rdirdb's answer: its text, on one line
+                message = " ".join(bytes(decoded or b"").decode("utf-8", "replace").split())[:300]
             raise from_status(status, f"{self.name}: {message}")
         return decoded
 
+    def _ask(self, path: str, body: Any, parse: Callable[[Any], T]) -> T:
+        """``parse`` of the answer to a repair route; an answer of the wrong shape (not an
+        rdirdb server, or another version) is an OioException naming this server."""
+        answer = self._call(path, body)
+        try:
+            return parse(answer)
+        except (LookupError, TypeError, ValueError) as exc:
+            raise OioException(f"{self.name}: unexpected answer to {path} (an rdirdb server?)") from exc
+
     def digest(self, bounds: list[list[bytes | None]], cutoff: int) -> list[list[Digest]]:
         body = {"cutoff": cutoff, "bounds": [[None if b is None else b64(b) for b in bs] for bs in bounds]}
-        return [[(c, h) for c, h in ds] for ds in self._call("/v1/rdirdb/repair/digest", body)["digests"]]
+
+        def parse(answer: Any) -> list[list[Digest]]:
+            digests = [[_digest(d) for d in ds] for ds in answer["digests"]]
+            if [len(ds) + 1 for ds in digests] != [len(bs) for bs in bounds]:
+                raise ValueError("not a digest per range")
+            return digests
+
+        return self._ask("/v1/rdirdb/repair/digest", body, parse)
 
     def split(self, ranges: list[Range], parts: int, cutoff: int) -> list[list[tuple[bytes, int, int]]]:
         body = {"cutoff": cutoff, "parts": parts,
                 "ranges": [[b64(lo), None if hi is None else b64(hi)] for lo, hi in ranges]}
-        answer = self._call("/v1/rdirdb/repair/split", body)["ranges"]
-        return [[(unb64(s, "start"), c, h) for s, c, h in parts_] for parts_ in answer]
+
+        def parse(answer: Any) -> list[list[tuple[bytes, int, int]]]:
+            splits = [[(unb64(s, "start"), *_digest([c, h])) for s, c, h in sp] for sp in answer["ranges"]]
+            if len(splits) != len(ranges) or not all(splits):
+                raise ValueError("not a split per range")
+            return splits
+
+        return self._ask("/v1/rdirdb/repair/split", body, parse)
 
     def entries(self, lo: bytes, hi: bytes | None, cutoff: int, limit: int) -> tuple[list[Entry], bytes | None]:
         body = {"cutoff": cutoff, "lo": b64(lo), "hi": None if hi is None else b64(hi), "limit": limit}
-        answer = self._call("/v1/rdirdb/repair/range", body)
-        return decode_entries(answer["entries"]), decode_bound(answer["next"], "next")
+
+        def parse(answer: Any) -> tuple[list[Entry], bytes | None]:
+            entries, nxt = decode_entries(answer["entries"]), decode_bound(answer["next"], "next")
+            if any(type(s) is not int or not 0 <= s <= MAX_STAMP for _, s, _ in entries):
+                raise ValueError("a stamp is not a stamp")
+            if nxt is not None and nxt <= lo:  # the listing would never end
+                raise ValueError("next is not after lo")
+            return entries, nxt
+
+        return self._ask("/v1/rdirdb/repair/range", body, parse)
 
     def apply(self, entries: list[Entry]) -> int:
-        return int(self._call("/v1/rdirdb/repair/apply", {"entries": encode_entries(entries)})["applied"])
+        return self._ask("/v1/rdirdb/repair/apply", {"entries": encode_entries(entries)},
+                         lambda answer: int(answer["applied"]))
 
     def admin(self) -> dict[str, str]:
         if self.service_type != "rawx":
@@ -303,8 +348,9 @@ def repair_volume(
     """
     if len(replicas) < 2:
         raise BadRequest("repair needs at least two replicas")
-    if parts < 2 or leaf < 1:
-        raise BadRequest("parts must be at least 2 and leaf at least 1")
+    if not 2 <= parts <= MAX_PARTS or leaf < 1:
+        raise BadRequest(f"parts must be 2 to {MAX_PARTS} and leaf at least 1")
+    per_request = max(1, min(RANGES_PER_REQUEST, MAX_SPLIT_PARTS // parts))
     start = time.monotonic()
     cutoff = retention_cutoff(retention, now)
     report = RepairReport([r.name for r in replicas], dry_run=dry_run)
@@ -328,8 +374,8 @@ def repair_volume(
         by_leader: dict[int, list[Range]] = {}
         for rng, ds in to_split:
             by_leader.setdefault(max(range(len(ds)), key=lambda i: ds[i][0]), []).append(rng)
-        requests = [(leader, rs[f : f + RANGES_PER_REQUEST]) for leader, rs in by_leader.items()
-                    for f in range(0, len(rs), RANGES_PER_REQUEST)]
+        requests = [(leader, rs[f : f + per_request]) for leader, rs in by_leader.items()
+                    for f in range(0, len(rs), per_request)]
         for leader, ranges in requests:
             splits = replicas[leader].split(ranges, parts, cutoff)
             bounds: list[list[bytes | None]] = [[*(s for s, _, _ in sp), hi] for sp, (_, hi) in zip(splits, ranges)]

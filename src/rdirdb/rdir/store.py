@@ -18,6 +18,7 @@ and the HTTP server alike.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 import time
@@ -56,9 +57,17 @@ def stamp_time(stamp: int) -> float:
     return (stamp >> STAMP_BITS_COUNTER) / 1000
 
 
+def check_retention(retention: float) -> float:
+    """``retention``, a tombstone retention: a finite number of seconds above 0 (at 0 or
+    less every tombstone would be left out of repair, and deletes would not converge)."""
+    if not isinstance(retention, (int, float)) or not 0 < retention < math.inf:
+        raise BadRequest(f"the tombstone retention must be a finite number of seconds above 0, not {retention}")
+    return retention
+
+
 def retention_cutoff(retention: float, now: float | None = None) -> int:
     """The stamp below which tombstones have outlived ``retention`` seconds."""
-    return stamp_at((time.time() if now is None else now) - retention)
+    return stamp_at((time.time() if now is None else now) - check_retention(retention))
 
 
 def volume_file_name(volume_id: str) -> str:
@@ -266,9 +275,7 @@ class Store:
         writemap: bool | None = None,
         tombstone_retention: float = TOMBSTONE_RETENTION,
     ) -> None:
-        if not tombstone_retention > 0:
-            raise BadRequest(f"tombstone_retention must be positive, not {tombstone_retention!r}")
-        self.tombstone_retention = tombstone_retention
+        self.tombstone_retention = check_retention(tombstone_retention)
         self.path = os.fspath(path)
         self.map_size = map_size
         self.sync = sync

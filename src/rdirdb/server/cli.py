@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 from typing import Callable, Sequence
 
 from rdirdb.rdir.store import TOMBSTONE_RETENTION
-from rdirdb.tools.common import count
+from rdirdb.tools.common import count, seconds
 
 CPUS = os.cpu_count() or 1
 MAX_WORKERS_PER_CPU = 8  # workers are CPU-bound event loops: more only compete for the CPUs
@@ -37,22 +36,6 @@ def _workers(text: str) -> int:
     return workers
 
 
-def _seconds(*, zero: bool = False) -> Callable[[str], float]:
-    """An argparse type: a finite number of seconds, positive (or zero if ``zero``)."""
-
-    def seconds(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
-            least = "zero or more" if zero else "more than zero"
-            raise argparse.ArgumentTypeError(f"expected a number of seconds, {least}, not {text!r}")
-        return value
-
-    return seconds
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db-path", required=True, help="directory of the volumes (must exist)")
     parser.add_argument("--bind", default="127.0.0.1:6300", help="HOST:PORT (default %(default)s)")
@@ -67,15 +50,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="largest request body in bytes; larger ones get 413 (default %(default)s)",
     )
     parser.add_argument(
-        "--request-timeout", type=_seconds(), default=30.0,
+        "--request-timeout", type=seconds(), default=30.0,
         help="seconds to receive a whole request (default %(default)s)",
     )
     parser.add_argument(
-        "--keepalive-timeout", type=_seconds(), default=60.0,
+        "--keepalive-timeout", type=seconds(), default=60.0,
         help="seconds an idle connection stays open (default %(default)s)",
     )
     parser.add_argument(
-        "--shutdown-timeout", type=_seconds(zero=True), default=10.0,
+        "--shutdown-timeout", type=seconds(zero=True), default=10.0,
         help="seconds SIGTERM waits for requests in progress (default %(default)s)",
     )
     parser.add_argument(
@@ -92,15 +75,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--registry", help="service registry URL (file:///path.json or a PostgreSQL DSN) to register in")
     parser.add_argument("--location", default="", help="dc.rack.host.disk, for the dispatcher (default none)")
     parser.add_argument(
-        "--heartbeat", type=_seconds(), default=5.0, help="seconds between registry refreshes (default %(default)s)"
+        "--heartbeat", type=seconds(), default=5.0, help="seconds between registry refreshes (default %(default)s)"
     )
     parser.add_argument(
-        "--repair-interval", type=_seconds(), default=None, metavar="SECONDS",
+        "--repair-interval", type=seconds(), default=None, metavar="SECONDS",
         help="repair the volumes held here with their other replicas (from --registry) every SECONDS, "
         "and purge expired tombstones (default: never; docs/reliability.md)",
     )
     parser.add_argument(
-        "--tombstone-retention", type=_seconds(), default=TOMBSTONE_RETENTION, metavar="SECONDS",
+        "--tombstone-retention", type=seconds(), default=TOMBSTONE_RETENTION, metavar="SECONDS",
         help="how long a delete's tombstone is kept for repair (default 10 days: a replica down "
         "longer must be cleared and copied)",
     )

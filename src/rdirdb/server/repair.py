@@ -13,14 +13,13 @@ from typing import Any, Callable
 
 from rdirdb._repair import MAX_STAMP
 from rdirdb.errors import BadRequest
-from rdirdb.rdir.repair import MAX_APPLY, LocalReplica, Opener, b64, decode_bound, decode_entries, encode_entries, unb64
+from rdirdb.rdir.repair import MAX_APPLY, MAX_PARTS, MAX_SPLIT_PARTS, LocalReplica, Opener, b64, decode_bound, decode_entries, encode_entries, unb64
 from rdirdb.rdir.store import SERVICE_TYPES, Store
 from rdirdb.server.fields import field
 
 Handler = Callable[[dict[str, str], Any], Any]
 
 MAX_RANGES = 100_000  # ranges or bounds per request
-MAX_PARTS = 4096
 MAX_LIMIT = MAX_APPLY  # entries listed or applied per request
 
 
@@ -57,13 +56,21 @@ def repair_routes(store: Store, opener: Opener) -> dict[str, Handler]:
             raise BadRequest(f"{name}: at most {limit} items")
         return value
 
+    def a_range(lo: bytes, hi: bytes | None, what: str) -> tuple[bytes, bytes | None]:
+        if hi is not None and hi < lo:
+            raise BadRequest(f"{what}: the end is below the start")
+        return lo, hi
+
     def digest(query: dict[str, str], body: Any) -> Any:
         r, cut = replica(query), cutoff(body)
-        bounds = []
+        bounds, ranges = [], 0
         for i, bs in enumerate(a_list(field(body, "bounds", list), "bounds", MAX_RANGES)):
             bs = a_list(bs, f"bounds[{i}]", MAX_PARTS + 1)
             if len(bs) < 2:
                 raise BadRequest(f"bounds[{i}] needs at least two bounds")
+            ranges += len(bs) - 1
+            if ranges > MAX_SPLIT_PARTS:
+                raise BadRequest(f"bounds: at most {MAX_SPLIT_PARTS} ranges in all")
             bounds.append([decode_bound(b, f"bounds[{i}]") for b in bs])
         return {"digests": r.digest(bounds, cut)}
 
@@ -71,18 +78,22 @@ def repair_routes(store: Store, opener: Opener) -> dict[str, Handler]:
         r, cut = replica(query), cutoff(body)
         parts = bounded(body, "parts", 1, MAX_PARTS)
         ranges = []
-        for i, rng in enumerate(a_list(field(body, "ranges", list), "ranges", MAX_RANGES)):
+        listed = a_list(field(body, "ranges", list), "ranges", MAX_RANGES)
+        if len(listed) * parts > MAX_SPLIT_PARTS:
+            raise BadRequest(f"ranges x parts: at most {MAX_SPLIT_PARTS} parts")
+        for i, rng in enumerate(listed):
             if type(rng) is not list or len(rng) != 2:
                 raise BadRequest(f"ranges[{i}] must be [lo, hi]")
-            ranges.append((unb64(rng[0], f"ranges[{i}] lo"), decode_bound(rng[1], f"ranges[{i}] hi")))
+            ranges.append(a_range(unb64(rng[0], f"ranges[{i}] lo"), decode_bound(rng[1], f"ranges[{i}] hi"),
+                                  f"ranges[{i}]"))
         answer = r.split(ranges, parts, cut)
         return {"ranges": [[[b64(s), c, h] for s, c, h in sp] for sp in answer]}
 
     def listing(query: dict[str, str], body: Any) -> Any:
         r, cut = replica(query), cutoff(body)
         limit = bounded(body, "limit", 1, MAX_LIMIT)
-        lo = unb64(field(body, "lo", str), "lo")
-        hi = decode_bound(field(body, "hi", str, mandatory=False), "hi")
+        lo, hi = a_range(unb64(field(body, "lo", str), "lo"),
+                         decode_bound(field(body, "hi", str, mandatory=False), "hi"), "range")
         entries, nxt = r.entries(lo, hi, cut, limit)
         return {"entries": encode_entries(entries), "next": None if nxt is None else b64(nxt)}
 

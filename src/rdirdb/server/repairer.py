@@ -9,6 +9,7 @@ replica of a volume does so: a repair of replicas that agree costs one digest ea
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -55,7 +56,7 @@ def repair_round(db_path: str, sync: bool, retention: float, registry_url: str |
         figures["repaired"] += 1
         figures["applied"] += report.records_applied
         if report.records_applied or report.admin_differences:
-            log.info("repair of %s volume %r: %s", service_type, volume_id, report.as_dict())
+            log.info("repair of %s volume %r: %s", service_type, volume_id, json.dumps(report.as_dict(), sort_keys=True))
     return figures
 
 

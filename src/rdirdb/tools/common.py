@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import shutil
 import sys
@@ -79,6 +80,22 @@ def count(what: str) -> Callable[[str], int]:
             value = 0
         if value < 1:
             raise argparse.ArgumentTypeError(f"expected a number of {what}, at least 1, not {text!r}")
+        return value
+
+    return parse
+
+
+def seconds(*, zero: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number of seconds, positive (or zero if ``zero``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+            least = "zero or more" if zero else "more than zero"
+            raise argparse.ArgumentTypeError(f"expected a number of seconds, {least}, not {text!r}")
         return value
 
     return parse

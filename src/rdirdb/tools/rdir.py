@@ -38,6 +38,7 @@ from rdirdb.tools.common import (
     host_list,
     print_json,
     print_table,
+    seconds,
 )
 
 VOLUME_TYPES = ("rawx", "meta2")
@@ -93,7 +94,7 @@ def add_parser(subparsers: Subparsers) -> None:
     where.add_argument("--registry", metavar="URL", help="the service registry: the volume's rdir services")
     where.add_argument("--hosts", type=host_list, metavar="HOST[,HOST]", help="the replicas' rdir servers")
     sub.add_argument("--dry-run", action="store_true", help="compare and report the differences, move nothing")
-    sub.add_argument("--retention", type=float, default=TOMBSTONE_RETENTION, metavar="SECONDS",
+    sub.add_argument("--retention", type=seconds(), default=TOMBSTONE_RETENTION, metavar="SECONDS",
                      help="the servers' tombstone retention (default 10 days)")
     sub.add_argument("--show", type=int, default=20, metavar="N", help="differences listed (default 20)")
 
@@ -300,6 +301,9 @@ def _repair_main(args: argparse.Namespace) -> int:
             hosts = [service.addr for service in registry.rdir_services(args.volume)]
     if len(hosts) < 2:
         raise CommandError(f"volume {args.volume!r} has {len(hosts)} replica(s): repair needs two or more")
+    twice = sorted({h for h in hosts if hosts.count(h) > 1})
+    if twice:  # a replica compared with itself would hide the one left out
+        raise CommandError(f"{', '.join(twice)} listed twice: each replica once")
     with Progress(None, "dry run" if args.dry_run else "repairing", unit="ranges") as bar:
         def progress(done: int, known: int) -> None:
             bar.total = known
