@@ -5,6 +5,7 @@ holds, and the cost of purging tombstones (docs/reliability.md, "Replicas that c
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
 import pytest
@@ -14,6 +15,7 @@ pytest.importorskip("httptools")
 from rdirdb.rdir.repair import b64, describe_key, unb64  # noqa: E402
 from rdirdb.rdir.store import Store, stamp_at  # noqa: E402
 from tests.cli.conftest import Cli  # noqa: E402
+from tests.entry_point import rdirdb_command, rdirdb_env  # noqa: E402
 from tests.repair.test_cluster import VOL, Cluster, _meta2, _push, _record  # noqa: E402
 
 YEAR = 365 * 86400
@@ -187,3 +189,13 @@ def test_a_purge_with_nothing_expired_costs_one_read(tmp_path):
         assert stamps.tombstone_floor() == oldest
         assert stamps.purge(stamps.last_stamp() + 1) == 10
         assert stamps.tombstone_floor() == stamps.last_stamp() + 1
+
+
+@pytest.mark.parametrize("skew, message", [("-1", b"expected a number of seconds"),
+                                           ("1e12", b"--max-clock-skew: the maximum clock skew")])
+def test_serve_refuses_a_max_clock_skew_that_is_not_seconds(tmp_path, skew, message):
+    proc = subprocess.run(rdirdb_command("serve", "--db-path", str(tmp_path), "--bind", "127.0.0.1:0",
+                                         "--max-clock-skew", skew),
+                          env=rdirdb_env(), capture_output=True, timeout=60)
+    assert proc.returncode in (1, 2) and message in proc.stderr, proc.stderr
+    assert b"Traceback" not in proc.stderr

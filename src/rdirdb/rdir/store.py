@@ -140,9 +140,10 @@ class Volume:
         return self.stamps.purge(retention_cutoff(retention, now))
 
     def clear_records(self) -> int:
-        """Remove every record and every tombstone, in one commit: a replica cleared to be
-        repaired from the others (docs/reliability.md); the clock and the admin keys stay.
-        Returns how many records were removed."""
+        """Remove every record and every tombstone, in one commit; returns how many records.
+
+        A replica cleared to be repaired from the others (docs/reliability.md); the
+        clock and the admin keys stay."""
         return self.stamps.clear(records=True)
 
     def snapshot(self) -> Transaction:

@@ -34,7 +34,8 @@ from typing import Any, Callable, Iterator
 from rdirdb.server.app import DEFAULT_LIMIT, MAX_LIMIT, RdirApp
 from rdirdb.server.commit import GroupCommit
 from rdirdb.server.http import MAX_HEAD, MAX_URL, HttpProtocol, ServerState
-from rdirdb.rdir.store import MAX_CLOCK_SKEW, TOMBSTONE_RETENTION, Store, volume_file_name
+from rdirdb.rdir.store import MAX_CLOCK_SKEW, TOMBSTONE_RETENTION, Store, check_clock_skew, volume_file_name
+from rdirdb.errors import BadRequest
 
 log = logging.getLogger("rdirdb.server")
 
@@ -419,6 +420,10 @@ def serve(settings: Settings) -> int:
     """Run the server until SIGTERM/SIGINT; returns the exit code."""
     try:
         check_db_path(settings.db_path)
+        try:
+            check_clock_skew(settings.max_clock_skew)
+        except BadRequest as exc:
+            raise StartupError(f"--max-clock-skew: {exc}") from None
         sock = bind_socket(settings.host, settings.port)
         host, port = sock.getsockname()[:2]
         identity = settings.service_id or f"{host}:{port}"
