@@ -563,7 +563,7 @@ cdef list _checked(object entries, int kinds, bint meta2, object max_clock_skew)
     The one rule of what a replica accepts, the bound on stamps ahead of its clock included."""
     cdef list items = [], refused = []
     cdef Py_ssize_t i
-    cdef uint64_t now_ms, limit = MAX_RECEIVED_STAMP
+    cdef uint64_t now_ms = 0, limit = MAX_RECEIVED_STAMP
     if not isinstance(entries, (list, tuple)):
         raise caller_error(TypeError(f"entries must be a list, not {type(entries).__name__}"))
     if max_clock_skew is not None:
