@@ -241,7 +241,8 @@ class RefusedEntries(BadRequest):
         if message is None:
             shown = "; ".join(f"entry {i} (key {describe(key)}): {reason}" for i, key, reason in refused[:3])
             more = f" and {len(refused) - 3} more" if len(refused) > 3 else ""
-            message = f"{len(refused)} entries refused, nothing applied: {shown}{more}"
+            entries = "1 entry" if len(refused) == 1 else f"{len(refused)} entries"
+            message = f"{entries} refused, nothing applied: {shown}{more}"
         super().__init__(message)
 
 

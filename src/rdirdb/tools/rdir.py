@@ -342,5 +342,6 @@ def _repair_main(args: argparse.Namespace) -> int:
 def _refused(count: int) -> int:
     """The end of a repair: a failure when a replica refused entries (the rest was repaired)."""
     if count:
-        raise CommandError(f"{count} entries refused by a replica (see the report); everything else was repaired")
+        entries = "1 entry" if count == 1 else f"{count} entries"
+        raise CommandError(f"{entries} refused by a replica (see the report); everything else was repaired")
     return 0
