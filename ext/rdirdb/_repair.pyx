@@ -531,15 +531,17 @@ cdef class Stamps:
                 top = item[1]
         return self.env.write(_apply_into, self, items, top)
 
-    def purge(self, cutoff):
+    def purge(self, cutoff, lag=0):
         """Remove the tombstones whose stamp is below ``cutoff``, in one transaction;
-        returns how many. When the tombstone floor says none is that old, it costs one
-        read (no write transaction, no walk)."""
+        returns how many. It walks the tombstones only when the tombstone floor is more
+        than ``lag`` (stamp units) below ``cutoff``: else it costs one read (no write
+        transaction, no walk), and expired tombstones wait for a later purge."""
         cdef uint64_t cut = _cutoff_arg(cutoff)
+        cdef uint64_t slack = _cutoff_arg(lag)
         if not self.clock or not cut or not self.tombstone_count():
             return 0
         floor = self.tombstone_floor()
-        if floor is not None and floor >= cut:
+        if floor is not None and floor + slack >= cut:
             return 0
         return self.env.write(_purge_into, self, cut)
 

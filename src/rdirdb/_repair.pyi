@@ -54,7 +54,7 @@ class Stamps:
     ) -> int:
         """Apply another replica's entries by newest stamp, in one transaction; RefusedEntries
         lists the bad ones and those stamped more than ``max_clock_skew`` s ahead."""
-    def purge(self, cutoff: int) -> int:
-        """Remove the tombstones older than ``cutoff``; returns how many."""
+    def purge(self, cutoff: int, lag: int = 0) -> int:
+        """Remove the tombstones older than ``cutoff`` (if the floor is more than ``lag`` below it)."""
     def clear(self, records: bool = False) -> int:
         """Remove every tombstone (and every record with ``records``); the records removed."""

@@ -199,3 +199,20 @@ def test_serve_refuses_a_max_clock_skew_that_is_not_seconds(tmp_path, skew, mess
                           env=rdirdb_env(), capture_output=True, timeout=60)
     assert proc.returncode in (1, 2) and message in proc.stderr, proc.stderr
     assert b"Traceback" not in proc.stderr
+
+
+def test_a_volume_purges_once_the_oldest_tombstone_is_1_percent_of_the_retention_past_it(tmp_path):
+    """However often a volume is opened, its tombstones are walked at most once per 1% of
+    the retention: expired ones wait (invisible to repair) until the oldest is that late."""
+    with Store(tmp_path, tombstone_retention=100) as store:
+        vol = store.volume(VOL, create=True)
+        records = [_record(n) for n in range(10)]
+        vol.chunks.put_batch(records)
+        vol.chunks.delete_batch([(r["container_id"], r["chunk_id"]) for r in records])
+        done = time.time()
+        assert vol.purge_tombstones(100) == 0 and vol.stamps.tombstone_floor() is not None
+        assert vol.purge_tombstones(100, now=done + 100.5) == 0  # expired, by less than 1 s
+        assert vol.stamps.tombstone_count() == 10
+        assert vol.purge_tombstones(100, now=done + 102) == 10
+    with Store(tmp_path, tombstone_retention=1e15) as store:  # a lag past 2**64 stamps is no error
+        assert store.volume(VOL).purge_tombstones(1e15) == 0

@@ -28,7 +28,7 @@ from urllib.parse import quote, unquote
 from rdirdb._batch import Batch
 from rdirdb._lmdb import Environment, Transaction
 from rdirdb._rdir import CHUNK_DATABASES, META2_DATABASES, ChunkIndex, Meta2Index, encode_chunks, encode_meta2
-from rdirdb._repair import STAMP_BITS_COUNTER, Stamps
+from rdirdb._repair import MAX_STAMP, STAMP_BITS_COUNTER, Stamps
 from rdirdb.errors import BadRequest, ClosedError, Forbidden, LmdbFileNotFoundError, NotFound, caller_error
 
 SERVICE_TYPES = ("rawx", "meta2")
@@ -44,6 +44,10 @@ CLEAR_LOCK_OWNER = "admin_clear"
 # How long a delete's tombstone is kept (docs/reliability.md, "Replicas that converge"): a
 # replica down longer than this must be cleared and copied, not repaired.
 TOMBSTONE_RETENTION = 10 * 86400  # seconds
+# A purge walks the tombstones once the oldest is this fraction of the retention past it (and
+# removes every expired one): at most one walk per volume per 1% of the retention (2.4 hours),
+# however often volumes are opened. Expired tombstones are invisible to repair meanwhile.
+PURGE_LAG = 0.01
 # How far ahead of a server's clock the stamps it takes from another replica may be (seconds):
 # a stamp further ahead would win over every real write of its key until the clocks reach it.
 MAX_CLOCK_SKEW = 300.0
@@ -134,10 +138,12 @@ class Volume:
         self.stamps: Stamps = self.index.stamps
 
     def purge_tombstones(self, retention: float, now: float | None = None) -> int:
-        """Remove the tombstones older than ``retention`` seconds; returns how many."""
+        """Remove the tombstones older than ``retention`` seconds, once the oldest is
+        :data:`PURGE_LAG` of the retention past it (else this is one read); returns how many."""
         if self.env.readonly:
             return 0
-        return self.stamps.purge(retention_cutoff(retention, now))
+        lag = min(stamp_at(retention * PURGE_LAG), MAX_STAMP)
+        return self.stamps.purge(retention_cutoff(retention, now), lag)
 
     def clear_records(self) -> int:
         """Remove every record and every tombstone, in one commit; returns how many records.
