@@ -385,6 +385,10 @@ def repair_volume(
     that are left out, as they are due to be purged). ``dry_run`` compares and
     lists, and reports the differences without applying them.
     ``progress(done, known)`` is called as ranges are settled.
+
+    Entries a replica refuses to apply (stamped too far ahead of its clock, or bad)
+    are counted in ``refused`` and listed in ``refusals``; everything else is
+    applied. NotFound when no replica holds the volume.
     """
     if len(replicas) < 2:
         raise BadRequest("repair needs at least two replicas")
