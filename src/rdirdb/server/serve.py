@@ -260,11 +260,10 @@ async def _serve(sock: socket.socket, settings: Settings, opened: OpenedVolumes,
     store = Store(settings.db_path, sync=settings.fsync, writemap=settings.writemap,
                   tombstone_retention=settings.tombstone_retention)
     # Synced commits wait for the disk: off the event loop, which meanwhile
-    # gathers the next group, and the next commit flushes the meta page of the
-    # one before (LMDB's own two flushes with --writemap). Unsynced commits are
-    # short: small groups on the loop.
-    committer = GroupCommit(inline_below=0 if settings.fsync else INLINE_BELOW,
-                            defer_meta=settings.fsync and not settings.writemap)
+    # gathers the next group, and the next commit (of any worker) flushes the
+    # meta page of the one before. Unsynced commits are short: small groups on
+    # the loop.
+    committer = GroupCommit(inline_below=0 if settings.fsync else INLINE_BELOW, defer_meta=settings.fsync)
     app = RdirApp(
         store,
         namespace=settings.namespace,
