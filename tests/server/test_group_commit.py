@@ -48,7 +48,7 @@ def _last_txnid(db_path: str, vol: str) -> int:
 
 
 def test_pipelined_writes_share_one_commit_and_keep_their_own_answers(start_server):
-    server = start_server("--fsync")
+    server = start_server()  # --fsync, the default
     assert server.request("GET", "/config").json["rdir.fsync"] is True
     vol = new_volume()
     assert server.request("POST", "/v1/rdir/create", {"vol": vol}).status == 201
@@ -75,7 +75,7 @@ def test_pipelined_writes_share_one_commit_and_keep_their_own_answers(start_serv
 
 
 def test_a_group_applies_its_requests_in_their_order(start_server):
-    server = start_server()  # --no-fsync, the default: small groups on the event loop
+    server = start_server("--no-fsync")  # small groups on the event loop
     assert server.request("GET", "/config").json["rdir.fsync"] is False
     vol = new_volume()
     assert server.request("POST", "/v1/rdir/create", {"vol": vol}).status == 201
@@ -286,3 +286,24 @@ def test_a_held_group_is_answered_when_another_commit_came_after_it(tmp_path):
         volume.env = counter = _SyncCounter(volume.env)  # type: ignore[assignment]
         asyncio.run(run())
         volume.env = counter.env
+
+
+def test_a_group_takes_its_late_requests_while_it_holds_the_write_lock(tmp_path):
+    """``more`` of ``apply_group``: called once the transaction holds LMDB's
+    write lock (another writer waits meanwhile); its batches join the commit."""
+    with Store(tmp_path, sync=True) as store:
+        volume = store.volume("v", create=True)
+        first, late, other = (store.prepare_write("v", "rawx", [chunk_record()])[1] for _ in range(3))
+        before = volume.env.info()["last_txnid"]
+        writer = threading.Thread(target=volume.index.apply, args=(other,))
+
+        def more() -> list[Any]:
+            writer.start()
+            writer.join(0.2)
+            assert writer.is_alive()  # waiting for the lock this transaction holds
+            return [late]
+
+        assert volume.index.apply_group([first], more=more) == [1, 1]
+        writer.join(10)
+        assert volume.env.info()["last_txnid"] == before + 2  # the group's commit, then the writer's
+        assert volume.chunks.count() == 3

@@ -65,7 +65,7 @@ class Settings:
     request_timeout: float = 30.0
     keepalive_timeout: float = 60.0
     shutdown_timeout: float = 10.0
-    fsync: bool = False  # the reference's durability: see docs/server.md, "Shutdown and durability"
+    fsync: bool = True  # durable writes (the reference's: False): docs/server.md, "Shutdown and durability"
     writemap: bool | None = None  # MDB_WRITEMAP; None: the Store's default (on unless fsync)
     registry: str | None = None  # URL of the service registry to register in
     location: str = ""  # dc.rack.host.disk, for the dispatcher's distance rules
