@@ -194,8 +194,10 @@ cdef class Environment:
     returns, as with LMDB's own two flushes, but the next writer (another
     process or thread) waits for one flush instead of two. ``writemap=True`` changes pages through a writable map (MDB_WRITEMAP:
     no buffer and no write call per dirty page at commit, a sparse data file with
-    blocks allocated ahead; see docs/engine.md). Stale reader slots of dead
-    processes are cleared on open.
+    blocks allocated ahead; see docs/engine.md). Without it, a durable
+    environment writes zeros ahead of its pages, so that a commit's flush
+    rewrites blocks the data file has (docs/server.md, "Shutdown and durability"). Stale
+    reader slots of dead processes are cleared on open.
     """
 
     def __cinit__(self):
@@ -398,7 +400,7 @@ cdef class Environment:
         instead: a commit's flush then rewrites blocks the file has, where a
         flush that grows the file also commits its new size and blocks to the
         file system's journal (about twice the time and CPU on ext4; see
-        docs/server.md, "Group commit"). Called by the holder of the write
+        docs/server.md, "Shutdown and durability"). Called by the holder of the write
         lock, so the pages in use are exact, and nothing past the file's end
         is LMDB's.
         """
