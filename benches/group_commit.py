@@ -1,15 +1,16 @@
 """Durable single pushes with group commit: the server with and without fsync.
 
-Starts ``rdirdb serve`` twice per round (``--no-fsync``, the default, then
-``--fsync``), each on a fresh store, and loads it with wrk: 8, then 64
+Starts ``rdirdb serve`` twice per round (``--no-fsync``, then ``--fsync``,
+the default), each on a fresh store, and loads it with wrk: 8, then 64
 keep-alive connections, each posting one random record per request (Lua).
 Rounds alternate the two modes, so that the machine's load weighs on both
 alike; it prints each run, the medians, and the ratio fsync / no-fsync of the
 medians at each connection count (the goal of issue 11: >= 0.5 at 64). A
 synced commit is on disk after two flushes (LMDB's data pages, then its meta
 page, flushed by the next commit under load), so the ratio follows the disk's
-flush latency: each round also times ``fdatasync`` of a 4 KiB overwrite next
-to the store.
+flush latency: each round also times ``fdatasync`` of a 4 KiB write next to
+the store, over blocks the file has (a durable volume writes zeros ahead of
+its pages for that) and past its end.
 Needs wrk (``make bench-deps``). Loopback only; every run is bounded in time.
 
     python benches/group_commit.py [--rounds 3] [--seconds 5] [--workers N]
@@ -25,7 +26,7 @@ import time
 
 from server_bench_util import PUSH_LUA, BenchServer, call, lua, wrk
 
-MODES = {"no-fsync": ("--no-fsync",), "fsync": ("--fsync",)}
+MODES = {"no-fsync": ("--no-fsync",), "fsync": ("--fsync",)}  # fsync: the default
 
 
 def run(mode: str, workers: int, connections: list[int], seconds: float) -> dict[int, dict]:
@@ -47,19 +48,24 @@ def run(mode: str, workers: int, connections: list[int], seconds: float) -> dict
         server.stop()
 
 
-def flush_latency(count: int = 50) -> float:
-    """Median milliseconds of a 4 KiB overwrite and its ``fdatasync``, in the temp dir."""
+def flush_latency(count: int = 200, grow: bool = False) -> tuple[float, float]:
+    """Median milliseconds, and mean CPU microseconds, of a 4 KiB write and its
+    ``fdatasync`` in the temp dir: over blocks the file has (what a durable
+    volume's zeros ahead give its commits), or past its end (``grow``)."""
     with tempfile.NamedTemporaryFile(prefix="rdirdb-bench-") as f:
-        f.write(b"\0" * (64 << 10))
-        f.flush()
-        os.fsync(f.fileno())
+        if not grow:
+            f.write(b"\0" * (count * 4096))
+            f.flush()
+            os.fsync(f.fileno())
         times = []
+        cpu = time.process_time()
         for i in range(count):
             started = time.perf_counter()
-            os.pwrite(f.fileno(), b"x" * 4096, (i % 16) * 4096)
+            os.pwrite(f.fileno(), b"x" * 4096, i * 4096)
             os.fdatasync(f.fileno())
             times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1000
+        cpu = time.process_time() - cpu
+    return statistics.median(times) * 1000, cpu / count * 1e6
 
 
 def main() -> None:
@@ -71,16 +77,19 @@ def main() -> None:
     args = parser.parse_args()
     connections = [int(n) for n in args.connections.split(",")]
     rates: dict[tuple[str, int], list[float]] = {(m, n): [] for m in MODES for n in connections}
-    flushes = []
+    flushes, growing = [], []
     for r in range(args.rounds):
-        flushes.append(flush_latency())
+        (ms, cpu), (grow_ms, grow_cpu) = flush_latency(), flush_latency(grow=True)
+        flushes.append(ms)
+        growing.append(grow_ms)
         print(f"round {r + 1} of {args.rounds} ({args.workers} workers, {args.seconds:.0f} s per run; "
-              f"fdatasync of 4 KiB: {flushes[-1]:.2f} ms)")
+              f"fdatasync of 4 KiB: {ms:.2f} ms, {cpu:.0f} us CPU; growing the file: {grow_ms:.2f} ms, "
+              f"{grow_cpu:.0f} us CPU)")
         for mode in MODES:
             for n, result in run(mode, args.workers, connections, args.seconds).items():
                 rates[mode, n].append(result["rate"])
-    print(f"\nmedians of {args.rounds} rounds, single-record pushes/s "
-          f"(fdatasync of 4 KiB: {statistics.median(flushes):.2f} ms)")
+    print(f"\nmedians of {args.rounds} rounds, single-record pushes/s (fdatasync of 4 KiB: "
+          f"{statistics.median(flushes):.2f} ms, growing the file: {statistics.median(growing):.2f} ms)")
     print(f"{'connections':>11}{'no-fsync':>12}{'fsync':>12}{'fsync / no-fsync':>18}")
     for n in connections:
         plain, synced = statistics.median(rates["no-fsync", n]), statistics.median(rates["fsync", n])

@@ -226,3 +226,23 @@ def test_write_replays_a_full_map_a_bounded_number_of_times(tmp_path):
             env.write(always_full)
         assert len(calls) == MAX_MAP_GROWTHS + 1
         assert all(txn.closed for txn in calls)
+
+
+def test_a_durable_environment_writes_zeros_ahead_of_its_pages(tmp_path):
+    """Its commits' flushes rewrite blocks the data file has (no journal commit
+    of a new size); an unsynced one has nothing to gain and writes none."""
+    sizes = {}
+    for sync in (True, False):
+        path = tmp_path / str(sync)
+        with Environment(path, databases=["t"], sync=sync) as env:
+            for i in range(300):
+                with env.begin(write=True) as txn:
+                    txn.put(b"%06d" % i, b"x" * 200, db="t")
+            used = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+        with open(path / "data.mdb", "rb") as f:
+            data = f.read()
+        sizes[sync] = len(data) - used
+        assert data[used:] == bytes(len(data) - used)  # zeros
+    assert sizes[True] >= 64 << 10 and sizes[False] == 0
+    with Environment(tmp_path / "True", databases=["t"]) as env:  # reopened: all there
+        assert env.stat("t")["entries"] == 300

@@ -114,7 +114,7 @@ def _data_file_size(db_path: str) -> int:
     return os.path.getsize(os.path.join(db_path, "rawx", "vol", "data.mdb"))
 
 
-@pytest.mark.parametrize("args, writemap", [((), True), (("--no-fsync",), True), (("--no-fsync", "--no-writemap"), False),
+@pytest.mark.parametrize("args, writemap", [((), False), (("--no-fsync",), True), (("--no-fsync", "--no-writemap"), False),
                                             (("--fsync",), False), (("--writemap",), True)])
 def test_server_writemap_flag(tmp_path, args, writemap):
     pytest.importorskip("httptools")

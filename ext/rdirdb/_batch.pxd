@@ -39,4 +39,4 @@ cdef Py_ssize_t apply_batch(Environment env, const MDB_dbi *dbis, Batch batch, b
                             const MDB_dbi *tombs=*, MDB_dbi clock=*) except -1
 cdef int clock_advance(MDB_txn *txn, MDB_dbi clock, uint64_t floor, uint64_t *stamp) noexcept nogil
 cdef list apply_batches(Environment env, const MDB_dbi *dbis, list batches, bint meta2,
-                        const MDB_dbi *tombs=*, MDB_dbi clock=*, bint sync_meta=*)
+                        const MDB_dbi *tombs=*, MDB_dbi clock=*, bint sync_meta=*, more=*)

@@ -291,13 +291,44 @@ def _write_all_into(Transaction txn, list batches):
     return [_write_into(txn, batch) if (<Batch>batch).n else 0 for batch in batches]
 
 
+cdef class _Binding:
+    """Where a batch taken inside the transaction goes (see apply_batches)."""
+    cdef MDB_dbi dbis[2]
+    cdef MDB_dbi tombs[2]
+    cdef bint meta2, stamped
+    cdef MDB_dbi clock
+
+    cdef int bind(self, Batch batch) except -1:
+        return _bind(batch, self.dbis, self.meta2, self.tombs if self.stamped else NULL, self.clock)
+
+
+def _write_all_and_more(Transaction txn, list batches, more, _Binding binding):
+    """Environment.write's function: ``batches``, then those ``more()`` returns."""
+    cdef list late = list(more())
+    for batch in late:
+        binding.bind(batch)
+    return _write_all_into(txn, batches + late)
+
+
 cdef list apply_batches(Environment env, const MDB_dbi *dbis, list batches, bint meta2,
-                        const MDB_dbi *tombs=NULL, MDB_dbi clock=0, bint sync_meta=True):
+                        const MDB_dbi *tombs=NULL, MDB_dbi clock=0, bint sync_meta=True, more=None):
     """Write several batches in one write transaction, in their order (a later
     batch's record or delete wins over an earlier one's), all or nothing;
     returns how many records each wrote (or found, for deletes). ``sync_meta``:
-    see :meth:`Environment.write`."""
+    see :meth:`Environment.write`. ``more()``, called once the transaction
+    holds LMDB's write lock (again if it is replayed: it must return the same
+    batches), returns batches to write after ``batches``: those that arrived
+    while another writer held the lock (the server's group commit)."""
     cdef Batch batch
+    cdef _Binding binding
     for batch in batches:
         _bind(batch, dbis, meta2, tombs, clock)
-    return env.write(_write_all_into, batches, sync_meta=sync_meta)
+    if more is None:
+        return env.write(_write_all_into, batches, sync_meta=sync_meta)
+    binding = _Binding.__new__(_Binding)
+    binding.dbis[0], binding.dbis[1] = dbis[0], dbis[1] if not meta2 else 0
+    binding.stamped = tombs != NULL
+    if binding.stamped:
+        binding.tombs[0], binding.tombs[1] = tombs[0], tombs[1] if not meta2 else 0
+    binding.meta2, binding.clock = meta2, clock
+    return env.write(_write_all_and_more, batches, more, binding, sync_meta=sync_meta)

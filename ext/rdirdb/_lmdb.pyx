@@ -20,7 +20,9 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from libc.errno cimport (EACCES, EAGAIN, EBUSY, EINVAL, EIO, ENOENT, ENOMEM,
                          ENOSPC, ENOSYS, EOPNOTSUPP, EPERM, EROFS, ETIMEDOUT, errno)
 from libc.string cimport memset
+from posix.stat cimport fstat, struct_stat
 from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
+from posix.unistd cimport pwrite
 
 from rdirdb.lmdb cimport *
 
@@ -156,6 +158,24 @@ def replay(fn, *args):
 # With MDB_WRITEMAP, disk blocks are allocated this far past the pages in use:
 # as much as is in use up to this size, a sixteenth of it past 1 GiB.
 DEF RESERVE_AHEAD = 64 << 20
+# Zeros written ahead in a durable environment without it: at most this much at
+# a time (the next commit flushes them).
+DEF ZEROS_AHEAD = 8 << 20
+DEF ZEROS_CHUNK = 1 << 20
+
+
+cdef char _zeros[ZEROS_CHUNK]  # static storage: all zero
+
+
+cdef int _write_zeros(int fd, size_t start, size_t end) noexcept nogil:
+    """Write zeros to ``fd`` from ``start`` to ``end``: 0, or the errno."""
+    cdef ssize_t n
+    while start < end:
+        n = pwrite(fd, _zeros, min(end - start, <size_t>ZEROS_CHUNK), start)
+        if n <= 0:
+            return errno if n < 0 else EIO
+        start += n
+    return 0
 
 
 # ---------------------------------------------------------------------------
@@ -174,8 +194,10 @@ cdef class Environment:
     returns, as with LMDB's own two flushes, but the next writer (another
     process or thread) waits for one flush instead of two. ``writemap=True`` changes pages through a writable map (MDB_WRITEMAP:
     no buffer and no write call per dirty page at commit, a sparse data file with
-    blocks allocated ahead; see docs/engine.md). Stale reader slots of dead
-    processes are cleared on open.
+    blocks allocated ahead; see docs/engine.md). Without it, a durable
+    environment writes zeros ahead of its pages, so that a commit's flush
+    rewrites blocks the data file has (docs/server.md, "Shutdown and durability"). Stale
+    reader slots of dead processes are cleared on open.
     """
 
     def __cinit__(self):
@@ -201,7 +223,7 @@ cdef class Environment:
             flags |= MDB_WRITEMAP
         if not sync:
             flags |= MDB_NOSYNC | MDB_NOMETASYNC
-        elif not writemap:
+        else:
             # The meta page is flushed after the commit, outside the write lock
             # (end_raw): see the class docstring.
             flags |= MDB_NOMETASYNC
@@ -295,7 +317,7 @@ cdef class Environment:
                 self.grow(0)
                 continue
             check(rc, b"mdb_txn_begin")
-            if write and self.writemap:
+            if write and (self.writemap or self.durable):
                 try:
                     self.reserve()
                 except BaseException:
@@ -307,7 +329,7 @@ cdef class Environment:
         """Commit or abort ``txn`` (a ``write`` one: see the meta page's sync in the
         class docstring) and release the shared resize lock."""
         cdef int rc = MDB_SUCCESS
-        cdef bint meta_sync = commit and write and self.durable and not self.writemap
+        cdef bint meta_sync = commit and write and self.durable
         with nogil:
             if commit:
                 rc = mdb_txn_commit(txn)
@@ -368,39 +390,59 @@ cdef class Environment:
 
 
     cdef int reserve(self) except -1:
-        """Allocate the data file's blocks ahead of the pages in use (MDB_WRITEMAP).
+        """Make the data file's blocks ready ahead of the pages in use.
 
-        With a writable map, LMDB writes new pages straight into a sparse file:
-        on a full disk the kernel can only answer with SIGBUS, which kills the
-        process. Allocating ahead turns a full disk into a DiskFullError here,
-        in a write transaction that has written nothing. Called by the holder
-        of the write lock, so the pages in use are exact.
+        With a writable map (MDB_WRITEMAP), LMDB writes new pages straight into
+        a sparse file: on a full disk the kernel can only answer with SIGBUS,
+        which kills the process. Allocating ahead (fallocate) turns a full disk
+        into a DiskFullError here, in a write transaction that has written
+        nothing. In a durable environment without it, zeros are written ahead
+        instead: a commit's flush then rewrites blocks the file has, where a
+        flush that grows the file also commits its new size and blocks to the
+        file system's journal (about twice the time and CPU on ext4; see
+        docs/server.md, "Shutdown and durability"). Called by the holder of the write
+        lock, so the pages in use are exact, and nothing past the file's end
+        is LMDB's.
         """
         cdef MDB_envinfo info
         cdef MDB_stat st
+        cdef struct_stat fst
         cdef int fd, rc = 0
         cdef size_t used, ahead, start = self._reserved, end
         mdb_env_info(self._env, &info)
         mdb_env_stat(self._env, &st)
         used = (info.me_last_pgno + 1) * st.ms_psize
         ahead = max(min(<size_t>RESERVE_AHEAD, used), used // 16)
+        if not self.writemap:
+            ahead = min(ahead, <size_t>ZEROS_AHEAD)
         if used + ahead // 2 <= self._reserved:
             return 0
-        end = min(used + ahead, info.me_mapsize)  # the file is as long as the map
-        if end <= start:
-            return 0  # all of the map is reserved already; the next growth extends it
         check(mdb_env_get_fd(self._env, &fd), b"mdb_env_get_fd")
-        with nogil:
-            if fallocate(fd, 0, start, end - start) != 0:  # mode 0: data stays as it is
-                rc = errno
+        if self.writemap:
+            end = min(used + ahead, info.me_mapsize)  # the file is as long as the map
+            if end <= start:
+                return 0  # all of the map is reserved already; the next growth extends it
+            with nogil:
+                if fallocate(fd, 0, start, end - start) != 0:  # mode 0: data stays as it is
+                    rc = errno
+        else:
+            end = used + ahead
+            with nogil:
+                if fstat(fd, &fst) != 0:
+                    rc = errno
+                else:
+                    start = max(<size_t>fst.st_size, used)  # another process may have written some
+                    if start < end:
+                        rc = _write_zeros(fd, start, end)
         if rc in (EOPNOTSUPP, ENOSYS):
             self._reserved = <size_t>-1  # this file system cannot: writes go unreserved
         elif rc == ENOSPC:
+            what = "that writes with MDB_WRITEMAP allocate" if self.writemap else "of zeros written"
             raise errors.DiskFullError(
-                "fallocate", ENOSPC, f"no space left on the device of {self.path} for the "
-                f"{(end - start) >> 10:,} KiB that writes with MDB_WRITEMAP allocate ahead")
+                "fallocate" if self.writemap else "pwrite", ENOSPC,
+                f"no space left on the device of {self.path} for the {(end - start) >> 10:,} KiB {what} ahead")
         elif rc != 0:
-            check(rc, b"fallocate")
+            check(rc, b"fallocate" if self.writemap else b"pwrite")
         else:
             self._reserved = end
         return 0

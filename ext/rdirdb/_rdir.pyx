@@ -118,12 +118,13 @@ cdef class ChunkIndex:
         (or existed)."""
         return self.stamps.apply(batch)
 
-    def apply_group(self, list batches, *, bint sync_meta=True):
+    def apply_group(self, list batches, *, bint sync_meta=True, more=None):
         """Write several batches in one transaction, in their order (the group
         commit of the server: one commit for many requests), all or nothing;
         returns how many records each wrote (or existed). ``sync_meta``: see
-        :meth:`Environment.write`."""
-        return self.stamps.apply_group(batches, sync_meta)
+        :meth:`Environment.write`; ``more()``: batches taken once the
+        transaction holds the write lock, written after ``batches``."""
+        return self.stamps.apply_group(batches, sync_meta, more)
 
     # -- reads ----------------------------------------------------------------
 
@@ -337,12 +338,13 @@ cdef class Meta2Index:
         (or existed)."""
         return self.stamps.apply(batch)
 
-    def apply_group(self, list batches, *, bint sync_meta=True):
+    def apply_group(self, list batches, *, bint sync_meta=True, more=None):
         """Write several batches in one transaction, in their order (the group
         commit of the server: one commit for many requests), all or nothing;
         returns how many records each wrote (or existed). ``sync_meta``: see
-        :meth:`Environment.write`."""
-        return self.stamps.apply_group(batches, sync_meta)
+        :meth:`Environment.write`; ``more()``: batches taken once the
+        transaction holds the write lock, written after ``batches``."""
+        return self.stamps.apply_group(batches, sync_meta, more)
 
     def fetch(self, *, prefix=None, marker=None, limit=1000, Transaction txn=None):
         """One page of records in url order: ``(records, truncated, next_marker)``,

@@ -16,7 +16,7 @@ cdef class Stamps:
     cdef tuple _tomb_names
 
     cdef Py_ssize_t apply(self, Batch batch) except -1
-    cdef list apply_group(self, list batches, bint sync_meta=*)
+    cdef list apply_group(self, list batches, bint sync_meta=*, more=*)
     cdef int _begin(self, MDB_txn **t, Transaction txn) except -1
     cdef int _end(self, MDB_txn *t, Transaction txn) except -1
     cdef object _clock_value(self, const char *name)

@@ -312,9 +312,9 @@ cdef class Stamps:
         return apply_batch(self.env, self.dbis, batch, self.meta2, self.tombs if self.clock else NULL,
                            self.clock)
 
-    cdef list apply_group(self, list batches, bint sync_meta=True):
+    cdef list apply_group(self, list batches, bint sync_meta=True, more=None):
         return apply_batches(self.env, self.dbis, batches, self.meta2,
-                             self.tombs if self.clock else NULL, self.clock, sync_meta)
+                             self.tombs if self.clock else NULL, self.clock, sync_meta, more)
 
     def last_stamp(self):
         """The volume's last write stamp (0: none yet)."""

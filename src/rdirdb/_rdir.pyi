@@ -1,7 +1,7 @@
 """Type stubs of rdirdb._rdir: the native rdir engine's Python API (indexes, and the
 names of its other modules, re-exported)."""
 
-from typing import Any, Iterable, Mapping, Sequence, final
+from typing import Any, Callable, Iterable, Mapping, Sequence, final
 
 import numpy as np
 
@@ -67,7 +67,9 @@ class ChunkIndex:
         """Delete every key in one transaction; returns how many existed."""
     def apply(self, batch: Batch) -> int:
         """Write a batch of encode_chunks (delete its keys if ``key_only``) in one transaction."""
-    def apply_group(self, batches: list[Batch], *, sync_meta: bool = True) -> list[int]:
+    def apply_group(
+        self, batches: list[Batch], *, sync_meta: bool = True, more: Callable[[], list[Batch]] | None = None
+    ) -> list[int]:
         """Write several batches in one transaction, in order, all or nothing; each one's count."""
     def get(self, container_id: str, chunk_id: str) -> _ChunkRecord | None: ...
     def fetch(
@@ -128,7 +130,9 @@ class Meta2Index:
     def delete_batch(self, container_urls: Iterable[str] | Iterable[Mapping[str, Any]]) -> int: ...
     def apply(self, batch: Batch) -> int:
         """Write a batch of encode_meta2 (delete its urls if ``key_only``) in one transaction."""
-    def apply_group(self, batches: list[Batch], *, sync_meta: bool = True) -> list[int]:
+    def apply_group(
+        self, batches: list[Batch], *, sync_meta: bool = True, more: Callable[[], list[Batch]] | None = None
+    ) -> list[int]:
         """Write several batches in one transaction, in order, all or nothing; each one's count."""
     def fetch(
         self,

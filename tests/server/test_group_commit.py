@@ -48,7 +48,7 @@ def _last_txnid(db_path: str, vol: str) -> int:
 
 
 def test_pipelined_writes_share_one_commit_and_keep_their_own_answers(start_server):
-    server = start_server("--fsync")
+    server = start_server()  # --fsync, the default
     assert server.request("GET", "/config").json["rdir.fsync"] is True
     vol = new_volume()
     assert server.request("POST", "/v1/rdir/create", {"vol": vol}).status == 201
@@ -75,7 +75,7 @@ def test_pipelined_writes_share_one_commit_and_keep_their_own_answers(start_serv
 
 
 def test_a_group_applies_its_requests_in_their_order(start_server):
-    server = start_server()  # --no-fsync, the default: small groups on the event loop
+    server = start_server("--no-fsync")  # small groups on the event loop
     assert server.request("GET", "/config").json["rdir.fsync"] is False
     vol = new_volume()
     assert server.request("POST", "/v1/rdir/create", {"vol": vol}).status == 201
@@ -102,11 +102,11 @@ class _FailingIndex:
         self.bad = bad
         self.groups = 0
 
-    def apply_group(self, batches: list[Any], *, sync_meta: bool = True) -> list[int]:
+    def apply_group(self, batches: list[Any], *, sync_meta: bool = True, more: Any = None) -> list[int]:
         self.groups += 1
-        if any(batch in self.bad for batch in batches):
+        if any(batch in self.bad for batch in batches + (more() if more else [])):
             raise OSError(5, "Input/output error")
-        return self.index.apply_group(batches, sync_meta=sync_meta)
+        return self.index.apply_group(batches, sync_meta=sync_meta, more=more)
 
     def apply(self, batch: Any) -> int:
         if batch in self.bad:
@@ -225,26 +225,85 @@ class _SyncCounter:
         self.env.sync()
 
 
+def _late(store: Store, volume: Any, n: int, held: Any = None) -> Any:
+    """A _Late of ``n`` requests waiting for ``volume`` (a running loop's)."""
+    from rdirdb.server.commit import _Late
+
+    commit = GroupCommit(defer_meta=True)
+    commit._pending[volume] = ([store.prepare_write("v", "rawx", [chunk_record()])[1] for _ in range(n)], [])
+    return _Late(commit, volume, held)
+
+
 def test_a_durable_group_is_on_disk_after_the_next_commit_or_a_sync(tmp_path):
     from rdirdb.server.commit import _commit_deferred
+
+    async def run() -> None:
+        groups, results, held, failed = _commit_deferred([_late(store, volume, 3)], {})
+        assert [len(batches) for _, batches, _ in groups] == [3]
+        assert results == [[1, 1, 1]] and failed == {} and counter.syncs == 0
+        assert held == {volume: counter.info()["last_txnid"]}
+        # the next group's commit flushed its data pages, and the meta page of the first
+        groups, results, held, failed = _commit_deferred([_late(store, volume, 2)], held)
+        assert results == [[1, 1]] and failed == {} and counter.syncs == 0
+        # nothing committed after the second group: its meta page needs a sync
+        assert _commit_deferred([], held) == ([], [], {}, {}) and counter.syncs == 1
 
     with Store(tmp_path, sync=True) as store:
         volume = store.volume("v", create=True)
         volume.env = counter = _SyncCounter(volume.env)  # type: ignore[assignment]
-
-        def group(n: int) -> Any:
-            return volume, [store.prepare_write("v", "rawx", [chunk_record()])[1]
-                            for _ in range(n)], []
-
-        results, held, failed = _commit_deferred([group(3)], {})
-        assert results == [[1, 1, 1]] and failed == {} and counter.syncs == 0
-        assert held == {volume: counter.info()["last_txnid"]}
-        # the next group's commit flushed its data pages, and the meta page of the first
-        results, held, failed = _commit_deferred([group(2)], held)
-        assert results == [[1, 1]] and failed == {} and counter.syncs == 0
-        # nothing committed after the second group: its meta page needs a sync
-        results, held, failed = _commit_deferred([], held)
-        assert (results, held, failed) == ([], {}, {}) and counter.syncs == 1
+        asyncio.run(run())
         volume.env = counter.env
     with Store(tmp_path, sync=True) as store:
         assert store.volume("v").chunks.count() == 5
+
+
+def test_a_held_group_is_answered_when_another_commit_came_after_it(tmp_path):
+    """Another worker's commit, done while this one waited for the write lock,
+    flushed the meta page of this worker's held group: it is answered before
+    this worker's own commit is."""
+    from rdirdb.server.commit import _commit_deferred
+
+    answered: list[Any] = []
+
+    async def run() -> None:
+        _, results, held, _ = _commit_deferred([_late(store, volume, 1)], {})
+        waiting = ([answered.append], results[0])
+        late = _late(store, volume, 2, (held[volume], waiting))
+        late.commit._held[volume] = waiting
+        _commit_deferred([late], held)
+        assert not late.released and counter.syncs == 0  # nothing came between: its own commit
+        other = store.prepare_write("v", "rawx", [chunk_record()])[1]
+        volume.index.apply(other)  # another worker's commit, synced
+        late = _late(store, volume, 2, (held[volume], waiting))
+        late.commit._held[volume] = waiting
+        _commit_deferred([late], held)
+        assert late.released and answered == [] and counter.syncs == 0
+        await asyncio.sleep(0)  # the loop answers it
+        assert answered == [1] and late.commit._held == {}
+
+    with Store(tmp_path, sync=True) as store:
+        volume = store.volume("v", create=True)
+        volume.env = counter = _SyncCounter(volume.env)  # type: ignore[assignment]
+        asyncio.run(run())
+        volume.env = counter.env
+
+
+def test_a_group_takes_its_late_requests_while_it_holds_the_write_lock(tmp_path):
+    """``more`` of ``apply_group``: called once the transaction holds LMDB's
+    write lock (another writer waits meanwhile); its batches join the commit."""
+    with Store(tmp_path, sync=True) as store:
+        volume = store.volume("v", create=True)
+        first, late, other = (store.prepare_write("v", "rawx", [chunk_record()])[1] for _ in range(3))
+        before = volume.env.info()["last_txnid"]
+        writer = threading.Thread(target=volume.index.apply, args=(other,))
+
+        def more() -> list[Any]:
+            writer.start()
+            writer.join(0.2)
+            assert writer.is_alive()  # waiting for the lock this transaction holds
+            return [late]
+
+        assert volume.index.apply_group([first], more=more) == [1, 1]
+        writer.join(10)
+        assert volume.env.info()["last_txnid"] == before + 2  # the group's commit, then the writer's
+        assert volume.chunks.count() == 3

@@ -62,10 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds SIGTERM waits for requests in progress (default %(default)s)",
     )
     parser.add_argument(
-        "--fsync", action=argparse.BooleanOptionalAction, default=False,
+        "--fsync", action=argparse.BooleanOptionalAction, default=True,
         help="answer a write once its commit is flushed to disk (survives power loss; writes "
         "arriving meanwhile share the next commit); --no-fsync answers once committed, like "
-        "the reference: a write survives the process but not the machine (default: --no-fsync)",
+        "the reference: a write survives the process but not the machine (default: --fsync)",
     )
     parser.add_argument(
         "--writemap", action=argparse.BooleanOptionalAction, default=None,

@@ -66,7 +66,7 @@ class Settings:
     request_timeout: float = 30.0
     keepalive_timeout: float = 60.0
     shutdown_timeout: float = 10.0
-    fsync: bool = False  # the reference's durability: see docs/server.md, "Shutdown and durability"
+    fsync: bool = True  # durable writes (the reference's: False): docs/server.md, "Shutdown and durability"
     writemap: bool | None = None  # MDB_WRITEMAP; None: the Store's default (on unless fsync)
     registry: str | None = None  # URL of the service registry to register in
     location: str = ""  # dc.rack.host.disk, for the dispatcher's distance rules
@@ -263,11 +263,10 @@ async def _serve(sock: socket.socket, settings: Settings, opened: OpenedVolumes,
     store = Store(settings.db_path, sync=settings.fsync, writemap=settings.writemap,
                   tombstone_retention=settings.tombstone_retention, max_clock_skew=settings.max_clock_skew)
     # Synced commits wait for the disk: off the event loop, which meanwhile
-    # gathers the next group, and the next commit flushes the meta page of the
-    # one before (LMDB's own two flushes with --writemap). Unsynced commits are
-    # short: small groups on the loop.
-    committer = GroupCommit(inline_below=0 if settings.fsync else INLINE_BELOW,
-                            defer_meta=settings.fsync and not settings.writemap)
+    # gathers the next group, and the next commit (of any worker) flushes the
+    # meta page of the one before. Unsynced commits are short: small groups on
+    # the loop.
+    committer = GroupCommit(inline_below=0 if settings.fsync else INLINE_BELOW, defer_meta=settings.fsync)
     app = RdirApp(
         store,
         namespace=settings.namespace,
