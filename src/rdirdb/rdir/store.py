@@ -249,6 +249,25 @@ class Volume:
         return {"removed": removed, "repaired": repaired, "errors": errors}
 
 
+def warm_budget() -> int:
+    """How large a volume :class:`Store` warms (``warm=True``): half of the memory
+    available now (MemAvailable: free memory plus what the kernel can reclaim), so
+    that a volume larger than that is not read in only to push other pages out."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 // 2
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+
+
+def _warm(env: Environment) -> None:
+    with contextlib.suppress(ClosedError):  # closed before the thread started
+        env.warm(warm_budget())
+
+
 def default_writemap(sync: bool) -> bool:
     """Whether volumes use MDB_WRITEMAP when not told: when commits are not
     synced, where it pays (docs/engine.md, "Writes at scale")."""
@@ -262,7 +281,11 @@ class Store:
     survives the death of the process. ``writemap`` opens the volumes with
     MDB_WRITEMAP; by default, when ``sync`` is off (:func:`default_writemap`).
     Deletes leave tombstones for ``tombstone_retention`` seconds (10 days), purged
-    when a volume opens and by :meth:`purge_tombstones`.
+    when a volume opens and by :meth:`purge_tombstones`. ``warm=True`` reads each
+    volume's pages into memory when it opens, in a thread of its own, if they take
+    less than half of the memory available (:meth:`Environment.warm`): the
+    server's choice, so that writes to a large volume do not wait for the disk
+    page by page.
     """
 
     def __init__(
@@ -274,8 +297,10 @@ class Store:
         readonly: bool = False,
         writemap: bool | None = None,
         tombstone_retention: float = TOMBSTONE_RETENTION,
+        warm: bool = False,
     ) -> None:
         self.tombstone_retention = check_retention(tombstone_retention)
+        self.warm = warm
         self.path = os.fspath(path)
         self.map_size = map_size
         self.sync = sync
@@ -362,6 +387,8 @@ class Store:
                 raise NotFound(f"DB not found: {service_type} volume {volume_id!r}") from None
             vol = Volume(volume_id, service_type, env)
             vol.purge_tombstones(self.tombstone_retention)
+            if self.warm:
+                threading.Thread(target=_warm, args=(env,), name=f"rdirdb-warm-{path}", daemon=True).start()
             self._volumes[key] = vol
             return vol
 
