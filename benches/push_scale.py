@@ -8,7 +8,9 @@ measures single-record pushes with wrk at 8 and 64 keep-alive connections (a
 Lua script, one random record per request), then batch pushes of 1,000-record
 bodies from one keep-alive connection. As a control measured in the same
 runs, single pushes also go to an empty volume of the same server: how much
-the volume's size costs. Each figure is the median of ``--rounds`` runs.
+the volume's size costs. Each round starts the server anew and gives it
+``--warmup`` seconds of single pushes, not measured, before the measured
+runs. Each figure is the median of ``--rounds`` runs.
 Loopback only, every run bounded.
 
 With ``--peer-binary``, OpenIO's C server (``oio-rdir-server``, built apart:
@@ -122,12 +124,15 @@ def batch_bodies(count: int) -> list[bytes]:
     return [as_body(random_records(rnd, 10**9 + b * 1000, 1000)) for b in range(count)]
 
 
-def measure(server: BenchServer, name: str, r: int, seconds: float, bodies: list[bytes],
+def measure(server: BenchServer, name: str, r: int, seconds: float, warmup: float, bodies: list[bytes],
             rates: dict[str, list[float]]) -> None:
-    """One round of every load against ``server``, appended to ``rates``."""
+    """One round of every load against ``server``, appended to ``rates``, after ``warmup``
+    seconds of single pushes."""
     conn = server.connection()
     call(conn, "POST", f"/v1/rdir/create?vol=empty-{r}")
     conn.close()
+    if warmup:  # not measured: every worker opens the volume (the server just started)
+        wrk(server.port, lua(PUSH_LUA, vol="vol"), warmup, connections=SINGLE[0])
     for n in SINGLE:
         for vol, load in (("vol", f"single, {n} connections"), (f"empty-{r}", f"empty volume, {n}")):
             result = wrk(server.port, lua(PUSH_LUA, vol=vol), seconds, connections=n, server_pid=server.proc.pid)
@@ -175,6 +180,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0, help="per wrk run (default %(default)s)")
     parser.add_argument("--batches", type=int, default=50, help="1,000-record bodies per batch run")
+    parser.add_argument("--warmup", type=float, default=2.0,
+                        help="seconds of single pushes, not measured, after each start (default %(default)s)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--db", help="store directory, kept (default: a temporary one, removed)")
     parser.add_argument("--peer-binary", help="OpenIO's oio-rdir-server, run in the same rounds")
@@ -196,7 +203,7 @@ def main() -> None:
             for name in names[r % len(names):] + names[:r % len(names)]:  # taking turns
                 server = starts[name]()
                 try:
-                    measure(server, name, r, args.seconds, bodies, rates[name])
+                    measure(server, name, r, args.seconds, args.warmup, bodies, rates[name])
                 finally:
                     server.stop()
         report(args, rates)

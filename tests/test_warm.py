@@ -97,8 +97,11 @@ def test_close_stops_a_warm_in_progress(tmp_path):
         assert env.closed
 
 
-def _warm_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("rdirdb-warm-")]
+def wait_resident(path: str, size: int, timeout: float = 30) -> int:
+    deadline = time.monotonic() + timeout
+    while resident(path) < size and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return resident(path)
 
 
 def test_store_warms_each_volume_it_opens_in_a_thread(tmp_path):
@@ -108,16 +111,26 @@ def test_store_warms_each_volume_it_opens_in_a_thread(tmp_path):
     data = str(tmp_path / "rawx" / "v" / "data.mdb")
     with Store(tmp_path, sync=False) as store:  # the default: no warming
         env = store.volume("v").env
-        assert not _warm_threads()
-        assert resident(data) < used(env) // 4
+        assert wait_resident(data, used(env), timeout=0.5) < used(env) // 4
     with Store(tmp_path, sync=False, warm=True) as store:
         env = store.volume("v").env
-        threads = _warm_threads()
-        assert [t.name for t in threads] == [f"rdirdb-warm-{tmp_path / 'rawx' / 'v'}"]
-        threads[0].join(30)
-        assert resident(data) >= used(env)
+        assert wait_resident(data, used(env)) >= used(env)
         assert store.volume("v").chunks.count() == 20_000
-    assert not _warm_threads()
+
+
+def test_store_warms_volumes_within_its_budget(tmp_path, monkeypatch):
+    records = [("%064X" % i, "B" * 32, "%064X" % (i * 7919), i, "p" * 200, 1) for i in range(10_000)]
+    with Store(tmp_path, sync=False) as store:
+        for name in ("a", "b"):
+            store.volume(name, create=True).chunks.put_batch(records)
+        size = used(store.volume("a").env)
+        assert used(store.volume("b").env) == size
+    monkeypatch.setattr("rdirdb.rdir.store.warm_budget", lambda: size * 3 // 2)  # one volume, not two
+    with Store(tmp_path, sync=False, warm=True) as store:
+        store.volume("a")
+        assert wait_resident(str(tmp_path / "rawx" / "a" / "data.mdb"), size) >= size
+        store.volume("b")  # over the budget that a left
+        assert wait_resident(str(tmp_path / "rawx" / "b" / "data.mdb"), size, timeout=0.5) < size // 4
 
 
 def test_warm_budget_is_half_the_available_memory():

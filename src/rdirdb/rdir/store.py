@@ -250,9 +250,10 @@ class Volume:
 
 
 def warm_budget() -> int:
-    """How large a volume :class:`Store` warms (``warm=True``): half of the memory
-    available now (MemAvailable: free memory plus what the kernel can reclaim), so
-    that a volume larger than that is not read in only to push other pages out."""
+    """How much of its volumes a :class:`Store` warms (``warm=True``): half of the
+    memory available now (MemAvailable: free memory plus what the kernel can
+    reclaim), so that volumes larger than that are not read in only to push
+    other pages out."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -263,9 +264,6 @@ def warm_budget() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
 
 
-def _warm(env: Environment) -> None:
-    with contextlib.suppress(ClosedError):  # closed before the thread started
-        env.warm(warm_budget())
 
 
 def default_writemap(sync: bool) -> bool:
@@ -282,10 +280,10 @@ class Store:
     MDB_WRITEMAP; by default, when ``sync`` is off (:func:`default_writemap`).
     Deletes leave tombstones for ``tombstone_retention`` seconds (10 days), purged
     when a volume opens and by :meth:`purge_tombstones`. ``warm=True`` reads each
-    volume's pages into memory when it opens, in a thread of its own, if they take
-    less than half of the memory available (:meth:`Environment.warm`): the
-    server's choice, so that writes to a large volume do not wait for the disk
-    page by page.
+    volume's pages into memory when it opens, in a thread of its own
+    (:meth:`Environment.warm`), as long as the volumes it warmed take less than
+    half of the memory available (:func:`warm_budget`): the server's choice, so
+    that writes to a large volume do not wait for the disk page by page.
     """
 
     def __init__(
@@ -301,6 +299,7 @@ class Store:
     ) -> None:
         self.tombstone_retention = check_retention(tombstone_retention)
         self.warm = warm
+        self._warmed = 0  # bytes of the volumes warmed
         self.path = os.fspath(path)
         self.map_size = map_size
         self.sync = sync
@@ -388,9 +387,19 @@ class Store:
             vol = Volume(volume_id, service_type, env)
             vol.purge_tombstones(self.tombstone_retention)
             if self.warm:
-                threading.Thread(target=_warm, args=(env,), name=f"rdirdb-warm-{path}", daemon=True).start()
+                threading.Thread(target=self._warm, args=(env,), name=f"rdirdb-warm-{path}", daemon=True).start()
             self._volumes[key] = vol
             return vol
+
+    def _warm(self, env: Environment) -> None:
+        """Warm ``env`` if it fits in what is left of :func:`warm_budget` (in a thread)."""
+        with contextlib.suppress(ClosedError):  # closed meanwhile
+            size = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+            with self._lock:
+                if self._warmed + size > warm_budget():
+                    return
+                self._warmed += size
+            env.warm()
 
     def purge_tombstones(self) -> int:
         """Purge the expired tombstones of every open volume; returns how many."""
