@@ -344,13 +344,17 @@ cdef inline uint64_t _value_stamp(const uint8_t *v, size_t n) noexcept nogil:
     return _get_stamp(v + n - STAMP_SIZE)
 
 
+cdef inline uint64_t _wall_ms() noexcept nogil:
+    """The wall clock in milliseconds since the epoch."""
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return <uint64_t>ts.tv_sec * 1000 + <uint64_t>(ts.tv_nsec // 1000000)
+
+
 cdef inline uint64_t _hlc_next(uint64_t last) noexcept nogil:
     """The stamp of a write that follows ``last``: the wall clock in ms, or last + 1
     when the clock is behind it (the hybrid logical clock's send/receive rule)."""
-    cdef timespec ts
-    clock_gettime(CLOCK_REALTIME, &ts)
-    cdef uint64_t now = ((<uint64_t>ts.tv_sec * 1000 + <uint64_t>(ts.tv_nsec // 1000000))
-                         << STAMP_COUNTER_BITS)
+    cdef uint64_t now = _wall_ms() << STAMP_COUNTER_BITS
     return now if now > last else last + 1
 
 

@@ -19,6 +19,7 @@ cdef class Stamps:
     cdef list apply_group(self, list batches, bint sync_meta=*)
     cdef int _begin(self, MDB_txn **t, Transaction txn) except -1
     cdef int _end(self, MDB_txn *t, Transaction txn) except -1
+    cdef object _clock_value(self, const char *name)
 
 
 cdef Stamps open_stamps(Environment env, const MDB_dbi *dbis, tuple tomb_names, str clock_name,

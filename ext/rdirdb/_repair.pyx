@@ -25,13 +25,14 @@ a tie with a record, and between two records the greater value bytes.
 cimport cython
 from libc.stdint cimport uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
+from libc.string cimport strlen
 
 from rdirdb._batch cimport Batch, apply_batch, apply_batches, clock_advance
 from rdirdb._codec cimport *
 from rdirdb._lmdb cimport Environment, Transaction, check
 from rdirdb.lmdb cimport *
 
-from rdirdb.errors import BadRequest, LmdbFileNotFoundError, caller_error
+from rdirdb.errors import BadRequest, LmdbFileNotFoundError, RefusedEntries, caller_error
 
 cdef extern from *:
     """
@@ -45,6 +46,12 @@ cdef enum:
     MAX_KEY = 511
 
 cdef uint64_t TOMB_SEED = 0x9E3779B97F4A7C15   # the hash of a tombstone differs from a record's
+
+# Keys of the ``clock`` database: the volume's last write stamp, and the tombstone floor, a
+# stamp no tombstone of the volume is older than (set by a purge, lowered by an apply), so that
+# a purge with nothing to remove costs one read instead of a walk of every tombstone.
+cdef const char *LAST_KEY = b"last"
+cdef const char *FLOOR_KEY = b"tomb_floor"
 
 MAX_STAMP = 2 ** 64 - 1
 # The newest stamp a replica takes from another: the clock moves past it (and past every
@@ -311,22 +318,25 @@ cdef class Stamps:
 
     def last_stamp(self):
         """The volume's last write stamp (0: none yet)."""
+        return self._clock_value(LAST_KEY) or 0
+
+    def tombstone_floor(self):
+        """A stamp no tombstone of the volume is older than, kept by purges (None: unknown,
+        the next purge walks the tombstones)."""
+        return self._clock_value(FLOOR_KEY)
+
+    cdef object _clock_value(self, const char *name):
         cdef MDB_txn *txn
-        cdef MDB_val k, v
-        cdef int rc
+        cdef uint64_t value
+        cdef bint found
         if not self.clock:
-            return 0
-        k.mv_data = <void *><const char *>b"last"
-        k.mv_size = 4
+            return None
         self.env.begin_raw(&txn, False)
         try:
-            rc = mdb_get(txn, self.clock, &k, &v)
-            if rc == MDB_NOTFOUND:
-                return 0
-            check(rc, b"mdb_get")
-            return _tomb_stamp(&v)
+            check(_clock_get(txn, self.clock, name, &value, &found), b"mdb_get")
         finally:
             self.env.end_raw(txn, False)
+        return value if found else None
 
     def tombstone_count(self):
         """How many tombstones the volume keeps (purged or not yet)."""
@@ -499,51 +509,86 @@ cdef class Stamps:
 
     # -- writes -----------------------------------------------------------------------
 
-    def apply_entries(self, entries):
+    def apply_entries(self, entries, max_clock_skew=None):
         """Apply entries of another replica (``(full key, stamp, value)``, value None for a
         tombstone, as :meth:`entries` lists them) in one transaction: each one that wins
         over this replica's version of its key (:func:`newer`) replaces it. The clock
-        moves past the newest stamp received. Returns how many were applied. A bad
-        entry raises BadRequest and nothing is written."""
-        cdef list items = []
-        cdef Py_ssize_t i
+        moves past the newest stamp received. Returns how many were applied.
+
+        Entries stamped more than ``max_clock_skew`` seconds ahead of this host's wall
+        clock are refused (None: no bound but 2**63), so that the clock never moves
+        that far ahead. Refused entries (bad, or too far ahead) raise RefusedEntries,
+        which lists every one of them, and nothing is written."""
+        cdef list items
         cdef uint64_t top = 0
         if not self.clock:
             raise BadRequest("this volume is read-only")
-        if not isinstance(entries, (list, tuple)):
-            raise caller_error(TypeError(f"entries must be a list, not {type(entries).__name__}"))
-        for i, entry in enumerate(entries):
-            items.append(_check_entry(i, entry, self.kinds, self.meta2))
-            if items[i][1] > top:
-                top = items[i][1]
+        items = _checked(entries, self.kinds, self.meta2, max_clock_skew)
         if not items:
             return 0
+        for item in items:
+            if item[1] > top:
+                top = item[1]
         return self.env.write(_apply_into, self, items, top)
 
     def purge(self, cutoff):
         """Remove the tombstones whose stamp is below ``cutoff``, in one transaction;
-        returns how many."""
+        returns how many. When the tombstone floor says none is that old, it costs one
+        read (no write transaction, no walk)."""
         cdef uint64_t cut = _cutoff_arg(cutoff)
         if not self.clock or not cut or not self.tombstone_count():
             return 0
+        floor = self.tombstone_floor()
+        if floor is not None and floor >= cut:
+            return 0
         return self.env.write(_purge_into, self, cut)
 
-    def clear(self):
-        """Remove every tombstone (a replica cleared to be copied again); the clock stays."""
-        if self.clock:
-            self.env.write(_drop_into, self)
+    def clear(self, bint records=False):
+        """Remove every tombstone and, with ``records``, every record, in one transaction
+        (a replica cleared to be copied again); the clock stays. Returns how many
+        records were removed."""
+        if not self.clock:
+            raise BadRequest("this volume is read-only")
+        return self.env.write(_drop_into, self, records)
 
 
-def check_entries(entries, bint meta2):
-    """Check entries as :meth:`Stamps.apply_entries` does, without a volume: BadRequest
-    or TypeError for a bad one."""
+def check_entries(entries, bint meta2, max_clock_skew=None):
+    """Check entries as :meth:`Stamps.apply_entries` does, without a volume: RefusedEntries
+    for bad ones, TypeError for a value of the wrong type."""
+    _checked(entries, 1 if meta2 else 2, meta2, max_clock_skew)
+
+
+cdef list _checked(object entries, int kinds, bint meta2, object max_clock_skew):
+    """The entries as tuples, each checked; RefusedEntries lists all the refused ones.
+    The one rule of what a replica accepts, the bound on stamps ahead of its clock included."""
+    cdef list items = [], refused = []
+    cdef Py_ssize_t i
+    cdef uint64_t now_ms = 0, limit = MAX_RECEIVED_STAMP
     if not isinstance(entries, (list, tuple)):
         raise caller_error(TypeError(f"entries must be a list, not {type(entries).__name__}"))
+    if max_clock_skew is not None:
+        if not isinstance(max_clock_skew, (int, float)) or not 0 <= max_clock_skew < 1e9:
+            raise caller_error(TypeError(f"max_clock_skew must be seconds in [0, 1e9), not {max_clock_skew!r}"))
+        now_ms = _wall_ms()
+        limit = min(limit, ((now_ms + <uint64_t>(max_clock_skew * 1000)) << STAMP_COUNTER_BITS)
+                    | ((1 << STAMP_COUNTER_BITS) - 1))
     for i, entry in enumerate(entries):
-        _check_entry(i, entry, 1 if meta2 else 2, meta2)
+        item = _check_entry(i, entry, kinds, meta2)
+        if isinstance(item, str):
+            refused.append((i, entry[0] if isinstance(entry[0], bytes) else b"", item))
+        elif item[1] > limit:
+            ahead = ((<uint64_t>item[1] >> STAMP_COUNTER_BITS) - <double>now_ms) / 1000
+            refused.append((i, item[0], f"the stamp {item[1]} is {ahead:.3f} s ahead of this server's clock "
+                                        f"(at most {max_clock_skew} s: the maximum clock skew)"))
+        else:
+            items.append(item)
+    if refused:
+        raise RefusedEntries(refused)
+    return items
 
 
-cdef tuple _check_entry(Py_ssize_t i, object entry, int kinds, bint meta2):
+cdef object _check_entry(Py_ssize_t i, object entry, int kinds, bint meta2):
+    """The entry as a tuple, or why it is refused (a str)."""
     cdef ChunkValue cv
     cdef Meta2Value mv
     cdef const uint8_t *p
@@ -552,27 +597,27 @@ cdef tuple _check_entry(Py_ssize_t i, object entry, int kinds, bint meta2):
         raise caller_error(TypeError(f"entry {i} must be (key, stamp, value)"))
     key, stamp, value = entry
     if not isinstance(key, bytes) or len(key) < 2 or len(key) > 1 + MAX_KEY:
-        raise BadRequest(f"entry {i}: the key must be 2 to {1 + MAX_KEY} bytes")
+        return f"the key must be 2 to {1 + MAX_KEY} bytes"
     if key[0] >= kinds:
-        raise BadRequest(f"entry {i}: unknown kind of key {key[0]}")
+        return f"unknown kind of key {key[0]}"
     if not meta2 and key[0] == 0 and len(key) != 1 + CANON_KEY:
-        raise BadRequest(f"entry {i}: a canonical chunk key is {CANON_KEY} bytes")
+        return f"a canonical chunk key is {CANON_KEY} bytes"
     if type(stamp) is not int or stamp < 0 or stamp > MAX_RECEIVED_STAMP:
-        raise BadRequest(f"entry {i}: the stamp must be an int in [0, 2**63)")
+        return "the stamp must be an int in [0, 2**63)"
     if value is None:
         if stamp == 0:
-            raise BadRequest(f"entry {i}: a tombstone's stamp is at least 1")
+            return "a tombstone's stamp is at least 1"
         return (key, stamp, None)
     if not isinstance(value, bytes):
         raise caller_error(TypeError(f"entry {i}: the value must be bytes or None"))
     p = <const uint8_t *>(<bytes>value)
     n = len(value)
     if _value_stamp(p, n) != <uint64_t>stamp or n == 0 or (p[0] & V_STAMPED != 0) != (stamp != 0):
-        raise BadRequest(f"entry {i}: the value does not carry the stamp {stamp}")
+        return f"the value does not carry the stamp {stamp}"
     if stamp:  # else a record written before stamps
         n -= STAMP_SIZE
     if not (_parse_meta2_value(p, n, &mv) if meta2 else _parse_chunk_value(p, n, &cv)):
-        raise BadRequest(f"entry {i}: the value is not a {'meta2' if meta2 else 'chunk'} record")
+        return f"the value is not a {'meta2' if meta2 else 'chunk'} record"
     return (key, stamp, value)
 
 
@@ -582,6 +627,29 @@ cdef struct Incoming:
     uint64_t stamp
     const uint8_t *val      # NULL: a tombstone
     size_t val_n
+
+
+cdef int _clock_get(MDB_txn *txn, MDB_dbi clock, const char *name, uint64_t *value, bint *found) noexcept nogil:
+    """A stamp of the ``clock`` database (``found`` False when absent); an LMDB code."""
+    cdef MDB_val k, v
+    k.mv_data = <void *>name
+    k.mv_size = strlen(name)
+    cdef int rc = mdb_get(txn, clock, &k, &v)
+    found[0] = rc == MDB_SUCCESS and v.mv_size == STAMP_SIZE
+    if found[0]:
+        value[0] = _get_stamp(<const uint8_t *>v.mv_data)
+    return MDB_SUCCESS if rc == MDB_NOTFOUND else rc
+
+
+cdef int _clock_put(MDB_txn *txn, MDB_dbi clock, const char *name, uint64_t value) noexcept nogil:
+    cdef MDB_val k, v
+    cdef uint8_t buf[STAMP_SIZE]
+    _put_stamp(buf, value)
+    k.mv_data = <void *>name
+    k.mv_size = strlen(name)
+    v.mv_data = buf
+    v.mv_size = STAMP_SIZE
+    return mdb_put(txn, clock, &k, &v, 0)
 
 
 cdef int _apply_one(MDB_txn *txn, Stamps st, Incoming *e, Py_ssize_t *applied) noexcept nogil:
@@ -628,7 +696,8 @@ def _apply_into(Transaction txn, Stamps st, list items, uint64_t top):
     cdef Py_ssize_t n = len(items), i, applied = 0
     cdef Incoming *es = <Incoming *>malloc(n * sizeof(Incoming))
     cdef int rc = MDB_SUCCESS
-    cdef uint64_t stamp
+    cdef uint64_t stamp, floor, oldest = MAX_STAMP
+    cdef bint found
     if es == NULL:
         raise MemoryError()
     try:
@@ -642,6 +711,8 @@ def _apply_into(Transaction txn, Stamps st, list items, uint64_t top):
             if value is not None:
                 es[i].val = <const uint8_t *>(<bytes>value)
                 es[i].val_n = len(value)
+            elif s < oldest:
+                oldest = s
         with nogil:
             for i in range(n):
                 rc = _apply_one(txn._txn, st, &es[i], &applied)
@@ -649,6 +720,10 @@ def _apply_into(Transaction txn, Stamps st, list items, uint64_t top):
                     break
             if rc == MDB_SUCCESS:
                 rc = clock_advance(txn._txn, st.clock, top, &stamp)
+            if rc == MDB_SUCCESS:  # a received tombstone may be older than the floor
+                rc = _clock_get(txn._txn, st.clock, FLOOR_KEY, &floor, &found)
+                if rc == MDB_SUCCESS and found and oldest < floor:
+                    rc = _clock_put(txn._txn, st.clock, FLOOR_KEY, oldest)
     finally:
         free(es)
     txn.fail(rc, b"apply")
@@ -656,11 +731,15 @@ def _apply_into(Transaction txn, Stamps st, list items, uint64_t top):
 
 
 def _purge_into(Transaction txn, Stamps st, uint64_t cutoff):
-    """Environment.write's function: Stamps.purge in ``txn``."""
+    """Environment.write's function: Stamps.purge in ``txn``. The tombstone floor becomes
+    the oldest stamp kept, or the clock's next stamp when that is older: a delete made
+    later is stamped after the clock's last stamp."""
     cdef Py_ssize_t removed = 0
     cdef int rc = MDB_SUCCESS, kind
     cdef MDB_cursor *cur
     cdef MDB_val k, v
+    cdef uint64_t oldest = MAX_STAMP, last = 0, stamp
+    cdef bint found
     with nogil:
         for kind in range(st.kinds):
             rc = mdb_cursor_open(txn._txn, st.tombs[kind], &cur)
@@ -668,11 +747,14 @@ def _purge_into(Transaction txn, Stamps st, uint64_t cutoff):
                 break
             rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST)
             while rc == MDB_SUCCESS:
-                if _tomb_stamp(&v) < cutoff:
+                stamp = _tomb_stamp(&v)
+                if stamp < cutoff:
                     rc = mdb_cursor_del(cur, 0)
                     if rc != MDB_SUCCESS:
                         break
                     removed += 1
+                elif stamp < oldest:
+                    oldest = stamp
                 # After a delete the cursor sits on the next entry, and MDB_NEXT returns it.
                 rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)
             mdb_cursor_close(cur)
@@ -680,17 +762,31 @@ def _purge_into(Transaction txn, Stamps st, uint64_t cutoff):
                 rc = MDB_SUCCESS
             if rc != MDB_SUCCESS:
                 break
+        if rc == MDB_SUCCESS:
+            rc = _clock_get(txn._txn, st.clock, LAST_KEY, &last, &found)
+        if rc == MDB_SUCCESS:
+            rc = _clock_put(txn._txn, st.clock, FLOOR_KEY, min(oldest, last + 1))
     txn.fail(rc, b"purge")
     return removed
 
 
-def _drop_into(Transaction txn, Stamps st):
+def _drop_into(Transaction txn, Stamps st, bint records):
+    """Environment.write's function: Stamps.clear in ``txn``."""
     cdef int rc = MDB_SUCCESS, kind
+    cdef Py_ssize_t removed = 0
+    cdef MDB_stat stat
     for kind in range(st.kinds):
-        rc = mdb_drop(txn._txn, st.tombs[kind], 0)
+        if records:
+            rc = mdb_stat(txn._txn, st.dbis[kind], &stat)
+            if rc == MDB_SUCCESS:
+                removed += <Py_ssize_t>stat.ms_entries
+                rc = mdb_drop(txn._txn, st.dbis[kind], 0)
+        if rc == MDB_SUCCESS:
+            rc = mdb_drop(txn._txn, st.tombs[kind], 0)
         if rc != MDB_SUCCESS:
             break
     txn.fail(rc, b"mdb_drop")
+    return removed
 
 
 cdef Stamps open_stamps(Environment env, const MDB_dbi *dbis, tuple tomb_names, str clock_name,

@@ -17,7 +17,7 @@ bugs and storage failures (500).
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, Callable, TypeVar
 
 E = TypeVar("E", bound=Exception)
 
@@ -206,6 +206,7 @@ class ClientException(OioException):
     """
 
     http_status = 500
+    details: dict[str, Any] | None = None  # fields a server adds to the error's JSON body
 
     def __init__(self, message: str = "", http_status: int | None = None, *, over_http: bool = False) -> None:
         if http_status is not None:
@@ -222,6 +223,27 @@ class BadRequest(ClientException, ValueError):
     """The request or a record in it is invalid; nothing was written."""
 
     http_status = 400
+
+
+class RefusedEntries(BadRequest):
+    """Entries of another replica that a volume refuses to apply (repair's ``apply``);
+    nothing of the request was applied.
+
+    ``refused`` lists ``(index, full key, reason)`` for every refused entry, so
+    that the sender can send the others again (an rdirdb server answers them in
+    the 400's ``refused`` field)."""
+
+    def __init__(
+        self, refused: list[tuple[int, bytes, str]], message: str | None = None,
+        describe: Callable[[bytes], str] = repr,
+    ) -> None:
+        self.refused = refused
+        if message is None:
+            shown = "; ".join(f"entry {i} (key {describe(key)}): {reason}" for i, key, reason in refused[:3])
+            more = f" and {len(refused) - 3} more" if len(refused) > 3 else ""
+            entries = "1 entry" if len(refused) == 1 else f"{len(refused)} entries"
+            message = f"{entries} refused, nothing applied: {shown}{more}"
+        super().__init__(message)
 
 
 class Forbidden(ClientException):

@@ -341,7 +341,7 @@ def test_a_round_purges_expired_tombstones(tmp_path):
     time.sleep(0.01)
     assert repair_round(str(tmp_path), False, 3600, None, "127.0.0.1:1")["tombstones"] == 5
     figures = repair_round(str(tmp_path), False, 0.005, None, "127.0.0.1:1")
-    assert figures == {"volumes": 1, "tombstones": 0, "repaired": 0, "applied": 0, "failed": 0}
+    assert figures == {"volumes": 1, "tombstones": 0, "repaired": 0, "applied": 0, "refused": 0, "failed": 0}
 
 
 def _push_local(chunks) -> None:
@@ -370,8 +370,8 @@ def test_out_of_order_ranges_and_stamps_the_clock_cannot_follow_are_400(cluster)
         assert reply.status == 400 and "2**63" in reply.json["message"], reply.json
     after = s.request("POST", "/v1/rdirdb/repair/digest", {"vol": VOL}, json_body={"bounds": [["", None]]}).json
     assert after == before
-    # The newest stamp accepted still leaves later writes newer than it.
-    stamp = 2**63 - 1
+    # A stamp ahead of the clock, within the maximum skew, still leaves later writes newer than it.
+    stamp = int((time.time() + 60) * 1000) << 16
     body = {"entries": [[key, stamp, b64(unb64(value, "v")[:-8] + stamp.to_bytes(8, "big"))]]}
     assert s.request("POST", "/v1/rdirdb/repair/apply", {"vol": VOL}, json_body=body).json == {"applied": 1}
     with cluster.alone(0) as c0:

@@ -143,6 +143,9 @@ class RdirBackend(ABC):
     def clear(self, volume: str, *, all: bool, before_incident: bool, repair: bool, **options: Any) -> dict[str, int]: ...
 
     @abstractmethod
+    def meta2_clear(self, volume: str, **options: Any) -> dict[str, int]: ...
+
+    @abstractmethod
     def meta2_push(self, volume: str, records: list[dict[str, Any]], **options: Any) -> None: ...
 
     @abstractmethod

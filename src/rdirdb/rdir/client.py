@@ -359,6 +359,14 @@ class RdirClient:
     def meta2_index_create(self, volume_id: str, **kwargs: Any) -> None:
         self.create(volume_id, service_type="meta2", **kwargs)
 
+    def meta2_index_clear(self, volume_id: str, **kwargs: Any) -> dict[str, int]:
+        """Clear a meta2 volume: every container record and tombstone, in one commit.
+
+        For a replica down longer than the tombstone retention, cleared before it is
+        repaired (docs/reliability.md). ``{"removed": n}``; NotFound for no such volume.
+        Over HTTP, rdirdb's own route ``POST /v1/rdirdb/meta2/clear`` (not OpenIO's)."""
+        return self.backend.meta2_clear(volume_id, **_transport(kwargs))
+
     def meta2_index_push(
         self,
         volume_id: str,

@@ -89,6 +89,9 @@ class EmbeddedBackend(RdirBackend):
 
     # -- meta2 --------------------------------------------------------------
 
+    def meta2_clear(self, volume: str, **options: Any) -> dict[str, int]:
+        return {"removed": self._meta2(volume).clear_records()}
+
     def meta2_push(self, volume: str, records: list[dict[str, Any]], **options: Any) -> None:
         # meta2 pushes create the volume, as the reference server does by default.
         self.store.write(volume, "meta2", records, create=True)

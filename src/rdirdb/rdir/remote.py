@@ -191,15 +191,18 @@ class RemoteBackend(RdirBackend):
         params: dict[str, Any] | None = None,
         body: Any = None,
         create: bool = False,
+        base: str | None = None,
         **options: Any,
     ) -> tuple[int, Any, Any]:
-        """One rdir request to the volume's replicas: ``(status, headers, decoded body)``."""
+        """One rdir request to the volume's replicas: ``(status, headers, decoded body)``;
+        the route is ``/v1/{base}/{action}``, ``base`` by default OpenIO's of the type."""
         if not isinstance(volume, str):
             raise TypeError(f"volume id must be str, not {type(volume).__name__}")
         query = {"vol": volume, **{k: v for k, v in (params or {}).items() if v is not None}}
         if create:
             query["create"] = "1"
-        base = "rdir/meta2" if service_type == "meta2" else "rdir"
+        if base is None:
+            base = "rdir/meta2" if service_type == "meta2" else "rdir"
         url = f"/v1/{base}/{action}?{urlencode(query)}"
         payload = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         headers = {"x-oio-req-id": options.get("reqid") or uuid.uuid4().hex}
@@ -329,6 +332,12 @@ class RemoteBackend(RdirBackend):
         return result
 
     # -- meta2 ----------------------------------------------------------------
+
+    def meta2_clear(self, volume: str, **options: Any) -> dict[str, int]:
+        # rdirdb's own route (OpenIO's rdir has no meta2 clear).
+        result: dict[str, int] = self.request(volume, "POST", "clear", service_type="meta2", base="rdirdb/meta2",
+                                              **options)[2]
+        return result
 
     def meta2_push(self, volume: str, records: list[dict[str, Any]], **options: Any) -> None:
         self.request(volume, "POST", "push", service_type="meta2", body=records, create=True, **options)

@@ -28,7 +28,7 @@ from typing import Any, Protocol, TypeVar
 from urllib.parse import urlencode
 
 from rdirdb._repair import MAX_STAMP, check_entries, newer, same_content
-from rdirdb.errors import BadRequest, NotFound, OioException, from_status
+from rdirdb.errors import BadRequest, NotFound, OioException, RefusedEntries, from_status
 from rdirdb.rdir.remote import CONNECT_TIMEOUT, READ_TIMEOUT, _json_or_raw, _Pool
 from rdirdb.rdir.store import SERVICE_TYPES, TOMBSTONE_RETENTION, Store, Volume, retention_cutoff, volume_file_name
 
@@ -53,6 +53,9 @@ class Replica(Protocol):
     """One replica of a volume, as repair sees it."""
 
     name: str
+    volume_id: str
+
+    def exists(self) -> bool: ...
 
     def digest(self, bounds: list[list[bytes | None]], cutoff: int) -> list[list[Digest]]: ...
 
@@ -60,7 +63,9 @@ class Replica(Protocol):
 
     def entries(self, lo: bytes, hi: bytes | None, cutoff: int, limit: int) -> tuple[list[Entry], bytes | None]: ...
 
-    def apply(self, entries: list[Entry]) -> int: ...
+    def apply(self, entries: list[Entry]) -> int:
+        """Apply entries in one transaction, all or nothing: RefusedEntries lists the
+        entries the replica refuses (nothing applied)."""
 
     def admin(self) -> dict[str, str]: ...
 
@@ -101,6 +106,19 @@ def decode_bound(text: Any, what: str) -> bytes | None:
     return None if text is None else unb64(text, what)
 
 
+def encode_refused(refused: list[tuple[int, bytes, str]]) -> list[dict[str, Any]]:
+    """The ``refused`` field of a 400 to ``apply`` (RefusedEntries.refused)."""
+    return [{"entry": i, "key": b64(key), "reason": reason} for i, key, reason in refused]
+
+
+def _refused(items: Any, server: str) -> list[tuple[int, bytes, str]]:
+    """RefusedEntries.refused from a 400's ``refused`` field."""
+    try:
+        return [(int(r["entry"]), unb64(r["key"], "key"), str(r["reason"])) for r in items]
+    except (LookupError, TypeError, ValueError) as exc:
+        raise OioException(f"{server}: unexpected answer to apply (an rdirdb server?)") from exc
+
+
 def _digest(pair: Any) -> Digest:
     """A ``[count, hash]`` of an answer (ValueError if it is not one)."""
     count, digest = pair
@@ -136,6 +154,9 @@ class LocalReplica:
         except NotFound:
             return None
 
+    def exists(self) -> bool:
+        return self._volume() is not None
+
     def digest(self, bounds: list[list[bytes | None]], cutoff: int) -> list[list[Digest]]:
         vol = self._volume()
         if vol is None:
@@ -157,11 +178,12 @@ class LocalReplica:
         return vol.stamps.entries(lo, hi, cutoff, limit)
 
     def apply(self, entries: list[Entry]) -> int:
+        skew = self.store.max_clock_skew
         vol = self._volume()
         if vol is None and entries:
-            check_entries(entries, self.service_type == "meta2")  # a bad request creates nothing
+            check_entries(entries, self.service_type == "meta2", skew)  # a bad request creates nothing
             vol = self._volume(create=True)
-        return 0 if vol is None else vol.stamps.apply_entries(entries)
+        return 0 if vol is None else vol.stamps.apply_entries(entries, skew)
 
     def admin(self) -> dict[str, str]:
         vol = self._volume()
@@ -190,6 +212,9 @@ class HttpReplica:
     def close(self) -> None:
         self._pool.close()
 
+    def exists(self) -> bool:
+        return self._ask("/v1/rdirdb/repair/digest", {"bounds": []}, lambda answer: answer["exists"] is True)
+
     def _call(self, path: str, body: Any, method: str = "POST") -> Any:
         query = urlencode({"vol": self.volume_id, "type": self.service_type})
         payload = None if body is None else json.dumps(body, separators=(",", ":")).encode()
@@ -201,6 +226,8 @@ class HttpReplica:
                 message = str(decoded.get("message", ""))
             else:  # not rdirdb's answer: its text, on one line
                 message = " ".join(bytes(decoded or b"").decode("utf-8", "replace").split())[:300]
+            if status == 400 and isinstance(decoded, dict) and "refused" in decoded:
+                raise RefusedEntries(_refused(decoded["refused"], self.name), f"{self.name}: {message}")
             raise from_status(status, f"{self.name}: {message}")
         return decoded
 
@@ -277,6 +304,16 @@ class Difference:
 
 
 @dataclass
+class Refusal:
+    """An entry a replica refused to apply (the other entries were applied)."""
+
+    key: bytes
+    stamp: int
+    replica: str
+    reason: str
+
+
+@dataclass
 class RepairReport:
     """What a repair compared and moved."""
 
@@ -288,6 +325,8 @@ class RepairReport:
     differing: int = 0  # keys whose versions differed
     differences: list[Difference] = field(default_factory=list)  # the first MAX_KEPT of them
     admin_differences: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    refused: int = 0  # entries a replica refused to apply (a stamp too far ahead, a bad entry)
+    refusals: list[Refusal] = field(default_factory=list)  # the first MAX_KEPT of them
     dry_run: bool = False
     seconds: float = 0.0
 
@@ -306,6 +345,7 @@ class RepairReport:
             "records_moved": self.records_moved,
             "differences": self.differing,
             "admin_differences": self.admin_differences,
+            "refused": self.refused,
             "dry_run": self.dry_run,
             "seconds": round(self.seconds, 3),
         }
@@ -358,6 +398,9 @@ def repair_volume(
     # Round 0: the whole key space.
     top = [r.digest([[b"", None]], cutoff)[0][0] for r in replicas]
     report.ranges_compared = 1
+    if all(d == (0, 0) for d in top) and not any(r.exists() for r in replicas):
+        raise NotFound(f"volume {replicas[0].volume_id!r} exists on none of the replicas "
+                       f"({', '.join(r.name for r in replicas)})")
     pending: list[tuple[Range, list[Digest]]] = [((b"", None), top)] if len(set(top)) > 1 else []
     done, known = 0, 1
     outbox: list[list[list[Entry]]] = [[] for _ in replicas]  # per replica, per range
@@ -466,8 +509,27 @@ def _flush(replicas: Sequence[Replica], outbox: list[list[list[Entry]]], report:
 def _send(replica: Replica, entries: list[Entry], report: RepairReport) -> None:
     for k in range(0, len(entries), MAX_APPLY):  # a range larger than a request goes in parts
         part = entries[k : k + MAX_APPLY]
-        report.records_applied += replica.apply(part)
         report.records_sent += len(part)
+        report.records_applied += _apply(replica, part, report)
+
+
+def _apply(replica: Replica, entries: list[Entry], report: RepairReport) -> int:
+    """Apply ``entries`` on ``replica``; the entries it refuses are reported, and the others
+    sent again (each apply is all or nothing), so that one refused entry holds back
+    nothing else."""
+    while entries:
+        try:
+            return replica.apply(entries)
+        except RefusedEntries as exc:
+            indexes = {i for i, _, _ in exc.refused}
+            if not indexes or not all(0 <= i < len(entries) for i in indexes):
+                raise OioException(f"{replica.name}: refused entries that were not sent ({exc})") from exc
+            for i, _, reason in exc.refused:
+                report.refused += 1
+                if len(report.refusals) < MAX_KEPT:
+                    report.refusals.append(Refusal(entries[i][0], entries[i][1], replica.name, reason))
+            entries = [e for i, e in enumerate(entries) if i not in indexes]
+    return 0
 
 
 def repair_hosts(
@@ -496,6 +558,7 @@ __all__ = [
     "Difference",
     "HttpReplica",
     "LocalReplica",
+    "Refusal",
     "RepairReport",
     "repair_hosts",
     "repair_volume",

@@ -44,6 +44,9 @@ CLEAR_LOCK_OWNER = "admin_clear"
 # How long a delete's tombstone is kept (docs/reliability.md, "Replicas that converge"): a
 # replica down longer than this must be cleared and copied, not repaired.
 TOMBSTONE_RETENTION = 10 * 86400  # seconds
+# How far ahead of a server's clock the stamps it takes from another replica may be (seconds):
+# a stamp further ahead would win over every real write of its key until the clocks reach it.
+MAX_CLOCK_SKEW = 300.0
 
 
 def stamp_at(seconds: float) -> int:
@@ -63,6 +66,13 @@ def check_retention(retention: float) -> float:
     if not isinstance(retention, (int, float)) or not 0 < retention < math.inf:
         raise BadRequest(f"the tombstone retention must be a finite number of seconds above 0, not {retention}")
     return retention
+
+
+def check_clock_skew(skew: float) -> float:
+    """``skew``, a maximum clock skew: a finite number of seconds, 0 or more."""
+    if not isinstance(skew, (int, float)) or not 0 <= skew < 1e9:
+        raise BadRequest(f"the maximum clock skew must be a number of seconds in [0, 1e9), not {skew}")
+    return skew
 
 
 def retention_cutoff(retention: float, now: float | None = None) -> int:
@@ -128,6 +138,13 @@ class Volume:
         if self.env.readonly:
             return 0
         return self.stamps.purge(retention_cutoff(retention, now))
+
+    def clear_records(self) -> int:
+        """Remove every record and every tombstone, in one commit; returns how many records.
+
+        A replica cleared to be repaired from the others (docs/reliability.md); the
+        clock and the admin keys stay."""
+        return self.stamps.clear(records=True)
 
     def snapshot(self) -> Transaction:
         """A read transaction: the volume as of now, for as long as it stays open.
@@ -279,10 +296,11 @@ class Store:
     survives the death of the process. ``writemap`` opens the volumes with
     MDB_WRITEMAP; by default, when ``sync`` is off (:func:`default_writemap`).
     Deletes leave tombstones for ``tombstone_retention`` seconds (10 days), purged
-    when a volume opens and by :meth:`purge_tombstones`. ``warm=True`` reads each
-    volume's pages into memory when it opens, in a thread of its own
-    (:meth:`Environment.warm`), as long as the volumes it warmed take less than
-    half of the memory available (:func:`warm_budget`): the server's choice, so
+    when a volume opens and by :meth:`purge_tombstones`. Repair's entries stamped more
+    than ``max_clock_skew`` seconds (5 minutes) ahead of this host's clock are refused.
+    ``warm=True`` reads each volume's pages into memory when it opens, in a thread of
+    its own (:meth:`Environment.warm`), as long as the volumes it warmed take less
+    than half of the memory available (:func:`warm_budget`): the server's choice, so
     that writes to a large volume do not wait for the disk page by page.
     """
 
@@ -295,9 +313,11 @@ class Store:
         readonly: bool = False,
         writemap: bool | None = None,
         tombstone_retention: float = TOMBSTONE_RETENTION,
+        max_clock_skew: float = MAX_CLOCK_SKEW,
         warm: bool = False,
     ) -> None:
         self.tombstone_retention = check_retention(tombstone_retention)
+        self.max_clock_skew = check_clock_skew(max_clock_skew)
         self.warm = warm
         self._warmed = 0  # bytes of the volumes warmed
         self.path = os.fspath(path)

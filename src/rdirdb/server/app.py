@@ -74,11 +74,13 @@ class HttpError(Exception):
     They differ only where the reference does it (unknown route, bad method).
     """
 
-    def __init__(self, status: int, message: str, code: int | None = None) -> None:
+    def __init__(self, status: int, message: str, code: int | None = None,
+                 details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = status if code is None else code
+        self.details = details
 
 
 def bad_request(message: str) -> HttpError:
@@ -93,7 +95,7 @@ def error_response(exc: HttpError) -> Response:
     headers = (("Retry-After", "1"),) if exc.status == 503 else ()
     # A message may quote invalid UTF-8 of the request (lone surrogates): show it escaped.
     message = exc.message.encode("utf-8", "backslashreplace").decode("utf-8")
-    return json_response({"status": exc.code, "message": message}, exc.status, headers)
+    return json_response({**(exc.details or {}), "status": exc.code, "message": message}, exc.status, headers)
 
 
 def failure(exc: Exception, method: str, path: str) -> Response:
@@ -102,7 +104,8 @@ def failure(exc: Exception, method: str, path: str) -> Response:
     if isinstance(exc, HttpError):
         return error_response(exc)
     if isinstance(exc, errors.ClientException):
-        return error_response(HttpError(exc.http_status, errors.caller_message(exc) or exc.message))
+        return error_response(HttpError(exc.http_status, errors.caller_message(exc) or exc.message,
+                                        details=exc.details))
     if isinstance(exc, (errors.ReadersFullError, errors.LmdbBusyError)):
         log.warning("busy: %s", exc)
         return error_response(HttpError(503, str(exc)))

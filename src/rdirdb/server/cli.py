@@ -7,7 +7,7 @@ import logging
 import os
 from typing import Callable, Sequence
 
-from rdirdb.rdir.store import TOMBSTONE_RETENTION
+from rdirdb.rdir.store import MAX_CLOCK_SKEW, TOMBSTONE_RETENTION
 from rdirdb.tools.common import count, seconds
 
 CPUS = os.cpu_count() or 1
@@ -88,6 +88,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "longer must be cleared and copied)",
     )
     parser.add_argument(
+        "--max-clock-skew", type=seconds(zero=True), default=MAX_CLOCK_SKEW, metavar="SECONDS",
+        help="refuse repair entries stamped more than SECONDS ahead of this host's clock (default "
+        "%(default)s: a stamp far ahead would win over every later write of its key)",
+    )
+    parser.add_argument(
         "--log-level", default="INFO", type=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR"),
         help="DEBUG logs every request (default %(default)s)",
     )
@@ -128,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         heartbeat=args.heartbeat,
         repair_interval=args.repair_interval,
         tombstone_retention=args.tombstone_retention,
+        max_clock_skew=args.max_clock_skew,
     )
     return serve(settings)
 

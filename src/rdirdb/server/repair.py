@@ -3,8 +3,11 @@
 ``POST /v1/rdirdb/repair/{digest,split,range,apply}?vol=V&type=rawx|meta2``, JSON
 bodies whose keys and values are base64 (the wire format of
 ``rdirdb.rdir.repair``, whose ``HttpReplica`` calls them). A volume this server
-does not hold reads as empty, and ``apply`` creates it. OpenIO's routes and
-client are untouched. docs/openapi.yaml describes the bodies.
+does not hold reads as empty, and ``apply`` creates it; ``apply`` is all or
+nothing, its 400 lists the refused entries (``refused``) so that the repair
+sends the others again. ``POST /v1/rdirdb/meta2/clear?vol=V`` clears a meta2
+replica before it is repaired. OpenIO's routes and client are untouched.
+docs/openapi.yaml describes the bodies.
 """
 
 from __future__ import annotations
@@ -12,8 +15,11 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from rdirdb._repair import MAX_STAMP
-from rdirdb.errors import BadRequest
-from rdirdb.rdir.repair import MAX_APPLY, MAX_PARTS, MAX_SPLIT_PARTS, LocalReplica, Opener, b64, decode_bound, decode_entries, encode_entries, unb64
+from rdirdb.errors import BadRequest, RefusedEntries
+from rdirdb.rdir.repair import (
+    MAX_APPLY, MAX_PARTS, MAX_SPLIT_PARTS, LocalReplica, Opener, b64, decode_bound, decode_entries, describe_key,
+    encode_entries, encode_refused, unb64,
+)
 from rdirdb.rdir.store import SERVICE_TYPES, Store
 from rdirdb.server.fields import field
 
@@ -72,7 +78,7 @@ def repair_routes(store: Store, opener: Opener) -> dict[str, Handler]:
             if ranges > MAX_SPLIT_PARTS:
                 raise BadRequest(f"bounds: at most {MAX_SPLIT_PARTS} ranges in all")
             bounds.append([decode_bound(b, f"bounds[{i}]") for b in bs])
-        return {"digests": r.digest(bounds, cut)}
+        return {"digests": r.digest(bounds, cut), "exists": r.exists()}
 
     def split(query: dict[str, str], body: Any) -> Any:
         r, cut = replica(query), cutoff(body)
@@ -100,9 +106,21 @@ def repair_routes(store: Store, opener: Opener) -> dict[str, Handler]:
     def apply(query: dict[str, str], body: Any) -> Any:
         r = replica(query)
         entries = decode_entries(a_list(field(body, "entries", list), "entries", MAX_LIMIT))
-        return {"applied": r.apply(entries)}
+        try:
+            return {"applied": r.apply(entries)}
+        except RefusedEntries as exc:  # named for people, listed for the sender (it resends the rest)
+            refused = RefusedEntries(exc.refused, describe=lambda key: describe_key(key, r.service_type))
+            refused.details = {"refused": encode_refused(exc.refused)}
+            raise refused from None
+
+    def meta2_clear(query: dict[str, str], body: Any) -> Any:
+        vol = query.get("vol")
+        if vol is None:
+            raise BadRequest("Missing argument [vol]")
+        return {"removed": opener(vol, "meta2", False).clear_records()}
 
     return {
+        "/v1/rdirdb/meta2/clear": meta2_clear,
         "/v1/rdirdb/repair/digest": digest,
         "/v1/rdirdb/repair/split": split,
         "/v1/rdirdb/repair/range": listing,

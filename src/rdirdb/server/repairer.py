@@ -28,8 +28,9 @@ MASTER_CHECK = 0.5  # seconds between two checks that the master is alive
 
 def repair_round(db_path: str, sync: bool, retention: float, registry_url: str | None, addr: str) -> dict[str, int]:
     """One round: purge, then repair every volume held here that has other replicas; returns
-    how many volumes, tombstones kept, volumes repaired, entries applied, failed repairs."""
-    figures = {"volumes": 0, "tombstones": 0, "repaired": 0, "applied": 0, "failed": 0}
+    how many volumes, tombstones kept, volumes repaired, entries applied, entries refused by
+    a replica, failed repairs."""
+    figures = {"volumes": 0, "tombstones": 0, "repaired": 0, "applied": 0, "refused": 0, "failed": 0}
     with Store(db_path, sync=sync, tombstone_retention=retention) as store:  # opening a volume purges
         held = [(t, v) for t in SERVICE_TYPES for v in store.volumes(t)]
         for service_type, volume_id in held:
@@ -55,6 +56,10 @@ def repair_round(db_path: str, sync: bool, retention: float, registry_url: str |
             continue
         figures["repaired"] += 1
         figures["applied"] += report.records_applied
+        figures["refused"] += report.refused
+        if report.refused:
+            log.warning("repair of %s volume %r: %d entries refused: %s", service_type, volume_id, report.refused,
+                        "; ".join(f"{r.replica} {r.key!r}: {r.reason}" for r in report.refusals[:3]))
         if report.records_applied or report.admin_differences:
             log.info("repair of %s volume %r: %s", service_type, volume_id, json.dumps(report.as_dict(), sort_keys=True))
     return figures

@@ -34,7 +34,8 @@ from typing import Any, Callable, Iterator
 from rdirdb.server.app import DEFAULT_LIMIT, MAX_LIMIT, RdirApp
 from rdirdb.server.commit import GroupCommit
 from rdirdb.server.http import MAX_HEAD, MAX_URL, HttpProtocol, ServerState
-from rdirdb.rdir.store import TOMBSTONE_RETENTION, Store, volume_file_name
+from rdirdb.rdir.store import MAX_CLOCK_SKEW, TOMBSTONE_RETENTION, Store, check_clock_skew, volume_file_name
+from rdirdb.errors import BadRequest
 
 log = logging.getLogger("rdirdb.server")
 
@@ -72,6 +73,7 @@ class Settings:
     heartbeat: float = 5.0
     repair_interval: float | None = None  # seconds between periodic repairs (rdirdb.server.repairer)
     tombstone_retention: float = TOMBSTONE_RETENTION  # seconds a delete's tombstone is kept
+    max_clock_skew: float = MAX_CLOCK_SKEW  # seconds a received stamp may be ahead of this host's clock
 
     def config(self) -> dict[str, object]:
         """The /config document (there is no central configuration)."""
@@ -82,6 +84,7 @@ class Settings:
             "rdir.listing.max_limit": MAX_LIMIT,
             "rdir.fsync": self.fsync,
             "rdir.tombstone_retention": self.tombstone_retention,
+            "rdir.max_clock_skew": self.max_clock_skew,
             "rdir.repair_interval": self.repair_interval,
             "server.workers": self.workers,
             "server.max_body_size": self.max_body,
@@ -258,7 +261,8 @@ async def _serve(sock: socket.socket, settings: Settings, opened: OpenedVolumes,
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # one sent since the fork arrives now
     orphan_watch = loop.create_task(_stop_when_orphaned(stop, opened, master))
     store = Store(settings.db_path, sync=settings.fsync, writemap=settings.writemap,
-                  tombstone_retention=settings.tombstone_retention, warm=True)
+                  tombstone_retention=settings.tombstone_retention, max_clock_skew=settings.max_clock_skew,
+                  warm=True)
     # Synced commits wait for the disk: off the event loop, which meanwhile
     # gathers the next group, and the next commit flushes the meta page of the
     # one before (LMDB's own two flushes with --writemap). Unsynced commits are
@@ -417,6 +421,10 @@ def serve(settings: Settings) -> int:
     """Run the server until SIGTERM/SIGINT; returns the exit code."""
     try:
         check_db_path(settings.db_path)
+        try:
+            check_clock_skew(settings.max_clock_skew)
+        except BadRequest as exc:
+            raise StartupError(f"--max-clock-skew: {exc}") from None
         sock = bind_socket(settings.host, settings.port)
         host, port = sock.getsockname()[:2]
         identity = settings.service_id or f"{host}:{port}"

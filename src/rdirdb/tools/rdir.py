@@ -316,9 +316,12 @@ def _repair_main(args: argparse.Namespace) -> int:
          "replicas": d.replicas}
         for d in report.differences[: max(0, args.show)]
     ]
+    refusals = [{"key": describe_key(r.key, args.type), "stamp": r.stamp, "replica": r.replica, "reason": r.reason}
+                for r in report.refusals]
     if args.json:
-        print_json({"type": args.type, "volume": args.volume, **report.as_dict(), "shown": shown})
-        return 0
+        print_json({"type": args.type, "volume": args.volume, **report.as_dict(), "shown": shown,
+                    "refusals": refusals})
+        return _refused(report.refused)
     print_table(("TYPE", "VOLUME", "REPLICAS", "RANGES", "DIFFERING KEYS", "LISTED", "SENT", "APPLIED"),
                 [(args.type, args.volume, len(hosts), report.ranges_compared, report.differing,
                   report.records_listed, report.records_sent, report.records_applied)])
@@ -329,4 +332,16 @@ def _repair_main(args: argparse.Namespace) -> int:
     for key, values in report.admin_differences.items():
         print(f"\nadmin key {key!r} differs (not repaired): "
               + ", ".join(f"{host}={value if value is not None else '-'}" for host, value in values.items()))
+    if refusals:
+        print(f"\nrefused by a replica, not repaired ({len(refusals)} of {report.refused}):")
+        print_table(("KEY", "STAMP", "REPLICA", "REASON"),
+                    [(r["key"], r["stamp"], r["replica"], r["reason"]) for r in refusals])
+    return _refused(report.refused)
+
+
+def _refused(count: int) -> int:
+    """The end of a repair: a failure when a replica refused entries (the rest was repaired)."""
+    if count:
+        entries = "1 entry" if count == 1 else f"{count} entries"
+        raise CommandError(f"{entries} refused by a replica (see the report); everything else was repaired")
     return 0

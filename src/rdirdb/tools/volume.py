@@ -111,6 +111,9 @@ def add_parser(subparsers: Subparsers) -> None:
     sub = _command(meta2_commands, "fetch", _meta2_fetch_main,
                    "list container records (--json: JSON lines, as meta2 push reads)")
     _add_listing_flags(sub, "container URL prefix")
+    _command(meta2_commands, "clear", _meta2_clear_main,
+             "remove every container record (and tombstone) of meta2 volumes: a replica down longer "
+             "than the tombstone retention, before it is repaired", many=True)
     sub = _command(meta2_commands, "delete", _meta2_delete_main, "deindex one container")
     sub.add_argument("--container-url", metavar="NS/ACCOUNT/CONTAINER", help="the container URL")
     sub.add_argument("--container-id", metavar="CID", help="the container id (found from the URL if omitted)")
@@ -217,6 +220,10 @@ def _clear_main(args: argparse.Namespace) -> int:
                                        repair=args.repair))
 
     return _each(args, clear)
+
+
+def _meta2_clear_main(args: argparse.Namespace) -> int:
+    return _each(args, lambda client, volume: dict(client.meta2_index_clear(volume)))
 
 
 def _status_main(args: argparse.Namespace) -> int:
