@@ -573,7 +573,7 @@ cdef class Environment:
         server just started on a large volume, or the kernel dropped pages it
         found unused), each write waits for 4 KiB reads from the disk, one page
         at a time (MDB_NORDAHEAD): on a 10,000,000-record volume, random pushes
-        ran 20 to 50 times slower cold than warm. warm() reads the file ahead in
+        ran about 30 times slower cold than warm. warm() reads the file ahead in
         large sequential reads (posix_fadvise) and maps its pages into this process
         (MADV_POPULATE_READ: no page fault at their first use, and pages mapped
         by a process are the last the kernel reclaims), WARM_CHUNK at a time,
