@@ -64,14 +64,23 @@ def free_port() -> int:
 
 
 class BenchServer:
-    """A server subprocess: ``argv`` runs it with {db} and {port} substituted."""
+    """A server subprocess: ``argv`` runs it with {db}, {port} and {conf} substituted.
 
-    def __init__(self, argv: list[str], db: str | None = None) -> None:
+    ``files`` (name: text, {db} and {port} substituted) are written first into
+    the directory {conf}, a temporary one removed at :meth:`stop`: the
+    configuration files of a server that reads its port from a file.
+    """
+
+    def __init__(self, argv: list[str], db: str | None = None, files: dict[str, str] | None = None) -> None:
         self.own_db = db is None
         self.db = db or tempfile.mkdtemp(prefix="rdirdb-bench-")
         self.port = free_port()
+        self.conf = tempfile.mkdtemp(prefix="rdirdb-bench-conf-")
+        for name, text in (files or {}).items():
+            with open(os.path.join(self.conf, name), "w") as f:
+                f.write(text.format(db=self.db, port=self.port))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]))
-        argv = [a.format(db=self.db, port=self.port) for a in argv]
+        argv = [a.format(db=self.db, port=self.port, conf=self.conf) for a in argv]
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(argv, env=env, stdout=self.log, stderr=self.log)
         deadline = time.monotonic() + 20
@@ -93,6 +102,21 @@ class BenchServer:
                 "--workers", str(workers), "--service-id", "bench", "--log-level", "WARNING", *args]
         return cls(argv, db)
 
+    @classmethod
+    def oio_rdir(cls, binary: str, db: str, nice: int = 0) -> "BenchServer":
+        """OpenIO's C rdir server (``oio-rdir-server``, LevelDB written without fsync), built
+        apart (docs/server.md), on the store directory ``db``: its namespace (``BENCH``) is
+        declared in a configuration file of its own, not the system's; ``-q``: no access log;
+        ``nice``: its niceness."""
+        files = {
+            "sds.conf": "[BENCH]\nconscience=127.0.0.1:1\n",
+            "rdir.conf": "[rdir-server]\nnamespace=BENCH\ndb_path={db}\nbind_addr=127.0.0.1\n"
+                         "bind_port={port}\nservice_id=bench\n",
+        }
+        argv = ["nice", "-n", str(nice), binary, "-q", "-O", "SysConfig=off", "-O", "Config={conf}/sds.conf",
+                "{conf}/rdir.conf"]
+        return cls(argv, db, files)
+
     def connection(self) -> http.client.HTTPConnection:
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
 
@@ -104,6 +128,7 @@ class BenchServer:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
+        shutil.rmtree(self.conf, ignore_errors=True)
         if self.own_db:
             shutil.rmtree(self.db, ignore_errors=True)
 

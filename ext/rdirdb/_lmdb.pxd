@@ -5,6 +5,8 @@ from rdirdb.lmdb cimport MDB_env, MDB_txn, MDB_cursor, MDB_dbi, MDB_val
 cdef extern from "pthread.h" nogil:
     ctypedef struct pthread_rwlock_t:
         pass
+    ctypedef struct pthread_mutex_t:
+        pass
 
 
 cdef int check(int rc, const char *what) except -1
@@ -14,6 +16,8 @@ cdef class Environment:
     cdef MDB_env *_env
     cdef pthread_rwlock_t _resize_lock
     cdef bint _lock_ready
+    cdef pthread_mutex_t _warm_lock
+    cdef bint _warm_stop
     cdef readonly str path
     cdef readonly bint readonly
     cdef readonly bint durable
@@ -30,6 +34,8 @@ cdef class Environment:
     cdef int grow(self, size_t needed) except -1
     cdef int map_full(self, const char *what) except -1
     cdef int reserve(self) except -1
+    cdef char *_map_base(self, MDB_dbi main, size_t psize, size_t used) noexcept nogil
+    cdef void _warm_steps(self, MDB_dbi main, size_t limit, size_t *warmed, bint *skip) noexcept
 
 
 cdef class Transaction:

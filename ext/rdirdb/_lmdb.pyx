@@ -34,6 +34,12 @@ from rdirdb import errors
 
 cdef extern from "fcntl.h" nogil:
     int fallocate(int fd, int mode, long offset, long length)
+    int posix_fadvise(int fd, long offset, long length, int advice)
+    enum: POSIX_FADV_WILLNEED
+
+
+cdef extern from "sys/mman.h" nogil:
+    int madvise(void *addr, size_t length, int advice)
 
 
 cdef extern from "pthread.h" nogil:
@@ -44,6 +50,12 @@ cdef extern from "pthread.h" nogil:
     int pthread_rwlock_rdlock(pthread_rwlock_t *lock)
     int pthread_rwlock_timedwrlock(pthread_rwlock_t *lock, const timespec *abstime)
     int pthread_rwlock_unlock(pthread_rwlock_t *lock)
+    ctypedef struct pthread_mutexattr_t:
+        pass
+    int pthread_mutex_init(pthread_mutex_t *mutex, const pthread_mutexattr_t *attr)
+    int pthread_mutex_destroy(pthread_mutex_t *mutex)
+    int pthread_mutex_lock(pthread_mutex_t *mutex)
+    int pthread_mutex_unlock(pthread_mutex_t *mutex)
 
 
 # ---------------------------------------------------------------------------
@@ -155,6 +167,11 @@ def replay(fn, *args):
             growths += 1
 
 
+# warm() reads and maps the data file this much at a time (close() waits for one such step).
+DEF WARM_CHUNK = 32 << 20
+DEF WARM_READ = 1 << 20  # bytes per read ahead (posix_fadvise caps what one call reads)
+DEF MADV_POPULATE_READ = 22  # Linux 5.14; older kernels refuse it (EINVAL): the pages are read, not mapped
+
 # With MDB_WRITEMAP, disk blocks are allocated this far past the pages in use:
 # as much as is in use up to this size, a sixteenth of it past 1 GiB.
 DEF RESERVE_AHEAD = 64 << 20
@@ -203,6 +220,9 @@ cdef class Environment:
     def __cinit__(self):
         self._env = NULL
         self._lock_ready = False
+        self._warm_stop = False
+        if pthread_mutex_init(&self._warm_lock, NULL) != 0:
+            raise MemoryError("cannot create the warm lock")
         self._reserved = 0
         self._children = weakref.WeakSet()
         self._dbis = {}
@@ -260,6 +280,7 @@ cdef class Environment:
             self._env = NULL
         if self._lock_ready:
             pthread_rwlock_destroy(&self._resize_lock)
+        pthread_mutex_destroy(&self._warm_lock)
 
     cdef int _ensure_open(self) except -1:
         if self._env == NULL:
@@ -273,8 +294,11 @@ cdef class Environment:
         for child in list(self._children):
             child.close()
         with nogil:
+            pthread_mutex_lock(&self._warm_lock)  # a warm() between two steps stops there
+            self._warm_stop = True
             mdb_env_close(self._env)
-        self._env = NULL
+            self._env = NULL
+            pthread_mutex_unlock(&self._warm_lock)
 
     @property
     def closed(self):
@@ -560,6 +584,91 @@ cdef class Environment:
         self._ensure_open()
         check(mdb_reader_check(self._env, &dead), b"mdb_reader_check")
         return dead
+
+    cdef char *_map_base(self, MDB_dbi main, size_t psize, size_t used) noexcept nogil:
+        """Where LMDB mapped the data file (mdb_env_info gives it only for MDB_FIXEDMAP),
+        or NULL: found from a key of the main database, which lies in a page of the map
+        that starts with its own page number (LMDB's page header, as on disk)."""
+        cdef MDB_txn *txn
+        cdef MDB_cursor *cur
+        cdef MDB_val k, v
+        cdef size_t page, pgno
+        cdef char *base = NULL
+        if mdb_txn_begin(self._env, NULL, MDB_RDONLY, &txn) != MDB_SUCCESS:
+            return NULL
+        if mdb_cursor_open(txn, main, &cur) == MDB_SUCCESS:
+            if mdb_cursor_get(cur, &k, &v, MDB_FIRST) == MDB_SUCCESS:
+                page = <size_t>k.mv_data & ~(psize - 1)
+                pgno = (<size_t *>page)[0]
+                if 0 < pgno and pgno * psize < used and page >= pgno * psize:
+                    base = <char *>(page - pgno * psize)
+            mdb_cursor_close(cur)
+        mdb_txn_abort(txn)
+        return base
+
+    def warm(self, max_bytes=None):
+        """Read the pages in use of the data file into memory and map them, unless
+        they take more than ``max_bytes`` (None: no limit); returns how many bytes
+        it warmed (0: skipped, or the environment was closed first).
+
+        A B-tree write reads the pages it changes. When they are not in memory (a
+        server just started on a large volume, or the kernel dropped pages it
+        found unused), each write waits for 4 KiB reads from the disk, one page
+        at a time (MDB_NORDAHEAD): on a 10,000,000-record volume, random pushes
+        ran about 30 times slower cold than warm. warm() reads the file ahead in
+        large sequential reads (posix_fadvise) and maps its pages into this process
+        (MADV_POPULATE_READ: no page fault at their first use, and pages mapped
+        by a process are the last the kernel reclaims), WARM_CHUNK at a time,
+        releasing the GIL: meant for a thread of its own, while the environment
+        serves. close() stops it between two steps. Warming is best effort: an
+        error ends it early.
+        """
+        cdef size_t offset = 0
+        cdef bint skipped = False
+        cdef size_t limit = <size_t>-1 if max_bytes is None else max_bytes
+        cdef MDB_dbi main = self.dbi(None)
+        self._ensure_open()
+        self._warm_steps(main, limit, &offset, &skipped)
+        return 0 if skipped else offset
+
+    cdef void _warm_steps(self, MDB_dbi main, size_t limit, size_t *warmed, bint *skip) noexcept:
+        cdef MDB_envinfo info
+        cdef MDB_stat st
+        cdef size_t offset = 0, used, n, done
+        cdef int fd, rc = 0
+        cdef bint skipped = False
+        cdef char *base
+        with nogil:
+            while True:
+                pthread_mutex_lock(&self._warm_lock)
+                if self._warm_stop:
+                    pthread_mutex_unlock(&self._warm_lock)
+                    break
+                pthread_rwlock_rdlock(&self._resize_lock)  # the map stays where it is
+                mdb_env_info(self._env, &info)
+                mdb_env_stat(self._env, &st)
+                used = (info.me_last_pgno + 1) * st.ms_psize
+                if offset == 0 and used > limit:
+                    skipped = True
+                elif offset < used:
+                    n = used - offset if used - offset < WARM_CHUNK else WARM_CHUNK
+                    rc = mdb_env_get_fd(self._env, &fd)
+                    if rc == MDB_SUCCESS:
+                        done = 0
+                        while done < n:  # large reads (a page fault reads 4 KiB), no copy
+                            posix_fadvise(fd, offset + done, WARM_READ if n - done > WARM_READ else n - done,
+                                          POSIX_FADV_WILLNEED)
+                            done += WARM_READ
+                        base = self._map_base(main, st.ms_psize, used)
+                        if base != NULL and madvise(base + offset, n, MADV_POPULATE_READ) != 0:
+                            rc = errno
+                    offset += n
+                pthread_rwlock_unlock(&self._resize_lock)
+                pthread_mutex_unlock(&self._warm_lock)
+                if skipped or rc != 0 or offset >= used:
+                    break
+        warmed[0] = offset
+        skip[0] = skipped
 
     def sync(self, bint force=True):
         """Flush buffers to disk (useful with ``sync=False``)."""

@@ -272,6 +272,23 @@ class Volume:
         return {"removed": removed, "repaired": repaired, "errors": errors}
 
 
+def warm_budget() -> int:
+    """How much of its volumes a :class:`Store` warms (``warm=True``): half of the
+    memory available now (MemAvailable: free memory plus what the kernel can
+    reclaim), so that volumes larger than that are not read in only to push
+    other pages out."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 // 2
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+
+
+
+
 def default_writemap(sync: bool) -> bool:
     """Whether volumes use MDB_WRITEMAP when not told: when commits are not
     synced, where it pays (docs/engine.md, "Writes at scale")."""
@@ -287,6 +304,10 @@ class Store:
     Deletes leave tombstones for ``tombstone_retention`` seconds (10 days), purged
     when a volume opens and by :meth:`purge_tombstones`. Repair's entries stamped more
     than ``max_clock_skew`` seconds (5 minutes) ahead of this host's clock are refused.
+    ``warm=True`` reads each volume's pages into memory when it opens, in a thread of
+    its own (:meth:`Environment.warm`), as long as the volumes it warmed take less
+    than half of the memory available (:func:`warm_budget`): the server's choice, so
+    that writes to a large volume do not wait for the disk page by page.
     """
 
     def __init__(
@@ -299,9 +320,12 @@ class Store:
         writemap: bool | None = None,
         tombstone_retention: float = TOMBSTONE_RETENTION,
         max_clock_skew: float = MAX_CLOCK_SKEW,
+        warm: bool = False,
     ) -> None:
         self.tombstone_retention = check_retention(tombstone_retention)
         self.max_clock_skew = check_clock_skew(max_clock_skew)
+        self.warm = warm
+        self._warmed = 0  # bytes of the volumes warmed
         self.path = os.fspath(path)
         self.map_size = map_size
         self.sync = sync
@@ -388,8 +412,20 @@ class Store:
                 raise NotFound(f"DB not found: {service_type} volume {volume_id!r}") from None
             vol = Volume(volume_id, service_type, env)
             vol.purge_tombstones(self.tombstone_retention)
+            if self.warm:
+                threading.Thread(target=self._warm, args=(env,), name=f"rdirdb-warm-{path}", daemon=True).start()
             self._volumes[key] = vol
             return vol
+
+    def _warm(self, env: Environment) -> None:
+        """Warm ``env`` if it fits in what is left of :func:`warm_budget` (in a thread)."""
+        with contextlib.suppress(ClosedError):  # closed meanwhile
+            size = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+            with self._lock:
+                if self._warmed + size > warm_budget():
+                    return
+                self._warmed += size
+            env.warm()
 
     def purge_tombstones(self) -> int:
         """Purge the expired tombstones of every open volume; returns how many."""

@@ -261,7 +261,8 @@ async def _serve(sock: socket.socket, settings: Settings, opened: OpenedVolumes,
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # one sent since the fork arrives now
     orphan_watch = loop.create_task(_stop_when_orphaned(stop, opened, master))
     store = Store(settings.db_path, sync=settings.fsync, writemap=settings.writemap,
-                  tombstone_retention=settings.tombstone_retention, max_clock_skew=settings.max_clock_skew)
+                  tombstone_retention=settings.tombstone_retention, max_clock_skew=settings.max_clock_skew,
+                  warm=True)
     # Synced commits wait for the disk: off the event loop, which meanwhile
     # gathers the next group, and the next commit (of any worker) flushes the
     # meta page of the one before. Unsynced commits are short: small groups on
