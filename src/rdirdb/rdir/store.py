@@ -287,8 +287,6 @@ def warm_budget() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
 
 
-
-
 def default_writemap(sync: bool) -> bool:
     """Whether volumes use MDB_WRITEMAP when not told: when commits are not
     synced, where it pays (docs/engine.md, "Writes at scale")."""
