@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml setup.py | system-deps
 
 install: system-deps $(STAMP)
 
-# The HTTP load generator of the server benchmarks.
+# The HTTP load generator of the server benchmarks (and of their tests).
 bench-deps:
 	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk; }
@@ -53,7 +53,7 @@ debug: install
 test-debug: debug
 	PYTHONPATH=$(DEBUG_TREE) $(PYTHON) -m pytest $(NATIVE_TESTS) $(PYTEST_ARGS)
 
-test: compile
+test: compile bench-deps  # wrk: the benchmark tests drive servers with it
 	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
 
 demo: compile
