@@ -40,6 +40,16 @@ def _doc(obj) -> str:
     return "\n".join(lines).strip()
 
 
+def _members(cls: type) -> dict:
+    """The class's own members and those it inherits from private bases
+    (``_StampedIndex``): they belong to its public API."""
+    members: dict = {}
+    for base in reversed(cls.__mro__):
+        if base is cls or (base is not object and base.__name__.startswith("_")):
+            members.update(vars(base))
+    return members
+
+
 def render() -> str:
     import importlib
 
@@ -54,7 +64,7 @@ def render() -> str:
             if _doc(obj):
                 out += [_doc(obj), ""]
             if inspect.isclass(obj):
-                for attr, member in sorted(vars(obj).items()):
+                for attr, member in sorted(_members(obj).items()):
                     if attr.startswith("_") and attr != "__init__":
                         continue
                     if not callable(member) and not isinstance(member, property):

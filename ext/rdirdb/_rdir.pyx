@@ -72,17 +72,40 @@ _CHUNK_CANONICAL[1] = False    # chunk_text
 
 
 # ===========================================================================
+# The write path the two indexes share
+# ===========================================================================
+
+cdef class _StampedIndex:
+    """An index whose writes go through its :class:`Stamps` (a chunk or a meta2
+    volume): the batches of :func:`encode_chunks` or :func:`encode_meta2`."""
+
+    cdef readonly Environment env
+    cdef readonly Stamps stamps
+
+    def apply(self, Batch batch):
+        """Write a batch in one transaction (delete its keys for a ``key_only``
+        batch); returns how many records were written (or existed)."""
+        return self.stamps.apply(batch)
+
+    def apply_group(self, list batches, *, bint sync_meta=True, more=None):
+        """Write several batches in one transaction, in their order (the group
+        commit of the server: one commit for many requests), all or nothing;
+        returns how many records each wrote (or existed). ``sync_meta``: see
+        :meth:`Environment.write`; ``more()``: batches taken once the
+        transaction holds the write lock, written after ``batches``."""
+        return self.stamps.apply_group(batches, sync_meta, more)
+
+
+# ===========================================================================
 # ChunkIndex
 # ===========================================================================
 
 @cython.final
-cdef class ChunkIndex:
+cdef class ChunkIndex(_StampedIndex):
     """The chunk records of one rawx volume (see the module docstring)."""
 
-    cdef readonly Environment env
     cdef MDB_dbi dbis[2]
     cdef MDB_dbi admin_dbi
-    cdef readonly Stamps stamps
 
     def __init__(self, Environment env):
         self.env = env
@@ -112,19 +135,6 @@ cdef class ChunkIndex:
         dicts) in one transaction. Returns how many existed."""
         return self.stamps.apply(encode_chunks(keys, key_only=True))
 
-    def apply(self, Batch batch):
-        """Write a batch of :func:`encode_chunks` in one transaction (delete its
-        keys for a ``key_only`` batch); returns how many records were written
-        (or existed)."""
-        return self.stamps.apply(batch)
-
-    def apply_group(self, list batches, *, bint sync_meta=True, more=None):
-        """Write several batches in one transaction, in their order (the group
-        commit of the server: one commit for many requests), all or nothing;
-        returns how many records each wrote (or existed). ``sync_meta``: see
-        :meth:`Environment.write`; ``more()``: batches taken once the
-        transaction holds the write lock, written after ``batches``."""
-        return self.stamps.apply_group(batches, sync_meta, more)
 
     # -- reads ----------------------------------------------------------------
 
@@ -310,12 +320,10 @@ cdef int _clear_walk(MDB_cursor *cur, uint64_t cutoff, bint repair, Py_ssize_t *
 # ===========================================================================
 
 @cython.final
-cdef class Meta2Index:
+cdef class Meta2Index(_StampedIndex):
     """The container records of one meta2 volume, keyed by container url."""
 
-    cdef readonly Environment env
     cdef MDB_dbi dbis[1]
-    cdef readonly Stamps stamps
 
     def __init__(self, Environment env):
         self.env = env
@@ -331,20 +339,6 @@ cdef class Meta2Index:
         """Delete the records of ``container_urls`` (or of records with container_id and
         container_url) in one transaction; returns how many existed."""
         return self.stamps.apply(encode_meta2(container_urls, key_only=True))
-
-    def apply(self, Batch batch):
-        """Write a batch of :func:`encode_meta2` in one transaction (delete its
-        urls for a ``key_only`` batch); returns how many records were written
-        (or existed)."""
-        return self.stamps.apply(batch)
-
-    def apply_group(self, list batches, *, bint sync_meta=True, more=None):
-        """Write several batches in one transaction, in their order (the group
-        commit of the server: one commit for many requests), all or nothing;
-        returns how many records each wrote (or existed). ``sync_meta``: see
-        :meth:`Environment.write`; ``more()``: batches taken once the
-        transaction holds the write lock, written after ``batches``."""
-        return self.stamps.apply_group(batches, sync_meta, more)
 
     def fetch(self, *, prefix=None, marker=None, limit=1000, Transaction txn=None):
         """One page of records in url order: ``(records, truncated, next_marker)``,

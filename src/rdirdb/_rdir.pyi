@@ -54,23 +54,26 @@ from rdirdb._scan import decode_chunk_key as decode_chunk_key
 from rdirdb._scan import decode_chunk_value as decode_chunk_value
 from rdirdb._scan import split_marker as split_marker
 
-@final
-class ChunkIndex:
-    """The chunk records of one rawx volume, stored in ``env``."""
+class _StampedIndex:
+    """The write path a chunk and a meta2 index share (through their ``stamps``)."""
 
     env: Environment
     stamps: Stamps
+    def apply(self, batch: Batch) -> int:
+        """Write a batch (delete its keys if ``key_only``) in one transaction."""
+    def apply_group(
+        self, batches: list[Batch], *, sync_meta: bool = True, more: Callable[[], list[Batch]] | None = None
+    ) -> list[int]:
+        """Write several batches in one transaction, in order, all or nothing; each one's count."""
+
+@final
+class ChunkIndex(_StampedIndex):
+    """The chunk records of one rawx volume, stored in ``env``."""
     def __init__(self, env: Environment) -> None: ...
     def put_batch(self, records: _ChunkInput) -> int:
         """Validate and write every record in one transaction (all or nothing)."""
     def delete_batch(self, keys: _KeyInput) -> int:
         """Delete every key in one transaction; returns how many existed."""
-    def apply(self, batch: Batch) -> int:
-        """Write a batch of encode_chunks (delete its keys if ``key_only``) in one transaction."""
-    def apply_group(
-        self, batches: list[Batch], *, sync_meta: bool = True, more: Callable[[], list[Batch]] | None = None
-    ) -> list[int]:
-        """Write several batches in one transaction, in order, all or nothing; each one's count."""
     def get(self, container_id: str, chunk_id: str) -> _ChunkRecord | None: ...
     def fetch(
         self,
@@ -120,20 +123,11 @@ class ChunkIndex:
 _Meta2Record = dict[str, Any]
 
 @final
-class Meta2Index:
+class Meta2Index(_StampedIndex):
     """The container records of one meta2 volume, stored in ``env``."""
-
-    env: Environment
-    stamps: Stamps
     def __init__(self, env: Environment) -> None: ...
     def put_batch(self, records: Iterable[Mapping[str, Any]]) -> int: ...
     def delete_batch(self, container_urls: Iterable[str] | Iterable[Mapping[str, Any]]) -> int: ...
-    def apply(self, batch: Batch) -> int:
-        """Write a batch of encode_meta2 (delete its urls if ``key_only``) in one transaction."""
-    def apply_group(
-        self, batches: list[Batch], *, sync_meta: bool = True, more: Callable[[], list[Batch]] | None = None
-    ) -> list[int]:
-        """Write several batches in one transaction, in order, all or nothing; each one's count."""
     def fetch(
         self,
         *,
