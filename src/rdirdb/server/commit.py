@@ -118,7 +118,8 @@ class _Late:
             if self.held is not None and _committed_since(self.volume, self.held[0]):
                 self.released = True
                 dones, outcome = self.held[1]
-                self.loop.call_soon_threadsafe(_deliver, [(self.volume, [], dones)], [outcome])
+                answered: list[Group] = [(self.volume, [], dones)]
+                self.loop.call_soon_threadsafe(_deliver, answered, [outcome])
         return self.taken[0]
 
     def group(self) -> Group:
@@ -259,9 +260,10 @@ class GroupCommit:
                          for volume in volumes]
                 groups, results, txnids, failed = _commit_deferred(lates, txnids)  # never raises
                 released = {late.volume for late in lates if late.released}
-                answered = [(volume, [], dones) for volume, (dones, _) in held.items() if volume not in released]
-                outcomes = [[failed[volume]] * len(outcome) if volume in failed else outcome
-                            for volume, (_, outcome) in held.items() if volume not in released]
+                answered: list[Group] = [(volume, [], dones) for volume, (dones, _) in held.items()
+                                         if volume not in released]
+                outcomes: list[list[Result]] = [[failed[volume]] * len(outcome) if volume in failed else outcome
+                                                for volume, (_, outcome) in held.items() if volume not in released]
                 if answered:  # on disk now, unless their sync failed
                     loop.call_soon_threadsafe(_deliver, answered, outcomes)
                 held = {volume: (dones, outcome) for (volume, _, dones), outcome in zip(groups, results) if dones}
