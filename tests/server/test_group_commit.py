@@ -103,8 +103,9 @@ class _FailingIndex:
         self.groups = 0
 
     def apply_group(self, batches: list[Any], *, sync_meta: bool = True, more: Any = None) -> list[int]:
-        self.groups += 1
-        if any(batch in self.bad for batch in batches + (more() if more else [])):
+        group = batches + (more() if more else [])
+        self.groups += bool(group)  # a durable worker's held group also begins an empty one
+        if any(batch in self.bad for batch in group):
             raise OSError(5, "Input/output error")
         return self.index.apply_group(batches, sync_meta=sync_meta, more=more)
 
@@ -230,8 +231,9 @@ def _late(store: Store, volume: Any, n: int, held: Any = None) -> Any:
     from rdirdb.server.commit import _Late
 
     commit = GroupCommit(defer_meta=True)
-    commit._pending[volume] = ([store.prepare_write("v", "rawx", [chunk_record()])[1] for _ in range(n)], [])
-    return _Late(commit, volume, held)
+    commit._pending[volume] = ([store.prepare_write("v", "rawx", [chunk_record()])[1] for _ in range(n)],
+                               [lambda result: None] * n)
+    return _Late(commit, volume, held, asyncio.get_running_loop())
 
 
 def test_a_durable_group_is_on_disk_after_the_next_commit_or_a_sync(tmp_path):
@@ -269,17 +271,15 @@ def test_a_held_group_is_answered_when_another_commit_came_after_it(tmp_path):
         _, results, held, _ = _commit_deferred([_late(store, volume, 1)], {})
         waiting = ([answered.append], results[0])
         late = _late(store, volume, 2, (held[volume], waiting))
-        late.commit._held[volume] = waiting
         _commit_deferred([late], held)
         assert not late.released and counter.syncs == 0  # nothing came between: its own commit
         other = store.prepare_write("v", "rawx", [chunk_record()])[1]
         volume.index.apply(other)  # another worker's commit, synced
         late = _late(store, volume, 2, (held[volume], waiting))
-        late.commit._held[volume] = waiting
         _commit_deferred([late], held)
         assert late.released and answered == [] and counter.syncs == 0
         await asyncio.sleep(0)  # the loop answers it
-        assert answered == [1] and late.commit._held == {}
+        assert answered == [1]
 
     with Store(tmp_path, sync=True) as store:
         volume = store.volume("v", create=True)
@@ -307,3 +307,80 @@ def test_a_group_takes_its_late_requests_while_it_holds_the_write_lock(tmp_path)
         writer.join(10)
         assert volume.env.info()["last_txnid"] == before + 2  # the group's commit, then the writer's
         assert volume.chunks.count() == 3
+
+
+def test_a_held_group_with_nothing_waiting_waits_for_the_write_lock_before_it_syncs(tmp_path):
+    """A held volume with no request waiting begins a transaction: another
+    worker's commit, holding the write lock meanwhile, flushes the held meta
+    page (answered, no sync); with no other commit, the empty transaction
+    writes nothing and the meta page is synced."""
+    from rdirdb.server.commit import _commit_deferred
+
+    answered: list[Any] = []
+    locked = threading.Event()
+
+    def other_worker() -> None:  # holds the write lock 0.3 s, then commits one record
+        def more() -> list[Any]:
+            locked.set()
+            time.sleep(0.3)
+            return []
+
+        volume.index.apply_group([store.prepare_write("v", "rawx", [chunk_record()])[1]], more=more)
+
+    async def run() -> None:
+        _, results, held, _ = _commit_deferred([_late(store, volume, 1)], {})
+        waiting = ([answered.append], results[0])
+        writer = threading.Thread(target=other_worker)
+        writer.start()
+        assert locked.wait(10)
+        started = time.monotonic()
+        late = _late(store, volume, 0, (held[volume], waiting))
+        groups, _, now, failed = _commit_deferred([late], held)
+        assert time.monotonic() - started > 0.1  # it waited for the other commit
+        writer.join(10)
+        assert late.released and counter.syncs == 0 and failed == {}
+        assert [dones for _, _, dones in groups] == [[]] and now == {}  # nothing new is held
+        await asyncio.sleep(0)
+        assert answered == [1]
+        # no other commit: the empty transaction commits nothing, then a sync
+        _, results, held, _ = _commit_deferred([_late(store, volume, 1)], {})
+        txnid = held[volume]
+        late = _late(store, volume, 0, (txnid, ([answered.append], results[0])))
+        assert _commit_deferred([late], held)[2:] == ({}, {})
+        assert not late.released and counter.syncs == 1 and counter.info()["last_txnid"] == txnid
+
+    with Store(tmp_path, sync=True) as store:
+        volume = store.volume("v", create=True)
+        volume.env = counter = _SyncCounter(volume.env)  # type: ignore[assignment]
+        asyncio.run(run())
+        volume.env = counter.env
+        assert volume.chunks.count() == 3
+
+
+def test_the_durable_commit_thread_answers_each_request_and_stops_at_close(tmp_path):
+    """With ``defer_meta``, one thread commits group after group; every request
+    is answered with its own result, and ``close`` stops the thread once all
+    are answered and on disk."""
+    records = [chunk_record() for _ in range(40)]
+
+    async def run() -> tuple[list[Any], GroupCommit]:
+        commit = GroupCommit(defer_meta=True)
+        answers: list[asyncio.Future[Any]] = []
+        for i, record in enumerate(records):  # several turns of the loop, some while a commit runs
+            volume, batch = store.prepare_write("v", "rawx", [record])
+            future = asyncio.get_running_loop().create_future()
+            commit.submit(volume, batch, future.set_result)
+            answers.append(future)
+            if i % 7 == 0:
+                await asyncio.sleep(0.002)
+        results = list(await asyncio.gather(*answers))
+        await commit.close()
+        return results, commit
+
+    with Store(tmp_path, sync=True) as store:
+        store.volume("v", create=True)
+        results, commit = asyncio.run(run())
+        assert results == [1] * len(records)
+        assert commit._thread is not None and not commit._thread.is_alive()
+    with Store(tmp_path, sync=True) as store:
+        assert store.volume("v").chunks.count() == len(records)

@@ -19,12 +19,19 @@ volume, by this worker or another one, flushes its own data pages and puts that
 meta page on disk too, so under load each commit costs one flush instead of
 two. A group's requests are answered once a commit after it is done: another
 worker's, seen when this worker's next commit gets LMDB's write lock (answered
-then, while that commit flushes), or this worker's next one, or, when no
-request is waiting, a sync of its meta page (as LMDB's MDB_NOMETASYNC, but no
-acknowledged write waits on a commit that may never come). That next commit
-takes the requests waiting for its volume only once it holds the write lock
-(``more`` of ``index.apply_group``): those that arrived while the other
-worker's commit held it join, instead of waiting for the commit after.
+then, while that commit flushes), or this worker's next one. A worker whose
+group is held and has no request waiting still begins a transaction: it gets
+the write lock once the other worker's commit (which flushed the held meta
+page) is done, and takes what arrived meanwhile; only if neither happened, its
+meta page is synced (as LMDB's MDB_NOMETASYNC, but no acknowledged write waits
+on a commit that may never come). That next commit takes the requests waiting
+for its volume only once it holds the write lock (``more`` of
+``index.apply_group``): those that arrived while the other worker's commit held
+it join, instead of waiting for the commit after. A durable worker's commits
+run one after the other in a thread of their own, which starts the next one as
+soon as one is done, without a turn of the event loop in between (each turn
+ends by waking it); the event loop only queues requests and writes the answers
+the thread hands it.
 
 A group is all or nothing, and so is each request in it: if the group's
 transaction fails (an engine or disk error: the input was checked before), it is
@@ -97,11 +104,11 @@ class _Late:
     it join (memoized: a replayed transaction takes the same). Then, if a
     commit of another worker came after this worker's held group of the
     volume (``held``: its txnid and its requests), that group is on disk: it
-    is answered at once, during this commit."""
+    is answered at once, on ``loop``, during this commit."""
 
-    def __init__(self, commit: "GroupCommit", volume: Volume, held: tuple[int, Waiting] | None) -> None:
-        self.commit, self.volume, self.held = commit, volume, held
-        self.loop = asyncio.get_running_loop()
+    def __init__(self, commit: "GroupCommit", volume: Volume, held: tuple[int, Waiting] | None,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.commit, self.volume, self.held, self.loop = commit, volume, held, loop
         self.taken: tuple[list[Batch], list[Done]] | None = None
         self.released = False
 
@@ -110,7 +117,9 @@ class _Late:
             self.taken = self.commit._take_volume(self.volume)
             if self.held is not None and _committed_since(self.volume, self.held[0]):
                 self.released = True
-                self.loop.call_soon_threadsafe(self.commit._release, self.volume, self.held[1])
+                dones, outcome = self.held[1]
+                answered: list[Group] = [(self.volume, [], dones)]
+                self.loop.call_soon_threadsafe(_deliver, answered, [outcome])
         return self.taken[0]
 
     def group(self) -> Group:
@@ -125,7 +134,8 @@ def _commit_deferred(lates: list[_Late], held: Held) -> tuple[list[Group], list[
     then make sure the commits of ``held`` are on disk: a later commit (of this
     worker or another one of the server, all durable) flushed its data pages
     after their meta page was written, or else a sync. Returns the results, the
-    new held, and the held volumes whose sync failed; never raises."""
+    new held (the volumes whose group had requests), and the held volumes whose
+    sync failed; never raises."""
     results = [commit_group(late.volume, [], sync_meta=False, more=late) for late in lates]
     groups = [late.group() for late in lates]
     released = {late.volume for late in lates if late.released}
@@ -138,7 +148,9 @@ def _commit_deferred(lates: list[_Late], held: Held) -> tuple[list[Group], list[
         except Exception as exc:
             failed[volume] = exc
     now: Held = {}
-    for volume, _, _ in groups:
+    for volume, _, dones in groups:
+        if not dones:  # nothing was waiting: an empty transaction, nothing held
+            continue
         try:
             now[volume] = volume.env.info()["last_txnid"]
         except Exception:  # the environment is unusable: its sync, next time, fails
@@ -153,13 +165,17 @@ class GroupCommit:
         self.inline_below = inline_below
         self._lock = threading.Lock()  # _pending: the commit thread takes late (see _Late)
         self.defer_meta = defer_meta  # a durable store: see the module's docstring
-        self._held: dict[Volume, Waiting] = {}  # committed, meta not yet on disk
-        self._held_txnids: Held = {}
         self._pending: dict[Volume, tuple[list[Batch], list[Done]]] = {}
         self._waiting = 0  # requests in _pending
         self._scheduled = False
         self._running: asyncio.Future[Any] | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        # defer_meta: the commit thread, woken at the end of each turn of the loop
+        self._wake = threading.Condition(self._lock)
+        self._woken = False
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._stopped: asyncio.Future[None] | None = None
 
     def submit(self, volume: Volume, batch: Batch, done: Done) -> None:
         """Write ``batch`` with the next group; ``done(result)`` is called on the
@@ -191,13 +207,13 @@ class GroupCommit:
 
     def _flush(self) -> None:
         self._scheduled = False
-        if self._running is not None or not (self._pending or self._held):
-            return
         if self.defer_meta:
-            lates = [_Late(self, volume, (self._held_txnids[volume], self._held[volume]) if volume in self._held else None)
-                     for volume in self._pending]  # the thread takes their requests
-            running = self._run(_commit_deferred, lates, self._held_txnids)
-            running.add_done_callback(self._committed_deferred)
+            self._start()
+            with self._wake:
+                self._woken = True
+                self._wake.notify()
+            return
+        if self._running is not None or not self._pending:
             return
         inline = self._waiting < self.inline_below
         groups = self._take()
@@ -218,24 +234,59 @@ class GroupCommit:
         _deliver(groups, future.result())  # _commit_all never raises
         self._flush()  # what arrived during that commit
 
-    def _committed_deferred(self, future: asyncio.Future[tuple[list[Group], list[list[Result]], Held, Synced]]) -> None:
-        self._running = None
-        groups, results, self._held_txnids, failed = future.result()  # _commit_deferred never raises
-        for volume, (dones, outcome) in self._held.items():  # on disk now, unless their sync failed
-            _deliver([(volume, [], dones)], [[failed[volume]] * len(outcome) if volume in failed else outcome])
-        self._held = {volume: (dones, outcome) for (volume, _, dones), outcome in zip(groups, results) if dones}
-        self._flush()  # what arrived during that commit, or the sync of this one
+    def _start(self) -> None:
+        if self._thread is None:
+            loop = asyncio.get_running_loop()
+            self._stopped = loop.create_future()
+            self._thread = threading.Thread(target=self._commit_loop, args=(loop,), name="rdir-commit", daemon=True)
+            self._thread.start()
 
-    def _release(self, volume: Volume, held: Waiting) -> None:
-        """Answer ``held``, a group a later commit put on disk (see _Late)."""
-        if self._held.get(volume) is held:
-            del self._held[volume]
-            _deliver([(volume, [], held[0])], [held[1]])
+    def _commit_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The durable commit thread: one commit after the other while requests
+        wait or a group is held, answers handed to ``loop``."""
+        held: dict[Volume, Waiting] = {}  # committed, meta page not yet on disk
+        txnids: Held = {}
+        try:
+            while True:
+                with self._wake:
+                    while not (self._woken or held or self._closing):
+                        self._wake.wait()
+                    if self._closing and not (self._pending or held):
+                        return
+                    self._woken = False
+                    volumes = [*self._pending, *(volume for volume in held if volume not in self._pending)]
+                # A held volume with nothing pending commits too: see the module's docstring.
+                lates = [_Late(self, volume, (txnids[volume], held[volume]) if volume in held else None, loop)
+                         for volume in volumes]
+                groups, results, txnids, failed = _commit_deferred(lates, txnids)  # never raises
+                released = {late.volume for late in lates if late.released}
+                answered: list[Group] = [(volume, [], dones) for volume, (dones, _) in held.items()
+                                         if volume not in released]
+                outcomes: list[list[Result]] = [[failed[volume]] * len(outcome) if volume in failed else outcome
+                                                for volume, (_, outcome) in held.items() if volume not in released]
+                if answered:  # on disk now, unless their sync failed
+                    loop.call_soon_threadsafe(_deliver, answered, outcomes)
+                held = {volume: (dones, outcome) for (volume, _, dones), outcome in zip(groups, results) if dones}
+        except Exception:  # a bug: what is queued or held never gets an answer
+            log.exception("the commit thread failed")
+        finally:
+            loop.call_soon_threadsafe(self._stopped_now)
+
+    def _stopped_now(self) -> None:
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
 
     async def close(self) -> None:
         """Commit what is waiting, then stop the thread (at shutdown, once no
         request can arrive any more)."""
-        while self._running is not None or self._pending or self._held:
+        if self._thread is not None:
+            assert self._stopped is not None
+            with self._wake:
+                self._closing = True
+                self._wake.notify()
+            await self._stopped  # the answers it handed over were called before
+            self._thread.join()
+        while self._running is not None or self._pending:
             if self._running is not None:
                 await asyncio.wait([self._running])
                 await asyncio.sleep(0)  # let _committed run
