@@ -384,3 +384,45 @@ def test_the_durable_commit_thread_answers_each_request_and_stops_at_close(tmp_p
         assert commit._thread is not None and not commit._thread.is_alive()
     with Store(tmp_path, sync=True) as store:
         assert store.volume("v").chunks.count() == len(records)
+
+
+def test_a_failed_commit_thread_answers_what_is_queued_and_the_next_request_starts_another(
+        tmp_path, monkeypatch, caplog):
+    """A bug in the durable commit thread is logged and answers the requests it
+    had not taken with the error (a 500, never a hang); the next request gets a
+    new thread and is written."""
+    import rdirdb.server.commit as commit_module
+
+    real = commit_module._commit_deferred
+    calls = 0
+
+    def fail_once(lates: Any, held: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug in the commit thread")
+        return real(lates, held)
+
+    monkeypatch.setattr(commit_module, "_commit_deferred", fail_once)
+
+    async def push(commit: GroupCommit, record: Any) -> Any:
+        volume, batch = store.prepare_write("v", "rawx", [record])
+        future = asyncio.get_running_loop().create_future()
+        commit.submit(volume, batch, future.set_result)
+        return await asyncio.wait_for(future, 10)
+
+    async def run() -> tuple[Any, Any]:
+        commit = GroupCommit(defer_meta=True)
+        first = await push(commit, chunk_record())
+        await asyncio.sleep(0.05)  # the dead thread's end reaches the loop
+        second = await push(commit, chunk_record())
+        await commit.close()
+        return first, second
+
+    with Store(tmp_path, sync=True) as store:
+        store.volume("v", create=True)
+        first, second = asyncio.run(run())
+        assert isinstance(first, RuntimeError)
+        assert second == 1
+        assert "the commit thread failed" in caplog.text
+        assert store.volume("v").chunks.count() == 1

@@ -267,14 +267,20 @@ class GroupCommit:
                 if answered:  # on disk now, unless their sync failed
                     loop.call_soon_threadsafe(_deliver, answered, outcomes)
                 held = {volume: (dones, outcome) for (volume, _, dones), outcome in zip(groups, results) if dones}
-        except Exception:  # a bug: what is queued or held never gets an answer
+        except Exception as exc:  # a bug: the requests it held get no answer (logged), the queued ones a 500
             log.exception("the commit thread failed")
+            queued = self._take()
+            loop.call_soon_threadsafe(_deliver, queued, [[exc] * len(dones) for _, _, dones in queued])
         finally:
             loop.call_soon_threadsafe(self._stopped_now)
 
     def _stopped_now(self) -> None:
+        """On the loop, once the commit thread ended: the next flush starts another
+        one, unless the commit is closing."""
         if self._stopped is not None and not self._stopped.done():
             self._stopped.set_result(None)
+        if not self._closing:
+            self._thread = None
 
     async def close(self) -> None:
         """Commit what is waiting, then stop the thread (at shutdown, once no
