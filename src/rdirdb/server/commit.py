@@ -270,7 +270,8 @@ class GroupCommit:
         except Exception as exc:  # a bug: the requests it held get no answer (logged), the queued ones a 500
             log.exception("the commit thread failed")
             queued = self._take()
-            loop.call_soon_threadsafe(_deliver, queued, [[exc] * len(dones) for _, _, dones in queued])
+            errors: list[list[Result]] = [[exc] * len(dones) for _, _, dones in queued]
+            loop.call_soon_threadsafe(_deliver, queued, errors)
         finally:
             loop.call_soon_threadsafe(self._stopped_now)
 
