@@ -262,7 +262,7 @@ async def _serve(sock: socket.socket, settings: Settings, opened: OpenedVolumes,
     orphan_watch = loop.create_task(_stop_when_orphaned(stop, opened, master))
     store = Store(settings.db_path, sync=settings.fsync, writemap=settings.writemap,
                   tombstone_retention=settings.tombstone_retention, max_clock_skew=settings.max_clock_skew,
-                  warm=True)
+                  warm=True, pretouch=True)
     # Synced commits wait for the disk: off the event loop, which meanwhile
     # gathers the next group, and the next commit (of any worker) flushes the
     # meta page of the one before. Unsynced commits are short: small groups on
