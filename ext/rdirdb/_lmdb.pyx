@@ -23,7 +23,7 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 from posix.stat cimport fstat, struct_stat
 from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
-from posix.unistd cimport getpid, pwrite
+from posix.unistd cimport getpid, pwrite, usleep
 
 from rdirdb.lmdb cimport *
 
@@ -182,6 +182,8 @@ DEF MADV_POPULATE_WRITE = 23  # Linux 5.14; older kernels refuse it (EINVAL): pr
 DEF FREE_DBI = 0  # LMDB's free list: key a txnid, value the pages it freed (count first)
 DEF PRETOUCH_AHEAD = 8192  # pages the pretouch thread keeps ready for the next writes (32 MiB)
 DEF END_AHEAD = 256  # of which past the last page in use
+DEF PRETOUCH_FEW = 64  # a step that touched fewer pages waits PRETOUCH_PAUSE us before the next
+DEF PRETOUCH_PAUSE = 2000
 
 # With MDB_WRITEMAP, disk blocks are allocated this far past the pages in use:
 # as much as is in use up to this size, a sixteenth of it past 1 GiB.
@@ -223,7 +225,8 @@ cdef void *_pretouch_thread(void *arg) noexcept nogil:
             pthread_mutex_unlock(&t.lock)
             return NULL
         pthread_mutex_unlock(&t.lock)
-        _pretouch(t, PRETOUCH_AHEAD)
+        if _pretouch(t, PRETOUCH_AHEAD) < PRETOUCH_FEW:
+            usleep(PRETOUCH_PAUSE)  # small writes (single pushes): one step per pause at most
 
 
 cdef char *_map_base(MDB_env *env, MDB_dbi main, size_t psize, size_t used) noexcept nogil:
@@ -257,7 +260,7 @@ cdef size_t _pretouch(_Touch *t, size_t max_pages) noexcept nogil:
     cdef MDB_val k, v
     cdef size_t *pages = NULL
     cdef size_t *ids
-    cdef size_t count = 0, ahead = 0, i, n, txnid, upto, first, last, touched = 0
+    cdef size_t count = 0, i, n, txnid, upto, seek, first, last, touched = 0
     cdef size_t psize, limit
     cdef char *base
     cdef int rc
@@ -277,22 +280,23 @@ cdef size_t _pretouch(_Touch *t, size_t max_pages) noexcept nogil:
     pages = <size_t *>malloc(max_pages * sizeof(size_t))
     if base != NULL and pages != NULL and mdb_txn_begin(t.env, NULL, MDB_RDONLY, &txn) == MDB_SUCCESS:
         if mdb_cursor_open(txn, FREE_DBI, &cur) == MDB_SUCCESS:
-            # The next writes take the oldest records first.
-            rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST)
+            # The next writes take the oldest records first: those after the
+            # newest one touched, in order (a record is touched whole).
+            k.mv_data = &seek
+            k.mv_size = sizeof(size_t)
+            seek = upto + 1
+            rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE)
             while rc == MDB_SUCCESS and k.mv_size == sizeof(size_t) and v.mv_size >= sizeof(size_t):
                 txnid = (<size_t *>k.mv_data)[0]
                 ids = <size_t *>v.mv_data
                 n = min(ids[0], v.mv_size // sizeof(size_t) - 1)
-                if txnid <= upto:  # touched before, not reused yet
-                    ahead += n
-                elif ahead + count + n > max_pages:
+                if count + n > max_pages and count > 0:
                     break
-                else:
-                    for i in range(1, n + 1):
-                        if ids[i] < limit:
-                            pages[count] = ids[i]
-                            count += 1
-                    upto = txnid
+                for i in range(1, min(n, max_pages) + 1):
+                    if ids[i] < limit:
+                        pages[count] = ids[i]
+                        count += 1
+                upto = txnid
                 rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)
             mdb_cursor_close(cur)
         mdb_txn_abort(txn)  # no reader pins the free list while the pages are touched
@@ -796,9 +800,8 @@ cdef class Environment:
 
     def pretouch(self, size_t max_pages=PRETOUCH_AHEAD):
         """Fault in, writable, the free pages that the next write transactions
-        will reuse, at most ``max_pages`` of them ahead; returns how many it
-        touched (0 without MDB_WRITEMAP, or on a kernel without
-        MADV_POPULATE_WRITE).
+        will reuse, at most ``max_pages`` of them; returns how many it touched
+        (0 without MDB_WRITEMAP, or on a kernel without MADV_POPULATE_WRITE).
 
         With MDB_WRITEMAP a write copies each page it changes into a free page
         of the map. A free page is the old copy of a page that an earlier write
@@ -811,7 +814,9 @@ cdef class Environment:
         read transaction, from the records the next writes take first, and
         asks the kernel to map their pages writable (MADV_POPULATE_WRITE, which
         changes no byte of them). The records it touched are remembered, so
-        each page is touched once. Best effort: an error stops it.
+        each page is touched once. Best effort: an error stops it. The thread
+        of ``pretouch=True`` runs one step after each write, and after a step
+        that found little to touch (small writes) waits 2 ms before the next.
         """
         cdef size_t n
         self._ensure_open()

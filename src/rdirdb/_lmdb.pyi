@@ -60,7 +60,7 @@ class Environment:
         for a thread of its own, stopped by close()."""
     def pretouch(self, max_pages: int = 8192) -> int:
         """Fault in, writable, the free pages the next writes reuse (MDB_WRITEMAP), at most
-        max_pages ahead, each once; how many it touched. pretouch=True: a thread after each write."""
+        max_pages, each once; how many it touched. pretouch=True: a thread after each write."""
     def sync(self, force: bool = True) -> None: ...
     def copy(self, path: str | os.PathLike[str], *, compact: bool = True) -> None: ...
 
