@@ -180,8 +180,8 @@ DEF WARM_READ = 1 << 20  # bytes per read ahead (posix_fadvise caps what one cal
 DEF MADV_POPULATE_READ = 22  # Linux 5.14; older kernels refuse it (EINVAL): the pages are read, not mapped
 DEF MADV_POPULATE_WRITE = 23  # Linux 5.14; older kernels refuse it (EINVAL): pretouch() does nothing
 DEF FREE_DBI = 0  # LMDB's free list: key a txnid, value the pages it freed (count first)
-DEF PRETOUCH_AHEAD = 8192  # pages the pretouch thread keeps ready for the next writes (32 MiB)
-DEF END_AHEAD = 256  # of which past the last page in use
+DEF PRETOUCH_AHEAD = 8192  # pages a step of the pretouch thread touches at most (32 MiB)
+DEF END_AHEAD = 256  # pages past the last one in use that it keeps touched
 DEF PRETOUCH_FEW = 64  # a step that touched fewer pages waits PRETOUCH_PAUSE us before the next
 DEF PRETOUCH_PAUSE = 2000
 
