@@ -148,3 +148,5 @@ def test_store_pretouch_reaches_its_volumes(tmp_path):
         assert not store.volume("v").env.pretouching  # off by default
     with Store(tmp_path, sync=True, pretouch=True) as store:
         assert not store.volume("v").env.pretouching  # no MDB_WRITEMAP by default when synced
+    with Store(tmp_path, sync=True, writemap=True, pretouch=True) as store:
+        assert not store.volume("v").env.pretouching  # its flushes would write the touched pages

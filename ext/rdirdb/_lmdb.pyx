@@ -409,7 +409,8 @@ cdef class Environment:
             for name in databases:
                 self.open_db(name)
             self._touch.env = self._env
-            self.pretouching = pretouch and self.writemap
+            # Not durable: its flushes would write the touched pages too.
+            self.pretouching = pretouch and self.writemap and not sync
         except BaseException:
             mdb_env_close(self._env)
             self._env = NULL
@@ -815,8 +816,10 @@ cdef class Environment:
         asks the kernel to map their pages writable (MADV_POPULATE_WRITE, which
         changes no byte of them). The records it touched are remembered, so
         each page is touched once. Best effort: an error stops it. The thread
-        of ``pretouch=True`` runs one step after each write, and after a step
-        that found little to touch (small writes) waits 2 ms before the next.
+        of ``pretouch=True`` (unsynced environments with MDB_WRITEMAP only: a
+        synced commit's flush would write the touched pages too) runs one step
+        after each write, and after a step that found little to touch (small
+        writes) waits 2 ms before the next.
         """
         cdef size_t n
         self._ensure_open()

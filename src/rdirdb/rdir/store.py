@@ -306,7 +306,7 @@ class Store:
     its own (:meth:`Environment.warm`), as long as the volumes it warmed take less
     than half of the memory available (:func:`warm_budget`): the server's choice, so
     that writes to a large volume do not wait for the disk page by page.
-    ``pretouch=True`` (with MDB_WRITEMAP) has a thread of each volume fault in, after
+    ``pretouch=True`` (with MDB_WRITEMAP, unsynced) has a thread of each volume fault in, after
     each write, the free pages the next writes will reuse (:meth:`Environment.pretouch`):
     the server's choice too.
     """
