@@ -8,21 +8,13 @@ process's mapping of ``data.mdb`` (a page faulted in writable is marked dirty).
 from __future__ import annotations
 
 import os
-import platform
 
 import pytest
 
 from rdirdb import Environment
 from rdirdb.errors import ClosedError
 from rdirdb.rdir.store import Store
-
-pytestmark = [
-    pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux's /proc/<pid>/smaps"),
-    pytest.mark.skipif(
-        tuple(int(x) for x in platform.release().split("-")[0].split(".")[:2]) < (5, 14),
-        reason="MADV_POPULATE_WRITE needs Linux 5.14",
-    ),
-]
+from tests.test_warm import pytestmark, smaps_bytes  # noqa: F401 (pytestmark: the same needs)
 
 VALUE = os.urandom(1000)
 N = 4000
@@ -30,15 +22,7 @@ N = 4000
 
 def dirty(path: str) -> int:
     """Dirty bytes of this process's mappings of ``path``."""
-    total, inside = 0, False
-    with open("/proc/self/smaps") as f:
-        for line in f:
-            fields = line.split()
-            if "-" in fields[0] and len(fields) >= 5 and not fields[0].endswith(":"):
-                inside = len(fields) >= 6 and fields[5] == path
-            elif inside and fields[0] in ("Private_Dirty:", "Shared_Dirty:"):
-                total += int(fields[1]) * 1024
-    return total
+    return smaps_bytes(path, ("Private_Dirty:", "Shared_Dirty:"))
 
 
 def rewrite(env: Environment, start: int, step: int, value: bytes) -> None:
