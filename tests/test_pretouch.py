@@ -134,3 +134,21 @@ def test_store_pretouch_reaches_its_volumes(tmp_path):
         assert not store.volume("v").env.pretouching  # no MDB_WRITEMAP by default when synced
     with Store(tmp_path, sync=True, writemap=True, pretouch=True) as store:
         assert not store.volume("v").env.pretouching  # its flushes would write the touched pages
+
+
+@pytest.mark.parametrize("args", [("--no-fsync", "--pretouch"), ("--fsync", "--writemap", "--pretouch")])
+def test_a_server_with_pretouch_answers_what_it_wrote(tmp_path, args):
+    pytest.importorskip("httptools")
+    from rdirdb import RdirClient
+    from tests.server.helpers import Server
+
+    server = Server(str(tmp_path), *args, log_path=str(tmp_path / "server.log")).wait_ready()
+    try:
+        with RdirClient({"rdir_hosts": [f"{server.host}:{server.port}"]}) as client:
+            for b in range(5):
+                client.chunk_push_batch("vol", [
+                    {"container_id": "%064X" % (i * 7919), "content_id": "B" * 32, "chunk_id": "%064X" % i,
+                     "mtime": i, "path": "p", "version": 1} for i in range(b * 500, b * 500 + 500)], create=True)
+                assert len(list(client.chunk_fetch("vol"))) == b * 500 + 500  # each batch seen at once
+    finally:
+        server.stop()

@@ -182,7 +182,7 @@ DEF MADV_POPULATE_WRITE = 23  # Linux 5.14; older kernels refuse it (EINVAL): pr
 DEF FREE_DBI = 0  # LMDB's free list: key a txnid, value the pages it freed (count first)
 DEF PRETOUCH_AHEAD = 8192  # pages a step of the pretouch thread touches at most (32 MiB)
 DEF END_AHEAD = 256  # pages past the last one in use that it keeps touched
-DEF PRETOUCH_FEW = 64  # a step that touched fewer pages waits PRETOUCH_PAUSE us before the next
+DEF PRETOUCH_FEW = 512  # a step that touched fewer pages waits PRETOUCH_PAUSE us before the next
 DEF PRETOUCH_PAUSE = 2000
 
 # With MDB_WRITEMAP, disk blocks are allocated this far past the pages in use:
