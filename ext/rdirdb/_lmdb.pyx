@@ -417,7 +417,8 @@ cdef class Environment:
             raise
 
     def __dealloc__(self):
-        self._stop_pretouch()
+        with nogil:  # the thread may need the GIL meanwhile (a line-traced build)
+            self._stop_pretouch()
         if self._env != NULL:
             mdb_env_close(self._env)
             self._env = NULL
