@@ -21,24 +21,29 @@ pytestmark = [
     pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux's /proc/<pid>/smaps"),
     pytest.mark.skipif(
         tuple(int(x) for x in platform.release().split("-")[0].split(".")[:2]) < (5, 14),
-        reason="MADV_POPULATE_READ needs Linux 5.14",
+        reason="MADV_POPULATE_READ and MADV_POPULATE_WRITE need Linux 5.14",
     ),
 ]
 
 VALUE = os.urandom(3000)
 
 
-def resident(path: str, pid: int | str = "self") -> int:
-    """Bytes resident in the mappings of ``path`` by the process ``pid``."""
+def smaps_bytes(path: str, names: tuple[str, ...], pid: int | str = "self") -> int:
+    """The sum of the ``names`` fields (e.g. ``Rss:``) of the mappings of ``path`` by the process ``pid``."""
     total, inside = 0, False
     with open(f"/proc/{pid}/smaps") as f:
         for line in f:
             fields = line.split()
             if "-" in fields[0] and len(fields) >= 5 and not fields[0].endswith(":"):
                 inside = len(fields) >= 6 and fields[5] == path
-            elif inside and fields[0] == "Rss:":
+            elif inside and fields[0] in names:
                 total += int(fields[1]) * 1024
     return total
+
+
+def resident(path: str, pid: int | str = "self") -> int:
+    """Bytes resident in the mappings of ``path`` by the process ``pid``."""
+    return smaps_bytes(path, ("Rss:",), pid)
 
 
 def fill(path, *, writemap: bool, mb: int = 8) -> None:

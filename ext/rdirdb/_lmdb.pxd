@@ -7,9 +7,29 @@ cdef extern from "pthread.h" nogil:
         pass
     ctypedef struct pthread_mutex_t:
         pass
+    ctypedef struct pthread_cond_t:
+        pass
+    ctypedef unsigned long pthread_t
 
 
 cdef int check(int rc, const char *what) except -1
+
+
+cdef struct _Touch:  # Environment.pretouch()'s state, shared with its thread (no Python object)
+    MDB_env *env
+    MDB_dbi main
+    pthread_mutex_t *warm_lock  # the environment's: close() waits for a step
+    bint *warm_stop
+    pthread_rwlock_t *resize_lock
+    size_t *reserved
+    size_t upto       # the newest free-list record whose pages it touched
+    size_t end        # the pages past the last one in use it touched end here
+    bint off          # this kernel cannot (no MADV_POPULATE_WRITE)
+    pthread_mutex_t lock
+    pthread_cond_t cond
+    pthread_t thread
+    int pid           # the process that runs the thread (none yet, or a forked child's parent)
+    bint wanted, quit
 
 
 cdef class Environment:
@@ -23,6 +43,8 @@ cdef class Environment:
     cdef readonly bint durable
     cdef readonly bint writemap
     cdef size_t _reserved
+    cdef _Touch _touch
+    cdef readonly bint pretouching  # a thread pretouches after each write (see pretouch())
     cdef object _children
     cdef dict _dbis
     cdef object __weakref__
@@ -36,6 +58,8 @@ cdef class Environment:
     cdef int reserve(self) except -1
     cdef char *_map_base(self, MDB_dbi main, size_t psize, size_t used) noexcept nogil
     cdef void _warm_steps(self, MDB_dbi main, size_t limit, size_t *warmed, bint *skip) noexcept
+    cdef int _kick_pretouch(self) except -1
+    cdef void _stop_pretouch(self) noexcept nogil
 
 
 cdef class Transaction:

@@ -21,6 +21,7 @@ class Environment:
     readonly: bool
     durable: bool
     writemap: bool
+    pretouching: bool
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -33,6 +34,7 @@ class Environment:
         readonly: bool = False,
         create: bool = True,
         writemap: bool = False,
+        pretouch: bool = False,
     ) -> None: ...
     def close(self) -> None: ...
     @property
@@ -56,6 +58,9 @@ class Environment:
     def warm(self, max_bytes: int | None = None) -> int:
         """Read and map the data file's pages in use unless they exceed max_bytes (0: skipped);
         for a thread of its own, stopped by close()."""
+    def pretouch(self, max_pages: int = 8192) -> int:
+        """Fault in, writable, the free pages the next writes reuse (MDB_WRITEMAP), at most
+        max_pages, each once; how many it touched. pretouch=True: a thread after each write."""
     def sync(self, force: bool = True) -> None: ...
     def copy(self, path: str | os.PathLike[str], *, compact: bool = True) -> None: ...
 

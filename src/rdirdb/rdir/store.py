@@ -306,6 +306,9 @@ class Store:
     its own (:meth:`Environment.warm`), as long as the volumes it warmed take less
     than half of the memory available (:func:`warm_budget`): the server's choice, so
     that writes to a large volume do not wait for the disk page by page.
+    ``pretouch=True`` (with MDB_WRITEMAP, unsynced) has a thread of each volume fault in, after
+    each write, the free pages the next writes will reuse (:meth:`Environment.pretouch`):
+    the server's choice too.
     """
 
     def __init__(
@@ -319,10 +322,12 @@ class Store:
         tombstone_retention: float = TOMBSTONE_RETENTION,
         max_clock_skew: float = MAX_CLOCK_SKEW,
         warm: bool = False,
+        pretouch: bool = False,
     ) -> None:
         self.tombstone_retention = check_retention(tombstone_retention)
         self.max_clock_skew = check_clock_skew(max_clock_skew)
         self.warm = warm
+        self.pretouch = pretouch
         self._warmed = 0  # bytes of the volumes warmed
         self.path = os.fspath(path)
         self.map_size = map_size
@@ -404,6 +409,7 @@ class Store:
                     sync=self.sync,
                     readonly=self.readonly,
                     writemap=self.writemap,
+                    pretouch=self.pretouch,
                 )
             except LmdbFileNotFoundError:
                 # Read-only, while its creator has not yet made its databases.

@@ -72,6 +72,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="open the volumes with LMDB's MDB_WRITEMAP: faster unsynced writes on large "
         "volumes, a sparse data file (default: on with --no-fsync, else off; see docs/operations.md)",
     )
+    parser.add_argument(
+        "--pretouch", action=argparse.BooleanOptionalAction, default=False,
+        help="with --no-fsync and MDB_WRITEMAP, a thread per volume faults in, after each write, the "
+        "free pages the next writes reuse: pays where a CPU is free (default: off; see docs/engine.md)",
+    )
     parser.add_argument("--registry", help="service registry URL (file:///path.json or a PostgreSQL DSN) to register in")
     parser.add_argument("--location", default="", help="dc.rack.host.disk, for the dispatcher (default none)")
     parser.add_argument(
@@ -128,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         shutdown_timeout=args.shutdown_timeout,
         fsync=args.fsync,
         writemap=args.writemap,
+        pretouch=args.pretouch,
         registry=args.registry,
         location=args.location,
         heartbeat=args.heartbeat,

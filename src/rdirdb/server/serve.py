@@ -68,6 +68,7 @@ class Settings:
     shutdown_timeout: float = 10.0
     fsync: bool = True  # durable writes (the reference's: False): docs/server.md, "Shutdown and durability"
     writemap: bool | None = None  # MDB_WRITEMAP; None: the Store's default (on unless fsync)
+    pretouch: bool = False  # Store(pretouch=True): docs/engine.md, "Pretouching"
     registry: str | None = None  # URL of the service registry to register in
     location: str = ""  # dc.rack.host.disk, for the dispatcher's distance rules
     heartbeat: float = 5.0
@@ -262,7 +263,7 @@ async def _serve(sock: socket.socket, settings: Settings, opened: OpenedVolumes,
     orphan_watch = loop.create_task(_stop_when_orphaned(stop, opened, master))
     store = Store(settings.db_path, sync=settings.fsync, writemap=settings.writemap,
                   tombstone_retention=settings.tombstone_retention, max_clock_skew=settings.max_clock_skew,
-                  warm=True)
+                  warm=True, pretouch=settings.pretouch)
     # Synced commits wait for the disk: off the event loop, which meanwhile
     # gathers the next group, and the next commit (of any worker) flushes the
     # meta page of the one before. Unsynced commits are short: small groups on
