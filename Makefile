@@ -43,7 +43,8 @@ compile: install
 DEBUG_TREE := build/debug-tree
 NATIVE_TESTS := tests/test_lmdb.py tests/test_codec.py tests/test_batch.py tests/test_scan.py \
 	tests/test_store.py tests/reliability/test_bad_input.py tests/sharedbase/test_objects.py \
-	tests/sharedbase/test_record_model.py tests/repair/test_engine.py
+	tests/sharedbase/test_record_model.py tests/repair/test_engine.py \
+	tests/test_warm.py tests/test_pretouch.py  # the native threads of warm() and pretouch()
 
 debug: install
 	rm -rf $(DEBUG_TREE) && mkdir -p $(DEBUG_TREE)
