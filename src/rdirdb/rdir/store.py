@@ -308,7 +308,7 @@ class Store:
     that writes to a large volume do not wait for the disk page by page.
     ``pretouch=True`` (with MDB_WRITEMAP, unsynced) has a thread of each volume fault in, after
     each write, the free pages the next writes will reuse (:meth:`Environment.pretouch`):
-    the server's choice too.
+    ``rdirdb serve --pretouch``, off by default (it pays only where a CPU is free).
     """
 
     def __init__(
