@@ -49,7 +49,8 @@ def _last_txnid(db_path: str, vol: str) -> int:
 
 def test_pipelined_writes_share_one_commit_and_keep_their_own_answers(start_server):
     server = start_server()  # --fsync, the default
-    assert server.request("GET", "/config").json["rdir.fsync"] is True
+    config = server.request("GET", "/config").json
+    assert (config["rdir.fsync"], config["rdir.writemap"], config["rdir.pretouch"]) == (True, False, False)
     vol = new_volume()
     assert server.request("POST", "/v1/rdir/create", {"vol": vol}).status == 201
     before = _last_txnid(server.db_path, vol)
@@ -75,8 +76,9 @@ def test_pipelined_writes_share_one_commit_and_keep_their_own_answers(start_serv
 
 
 def test_a_group_applies_its_requests_in_their_order(start_server):
-    server = start_server("--no-fsync")  # small groups on the event loop
-    assert server.request("GET", "/config").json["rdir.fsync"] is False
+    server = start_server("--no-fsync", "--pretouch")  # small groups on the event loop
+    config = server.request("GET", "/config").json
+    assert (config["rdir.fsync"], config["rdir.writemap"], config["rdir.pretouch"]) == (False, True, True)
     vol = new_volume()
     assert server.request("POST", "/v1/rdir/create", {"vol": vol}).status == 201
     rec = chunk_record(mtime=1)

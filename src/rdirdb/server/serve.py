@@ -34,7 +34,8 @@ from typing import Any, Callable, Iterator
 from rdirdb.server.app import DEFAULT_LIMIT, MAX_LIMIT, RdirApp
 from rdirdb.server.commit import GroupCommit
 from rdirdb.server.http import MAX_HEAD, MAX_URL, HttpProtocol, ServerState
-from rdirdb.rdir.store import MAX_CLOCK_SKEW, TOMBSTONE_RETENTION, Store, check_clock_skew, volume_file_name
+from rdirdb.rdir.store import (MAX_CLOCK_SKEW, TOMBSTONE_RETENTION, Store, check_clock_skew, default_writemap,
+                               volume_file_name)
 from rdirdb.errors import BadRequest
 
 log = logging.getLogger("rdirdb.server")
@@ -84,6 +85,8 @@ class Settings:
             "rdir.listing.default_limit": DEFAULT_LIMIT,
             "rdir.listing.max_limit": MAX_LIMIT,
             "rdir.fsync": self.fsync,
+            "rdir.writemap": default_writemap(self.fsync) if self.writemap is None else self.writemap,
+            "rdir.pretouch": self.pretouch,
             "rdir.tombstone_retention": self.tombstone_retention,
             "rdir.max_clock_skew": self.max_clock_skew,
             "rdir.repair_interval": self.repair_interval,
