@@ -56,7 +56,6 @@ cdef class Environment:
     cdef int grow(self, size_t needed) except -1
     cdef int map_full(self, const char *what) except -1
     cdef int reserve(self) except -1
-    cdef char *_map_base(self, MDB_dbi main, size_t psize, size_t used) noexcept nogil
     cdef void _warm_steps(self, MDB_dbi main, size_t limit, size_t *warmed, bint *skip) noexcept
     cdef int _kick_pretouch(self) except -1
     cdef void _stop_pretouch(self) noexcept nogil

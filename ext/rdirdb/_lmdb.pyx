@@ -733,9 +733,6 @@ cdef class Environment:
         check(mdb_reader_check(self._env, &dead), b"mdb_reader_check")
         return dead
 
-    cdef char *_map_base(self, MDB_dbi main, size_t psize, size_t used) noexcept nogil:
-        return _map_base(self._env, main, psize, used)
-
     def warm(self, max_bytes=None):
         """Read the pages in use of the data file into memory and map them, unless
         they take more than ``max_bytes`` (None: no limit); returns how many bytes
@@ -789,7 +786,7 @@ cdef class Environment:
                             posix_fadvise(fd, offset + done, WARM_READ if n - done > WARM_READ else n - done,
                                           POSIX_FADV_WILLNEED)
                             done += WARM_READ
-                        base = self._map_base(main, st.ms_psize, used)
+                        base = _map_base(self._env, main, st.ms_psize, used)
                         if base != NULL and madvise(base + offset, n, MADV_POPULATE_READ) != 0:
                             rc = errno
                     offset += n
