@@ -14,9 +14,16 @@ import pytest
 
 from rdirdb._batch import journal_entries
 from rdirdb.errors import BadRequest
+from rdirdb.rdir import journal as journal_module
 from rdirdb.rdir.journal import JOURNAL_DIR, RESTORE_POINT, meta_txnids, read_entries
 from rdirdb.rdir.store import Store
 from rdirdb.server.commit import commit_journaled
+
+
+@pytest.fixture(autouse=True)
+def restore_points_only_when_asked(monkeypatch):
+    """No restore point from the journal's thread: the tests look at the file's offsets."""
+    monkeypatch.setattr(journal_module, "CHECKPOINT_SECONDS", 1e9)
 
 
 def record(i: int) -> dict:
@@ -49,8 +56,9 @@ def test_the_journal_holds_what_the_commit_wrote(tmp_path):
                 newest[key] = (key, stamp, value)
         assert sorted(newest.values()) == sorted(vol.stamps.entries(None, None)[0])
         assert [e for e in entries if e[2] is None] == [e for e in entries if e[1] == deletes.stamp]
+        data = journal_entries([batch, deletes])
         with open(journal.path, "rb") as f:
-            assert journal_entries([batch, deletes]) == f.read()[8:]
+            assert f.read()[12:12 + len(data)] == data and journal.offset == 12 + len(data)
 
 
 def test_a_batch_not_yet_written_has_nothing_to_journal(tmp_path):
@@ -77,16 +85,33 @@ def test_a_torn_record_ends_the_journal(tmp_path):
     with Store(tmp_path, journal=True) as store:
         write(store, [record(1)])
         write(store, [record(2)])
-        with open(store.volume("v").journal.path, "rb") as f:
+        journal = store.volume("v").journal
+        end = journal.offset
+        with open(journal.path, "rb") as f:
             whole = f.read()
-    for cut in (len(whole) - 1, len(whole) - 30):
+    assert len(whole) > end and not whole[end:].strip(b"\0")  # written ahead: zeros
+    for cut in (end - 1, end - 30):
         torn = tmp_path / "torn.log"
-        torn.write_bytes(whole[:cut])
+        torn.write_bytes(whole[:cut] + bytes(len(whole) - cut))
         assert len(list(read_entries(str(torn)))) == 1
     flipped = bytearray(whole)
-    flipped[-3] ^= 0xFF
+    flipped[end - 3] ^= 0xFF
     (tmp_path / "flipped.log").write_bytes(bytes(flipped))
     assert len(list(read_entries(str(tmp_path / "flipped.log")))) == 1
+
+
+def test_a_restore_point_starts_the_journal_again(tmp_path):
+    """After a restore point the journal is written from its start with the next epoch:
+    the older records after the new ones are never read back."""
+    with Store(tmp_path, journal=True) as store:
+        write(store, [record(i) for i in range(50)])  # a long first record
+        journal = store.volume("v").journal
+        epoch = journal.epoch
+        journal.checkpoint()
+        assert (journal.epoch, journal.offset) == (epoch + 1, 0)
+        write(store, [record(100)])
+        entries = list(read_entries(journal.path))
+        assert len(entries) == 1 and entries[0][2] is not None and b"obj-100" in entries[0][2]
 
 
 CRASH = textwrap.dedent("""
@@ -147,3 +172,54 @@ def test_a_store_without_journal_keeps_the_journal_of_a_journaled_volume(tmp_pat
     with Store(tmp_path, sync=False) as store:
         assert store.volume("v").journal is None
         assert len(listing(store)) == 2
+
+
+WRITER = textwrap.dedent("""
+    import os, sys, time
+    sys.path[:0] = [{tests!r}]
+    from test_journal import record
+    from rdirdb.rdir.store import Store
+    from rdirdb.server.commit import commit_journaled
+    import rdirdb.rdir.journal as journal
+    journal.CHECKPOINT_SECONDS = 1e9  # its journal keeps every record
+    store = Store({path!r}, journal=True)
+    vol, batch = store.prepare_write("v", "rawx", [record(j) for j in range(100)], create=True)
+    assert commit_journaled(vol, [batch]) == [100]
+    print("written", flush=True)
+    time.sleep(60)
+""")
+
+CLEARER = textwrap.dedent("""
+    import os, sys
+    from rdirdb.rdir.store import Store
+    store = Store({path!r}, journal=True)
+    assert store.volume("v").clear_records() == 100
+    print("cleared", flush=True)
+    if {crash}:
+        os.kill(os.getpid(), 9)
+    store.close()
+""")
+
+
+@pytest.mark.parametrize("crash", [True, False], ids=["crash", "close"])
+def test_a_cleared_volume_stays_cleared_whatever_the_journals_of_others_hold(tmp_path, crash):
+    """Another process's journal still holds records written before a clear (the writer
+    is killed before its next restore point): after a crash (or a close) of the
+    clearing process, recovery must not bring them back."""
+    tests = os.path.dirname(__file__)
+    writer = subprocess.Popen([sys.executable, "-c", WRITER.format(tests=tests, path=str(tmp_path))],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "written"
+        run = subprocess.run([sys.executable, "-c", CLEARER.format(path=str(tmp_path), crash=crash)],
+                             capture_output=True, text=True, timeout=60)
+        assert "cleared" in run.stdout, run.stderr
+    finally:
+        writer.kill()
+        writer.wait()
+        if writer.stdout is not None:
+            writer.stdout.close()
+    journals = [n for n in os.listdir(next((tmp_path / "rawx").iterdir()) / JOURNAL_DIR) if n.endswith(".log")]
+    assert journals  # the writer's, with its 100 records
+    with Store(tmp_path, journal=True) as store:
+        assert store.volume("v").chunks.count() == 0

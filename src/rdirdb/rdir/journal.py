@@ -49,7 +49,7 @@ import struct
 import threading
 import time
 import zlib
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 from rdirdb._batch import JOURNAL_ENTRY
 from rdirdb._lmdb import Environment
@@ -60,10 +60,14 @@ RESTORE_POINT = "restore-point"
 LOCK = "lock"
 CHECKPOINT_SECONDS = 0.25
 
-_RECORD = struct.Struct("<II")  # length, crc32 of the entries that follow
+_RECORD = struct.Struct("<III")  # length, crc32 (of the epoch and the entries), epoch
+_EPOCH = struct.Struct("<I")
+# A journal's blocks are written (zeros) ahead of its records, this much at a time: an
+# append then flushes data only, not the file's size (half the time and CPU on ext4).
+PREALLOCATE = 1 << 20
 _ENTRY = struct.Struct(JOURNAL_ENTRY)
 _RESTORE_MAGIC = b"rdirdb-restore-point-1\n"
-_RESTORE_HEAD = struct.Struct("<QII")  # txnid, length and crc32 of the meta pages
+_RESTORE_HEAD = struct.Struct("<QQII")  # txnid, last stamp, length of the meta pages, crc32
 _META_TXNID = 144  # offset of mm_txnid in an LMDB meta page (page header, then MDB_meta)
 _REPLAY_CHUNK = 10_000
 
@@ -95,32 +99,56 @@ def meta_txnids(metas: bytes) -> tuple[int, int]:
     return first, second
 
 
-def _read_restore_point(path: str) -> tuple[int, bytes] | None:
+class RestorePoint(NamedTuple):
+    txnid: int
+    last_stamp: int  # the volume's last write stamp: journal entries stamped later are after it
+    metas: bytes
+
+    def encode(self) -> bytes:
+        head = _RESTORE_HEAD.pack(self.txnid, self.last_stamp, len(self.metas), 0)[:-4]
+        return _RESTORE_MAGIC + head + struct.pack("<I", zlib.crc32(self.metas, zlib.crc32(head))) + self.metas
+
+
+def read_restore_point(path: str) -> RestorePoint | None:
+    """The restore point saved in ``path`` (None: there is none)."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
         return None
-    head = len(_RESTORE_MAGIC)
-    if not data.startswith(_RESTORE_MAGIC) or len(data) < head + _RESTORE_HEAD.size:
+    at = len(_RESTORE_MAGIC)
+    if not data.startswith(_RESTORE_MAGIC) or len(data) < at + _RESTORE_HEAD.size:
         raise CorruptedError("restore-point", 0, f"{path} is not a restore point")
-    txnid, size, crc = _RESTORE_HEAD.unpack_from(data, head)
-    metas = data[head + _RESTORE_HEAD.size:]
-    if len(metas) != size or zlib.crc32(metas) != crc or max(meta_txnids(metas)) != txnid:
+    txnid, last_stamp, size, crc = _RESTORE_HEAD.unpack_from(data, at)
+    head = data[at: at + _RESTORE_HEAD.size - 4]
+    metas = data[at + _RESTORE_HEAD.size:]
+    if len(metas) != size or zlib.crc32(metas, zlib.crc32(head)) != crc or max(meta_txnids(metas)) != txnid:
         raise CorruptedError("restore-point", 0, f"{path} is damaged")
-    return txnid, metas
+    return RestorePoint(txnid, last_stamp, metas)
+
+
+def _record(epoch: int, entries: bytes) -> bytes:
+    epoch_bytes = _EPOCH.pack(epoch)
+    return _RECORD.pack(len(entries), zlib.crc32(entries, zlib.crc32(epoch_bytes)), epoch) + entries
 
 
 def read_entries(path: str) -> Iterator[tuple[bytes, int, bytes | None]]:
-    """The entries of a journal file, as ``Stamps.apply_entries`` takes them; stops at
-    its end or at a record that was not wholly written (never acknowledged)."""
+    """The entries of a journal file, as ``Stamps.apply_entries`` takes them: its records
+    from the start while they are whole and of the first one's epoch (a journal starts
+    again at its start, with the next epoch, at each restore point; past a record that
+    was not wholly written, never acknowledged, or an older epoch's, nothing counts)."""
     with open(path, "rb") as f:
         data = f.read()
     at = 0
+    first = None
     while at + _RECORD.size <= len(data):
-        size, crc = _RECORD.unpack_from(data, at)
+        size, crc, epoch = _RECORD.unpack_from(data, at)
         body = data[at + _RECORD.size: at + _RECORD.size + size]
-        if size == 0 or len(body) != size or zlib.crc32(body) != crc:
+        if size == 0 or len(body) != size or zlib.crc32(body, zlib.crc32(_EPOCH.pack(epoch))) != crc:
+            return
+        if first is None:
+            first = epoch
+        elif epoch != first:
             return
         at += _RECORD.size + size
         pos = 0
@@ -160,6 +188,7 @@ class Opener:
         self.dir = journal_dir(env_path)
         if create:
             os.makedirs(self.dir, exist_ok=True)
+        self.point: RestorePoint | None = None  # read by restore()
         self.fd = os.open(os.path.join(self.dir, LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -173,30 +202,28 @@ class Opener:
 
     def restore(self, data_path: str) -> None:
         """Write the restore point's meta pages back (first opener, before LMDB opens)."""
-        point = _read_restore_point(os.path.join(self.dir, RESTORE_POINT))
+        point = self.point = read_restore_point(os.path.join(self.dir, RESTORE_POINT))
         if point is None:
             return
         fd = os.open(data_path, os.O_WRONLY | os.O_CLOEXEC)
         try:
-            os.pwrite(fd, point[1], 0)
+            os.pwrite(fd, point.metas, 0)
             os.fsync(fd)
         finally:
             os.close(fd)
 
     def replay(self, env: Environment, stamps: Any) -> int:
-        """Apply every journal, flush, then drop them and the restore point; how many
-        entries were applied."""
+        """Apply the entries of every journal written after the restore point (none
+        without one: the file was flushed whole at a close), flush, then drop the
+        journals and the restore point; how many entries were applied. An entry of
+        a commit before the restore point is left out: a later commit that cleared
+        the volume must not see it come back."""
         applied = 0
         files = _journal_files(self.dir)
-        for path in files:
-            chunk: list[tuple[bytes, int, bytes | None]] = []
-            for entry in read_entries(path):
-                chunk.append(entry)
-                if len(chunk) == _REPLAY_CHUNK:
-                    applied += stamps.apply_entries(chunk)
-                    chunk = []
-            if chunk:
-                applied += stamps.apply_entries(chunk)
+        after = [] if self.point is None else [
+            entry for path in files for entry in read_entries(path) if entry[1] > self.point.last_stamp]
+        for start in range(0, len(after), _REPLAY_CHUNK):
+            applied += stamps.apply_entries(after[start: start + _REPLAY_CHUNK])
         env.sync()
         for path in [os.path.join(self.dir, RESTORE_POINT), *files]:
             if os.path.exists(path):
@@ -218,14 +245,19 @@ class Opener:
 class Journal:
     """The journal of one process for one volume (see the module's docstring)."""
 
-    def __init__(self, env: Environment, opener: Opener) -> None:
+    def __init__(self, env: Environment, opener: Opener, last_stamp: Callable[[], int]) -> None:
         self.env = env
+        self.last_stamp = last_stamp  # the volume's last write stamp (Stamps.last_stamp)
         self.opener = opener
         self.dir = opener.dir
         self.restore_path = os.path.join(self.dir, RESTORE_POINT)
         self.path = os.path.join(self.dir, f"{os.getpid()}-{time.monotonic_ns()}.log")
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
         fcntl.flock(self.fd, fcntl.LOCK_EX)  # held while this journal is in use (see _orphan)
+        self.epoch = 1
+        self.offset = 0  # where the next record goes
+        self.allocated = 0  # the file's length, all of it written
+        self._preallocate(PREALLOCATE)
         _fsync_dir(self.dir)
         self.pinned = 0  # the txnid of this process's last restore point
         self.last_checkpoint = 0.0
@@ -247,14 +279,26 @@ class Journal:
         """Append a commit's entries (``journal_entries``) and flush: it is durable."""
         if not entries:
             return
-        record = _RECORD.pack(len(entries), zlib.crc32(entries)) + entries
         with self._lock:
-            written = os.write(self.fd, record)
+            record = _record(self.epoch, entries)
+            if self.offset + len(record) > self.allocated:
+                self._preallocate(self.offset + len(record) - self.allocated + PREALLOCATE)
+            written = os.pwrite(self.fd, record, self.offset)
             if written != len(record):
                 raise OSError(f"short write to the journal {self.path}: {written} of {len(record)} bytes")
             os.fdatasync(self.fd)
+            self.offset += len(record)
         if time.monotonic() - self.last_checkpoint > CHECKPOINT_SECONDS:
             self._wake_checkpointer()
+
+    def _preallocate(self, size: int) -> None:
+        """Write ``size`` bytes of zeros at the file's end, flushed with its new length."""
+        zeros = bytes(min(size, PREALLOCATE))
+        end = self.allocated + size
+        while self.allocated < end:
+            chunk = zeros[: end - self.allocated]
+            self.allocated += os.pwrite(self.fd, chunk, self.allocated)
+        os.fdatasync(self.fd)
 
     # -- restore points -----------------------------------------------------------
 
@@ -300,7 +344,7 @@ class Journal:
                 raise CorruptedError("restore-point", 0, f"{self.env.path}: the meta pages are not of txn {txnid}")
             tmp = self.restore_path + ".tmp"
             with open(tmp, "wb") as f:
-                f.write(_RESTORE_MAGIC + _RESTORE_HEAD.pack(txnid, len(metas), zlib.crc32(metas)) + metas)
+                f.write(RestorePoint(txnid, self.last_stamp(), metas).encode())
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.restore_path)
@@ -308,7 +352,8 @@ class Journal:
             self.env.unpin_old()
             self.pinned = txnid
             self.last_checkpoint = time.monotonic()
-            os.ftruncate(self.fd, 0)  # all it held is in the restore point
+            self.epoch += 1  # all it held is in the restore point: the journal starts again
+            self.offset = 0
             for path in _journal_files(self.dir):
                 if path != self.path and _orphan(path):
                     os.unlink(path)  # a journal of a process that is gone: all committed before
@@ -329,8 +374,8 @@ class Journal:
             txn = self.env.begin(write=True)
             try:
                 self.env.sync()
-                point = _read_restore_point(self.restore_path)
-                mine = point is not None and point[0] == self.pinned
+                point = read_restore_point(self.restore_path)
+                mine = point is not None and point.txnid == self.pinned
                 if mine:
                     os.unlink(self.restore_path)
                     _fsync_dir(self.dir)

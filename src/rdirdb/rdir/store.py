@@ -457,7 +457,7 @@ class Store:
                 opener.ready()
                 vol.opener = opener
                 if journaled:
-                    vol.journal = Journal(env, opener)
+                    vol.journal = Journal(env, opener, vol.stamps.last_stamp)
         except BaseException:
             if opener is not None:
                 opener.close()
