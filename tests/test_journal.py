@@ -223,3 +223,14 @@ def test_a_cleared_volume_stays_cleared_whatever_the_journals_of_others_hold(tmp
     assert journals  # the writer's, with its 100 records
     with Store(tmp_path, journal=True) as store:
         assert store.volume("v").chunks.count() == 0
+
+
+def test_the_map_grows_under_a_pinned_restore_point(tmp_path):
+    with Store(tmp_path, journal=True, map_size=1 << 20) as store:
+        for start in range(0, 20_000, 1000):
+            assert write(store, [record(j) for j in range(start, start + 1000)]) == [1000]
+            store.volume("v").journal.checkpoint()
+        vol = store.volume("v")
+        assert vol.env.info()["map_size"] > 1 << 20 and vol.chunks.count() == 20_000
+    with Store(tmp_path, journal=True) as store:
+        assert store.volume("v").chunks.count() == 20_000

@@ -24,19 +24,26 @@ sequential append, outside the write lock. A crash then loses nothing acknowledg
   restore point exists (it takes one under the write lock it holds otherwise).
 * **Recovery**, by the first process to open the volume (an exclusive ``flock`` of
   ``journal/lock``, shared by every opener): the saved meta pages are written back,
-  every journal is replayed (``Stamps.apply_entries``: the newer stamp wins, so
-  replays are idempotent and need no order), the file is flushed, and the restore
-  point and the journals are removed.
+  the entries of every journal stamped after the restore point's last stamp are
+  replayed (``Stamps.apply_entries``: the newer stamp wins, so replays are idempotent
+  and need no order; stamps grow with the commits, so an entry of a commit before
+  the restore point is left out, and a later clear of the volume stays), the file is
+  flushed, and the restore point and the journals are removed. Without a restore
+  point (the last process to hold it closed and flushed the file), nothing is
+  replayed.
 * The pins: a process releases its pin of a restore point only once a newer one is
   saved, or at its close, where, holding the write lock, it flushes the file and
   removes the restore point if it is its own (the file is then consistent on disk
   as it is; the next journaled commit takes a new one). A process killed with
   SIGKILL leaves its pin in LMDB's reader table: stale reader slots are cleared
   only by a process that just saved a restore point of its own.
-* Each process's journal is truncated when it takes a restore point; the journal of
-  a process that is gone (its ``flock`` free) is removed by the next restore point
-  (all it holds was committed before it). Restore points are taken every
-  :data:`CHECKPOINT_SECONDS` by each writing process, which bounds both the pages a
+* Each process's journal starts again at its start, with the next epoch, when the
+  process takes a restore point (its blocks are written ahead, :data:`PREALLOCATE`
+  at a time, so that an append flushes data only; a reader stops at a record that is
+  not whole or of another epoch than the first); the journal of a process that is
+  gone (its ``flock`` free) is removed by the next restore point (all it holds was
+  committed before it). Restore points are taken every :data:`CHECKPOINT_SECONDS`
+  by each writing process, in a thread of its journal, which bounds both the pages a
   pin keeps from reuse and the journal's length.
 """
 
