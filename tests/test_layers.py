@@ -23,7 +23,6 @@ LAYERS = [
     ["rdirdb.rdir.embedded", "rdirdb.rdir.remote"],
     ["rdirdb.rdir.backend", "rdirdb.rdir.registry"],
     ["rdirdb.rdir.store"],
-    ["rdirdb.rdir.journal"],
     ["rdirdb._", "rdirdb.errors", "rdirdb.progress"],  # the native modules, errors, helpers
 ]
 # SharedBase stands beside rdir: it may import the bottom layer only, and rdir

@@ -28,7 +28,6 @@ cdef class Batch:
     cdef MDB_dbi dbis[2]           # where apply_batch writes: one database per kind
     cdef MDB_dbi tombs[2]          # the tombstones of each kind (with ``clock``: 0 writes no stamp)
     cdef MDB_dbi clock             # the volume's last write stamp
-    cdef readonly uint64_t stamp   # the stamp of its last write (0: none yet)
 
     cdef uint8_t *reserve(self, size_t size) except NULL
     cdef Entry *add(self, uint32_t kind, Py_ssize_t index) except NULL

@@ -13,7 +13,6 @@ removes the key's tombstone.
 """
 
 cimport cython
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.errno cimport ENOMEM
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
@@ -181,7 +180,6 @@ cdef int _write_entries(MDB_txn *txn, Batch batch, Py_ssize_t *count) noexcept n
         if rc != MDB_SUCCESS:
             return rc
         _put_stamp(stamp_buf, stamp)
-        batch.stamp = stamp
         stamp_val.mv_data = stamp_buf
         stamp_val.mv_size = STAMP_SIZE
         if not batch.key_only:
@@ -256,59 +254,6 @@ def _write_into(Transaction txn, Batch batch):
         rc = _write_entries(txn._txn, batch, &count)
     txn.fail(rc, b"mdb_del" if batch.key_only else b"mdb_cursor_put")
     return count
-
-
-# A journal entry's header (rdirdb.rdir.journal): kind, tombstone, key length, value length,
-# stamp; little-endian, then the key and the value as stored (its stamp at its end).
-JOURNAL_ENTRY = "<BBHIQ"
-cdef enum:
-    _JOURNAL_HEAD = 16
-
-
-def journal_entries(list batches):
-    """What ``batches`` wrote, once applied (each carries the stamp of its write), as
-    journal entries: the bytes that :func:`rdirdb.rdir.journal.read_entries` reads back
-    into ``Stamps.apply_entries`` entries."""
-    cdef Batch batch
-    cdef Py_ssize_t i
-    cdef size_t size = 0, at = 0
-    cdef Entry *e
-    cdef uint8_t *out
-    cdef uint8_t stamp_buf[STAMP_SIZE]
-    for batch in batches:
-        if batch.n and batch.stamp == 0:
-            raise ValueError("a batch not yet written by a stamped transaction has nothing to journal")
-        for i in range(batch.n):
-            if not batch.entries[i].dead:
-                size += _JOURNAL_HEAD + batch.entries[i].klen + (0 if batch.key_only else batch.entries[i].vlen + STAMP_SIZE)
-    data = PyBytes_FromStringAndSize(NULL, size)
-    out = <uint8_t *>PyBytes_AS_STRING(data)
-    for batch in batches:
-        _put_stamp(stamp_buf, batch.stamp)
-        for i in range(batch.n):
-            e = &batch.entries[i]
-            if e.dead:
-                continue
-            out[at] = e.kind
-            out[at + 1] = batch.key_only
-            _put_le(out + at + 2, e.klen, 2)
-            _put_le(out + at + 4, 0 if batch.key_only else e.vlen + STAMP_SIZE, 4)
-            _put_le(out + at + 8, batch.stamp, 8)
-            at += _JOURNAL_HEAD
-            memcpy(out + at, batch.arena + e.koff, e.klen)
-            at += e.klen
-            if not batch.key_only:
-                memcpy(out + at, batch.arena + e.voff, e.vlen)
-                out[at] |= V_STAMPED
-                memcpy(out + at + e.vlen, stamp_buf, STAMP_SIZE)
-                at += e.vlen + STAMP_SIZE
-    return data
-
-
-cdef inline void _put_le(uint8_t *p, uint64_t v, int n) noexcept nogil:
-    cdef int i
-    for i in range(n):
-        p[i] = (v >> (8 * i)) & 0xFF
 
 
 cdef int _bind(Batch batch, const MDB_dbi *dbis, bint meta2, const MDB_dbi *tombs,

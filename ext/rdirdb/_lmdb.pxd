@@ -47,13 +47,9 @@ cdef class Environment:
     cdef readonly bint pretouching  # a thread pretouches after each write (see pretouch())
     cdef object _children
     cdef dict _dbis
-    cdef MDB_txn *_pin      # pin(): keeps a snapshot's pages from reuse
-    cdef MDB_txn *_old_pin  # the pin before, until unpin_old()
-    cdef public object checkpointer  # called after each commit that is not journaled (rdirdb.rdir.journal)
     cdef object __weakref__
 
     cdef int _ensure_open(self) except -1
-    cdef void _unpin(self) noexcept
     cdef MDB_dbi dbi(self, name) except? 0
     cdef int begin_raw(self, MDB_txn **txn, bint write) except -1
     cdef int end_raw(self, MDB_txn *txn, bint commit, bint write=*) except -1

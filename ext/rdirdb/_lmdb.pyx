@@ -345,7 +345,7 @@ cdef class Environment:
     blocks allocated ahead; see docs/engine.md). Without it, a durable
     environment writes zeros ahead of its pages, so that a commit's flush
     rewrites blocks the data file has (docs/server.md, "Shutdown and durability"). Stale
-    reader slots of dead processes are cleared on open, unless ``reader_check=False``.
+    reader slots of dead processes are cleared on open.
     """
 
     def __cinit__(self):
@@ -365,14 +365,10 @@ cdef class Environment:
             raise MemoryError("cannot create the pretouch lock")
         self._children = weakref.WeakSet()
         self._dbis = {}
-        self._pin = NULL
-        self._old_pin = NULL
-        self.checkpointer = None
 
     def __init__(self, path, *, databases=(), size_t map_size=256 << 20,
                  unsigned int max_dbs=8, unsigned int max_readers=256, bint sync=True,
-                 bint readonly=False, bint create=True, bint writemap=False, bint pretouch=False,
-                 bint reader_check=True):
+                 bint readonly=False, bint create=True, bint writemap=False, bint pretouch=False):
         cdef unsigned int flags = MDB_NOTLS | MDB_NORDAHEAD
         cdef int dead = 0, rc
         cdef const char *cpath
@@ -407,10 +403,8 @@ cdef class Environment:
             with nogil:
                 rc = mdb_env_open(self._env, cpath, flags, 0o644)
             check(rc, b"mdb_env_open")
-            # Readers of processes killed with SIGKILL leave their slots behind (but a
-            # journaled volume's may pin its restore point: its journal clears them).
-            if reader_check:
-                check(mdb_reader_check(self._env, &dead), b"mdb_reader_check")
+            # Readers of processes killed with SIGKILL leave their slots behind.
+            check(mdb_reader_check(self._env, &dead), b"mdb_reader_check")
             self._touch.main = self.open_db(None)
             for name in databases:
                 self.open_db(name)
@@ -425,7 +419,6 @@ cdef class Environment:
     def __dealloc__(self):
         with nogil:  # the thread may need the GIL meanwhile (a line-traced build)
             self._stop_pretouch()
-        self._unpin()
         if self._env != NULL:
             mdb_env_close(self._env)
             self._env = NULL
@@ -446,7 +439,6 @@ cdef class Environment:
             return
         for child in list(self._children):
             child.close()
-        self._unpin()
         with nogil:
             self._stop_pretouch()
             pthread_mutex_lock(&self._warm_lock)  # a warm() between two steps stops there
@@ -626,14 +618,6 @@ cdef class Environment:
         else:
             self._reserved = end
         return 0
-
-    cdef void _unpin(self) noexcept:
-        if self._old_pin != NULL:
-            mdb_txn_abort(self._old_pin)
-            self._old_pin = NULL
-        if self._pin != NULL:
-            mdb_txn_abort(self._pin)
-            self._pin = NULL
 
     cdef MDB_dbi dbi(self, name) except? 0:
         """The handle of a database opened with the environment (None: the main one)."""
@@ -872,46 +856,6 @@ cdef class Environment:
             pthread_join(self._touch.thread, NULL)
             self._touch.pid = 0
 
-    def pin(self):
-        """Keep the pages of the last committed snapshot from being reused (a read
-        transaction that reads nothing, so that the map may still grow), until the
-        next pin() and unpin_old(), or close(); the pin before stays until then.
-        Returns the snapshot's txnid. A pinned snapshot stays whole on disk once
-        synced, whatever later commits write: the restore point of a journal
-        (rdirdb.rdir.journal)."""
-        cdef MDB_txn *txn
-        cdef int rc
-        self._ensure_open()
-        with nogil:
-            rc = mdb_txn_begin(self._env, NULL, MDB_RDONLY, &txn)
-        check(rc, b"mdb_txn_begin")
-        if self._old_pin != NULL:
-            mdb_txn_abort(self._old_pin)
-        self._old_pin = self._pin
-        self._pin = txn
-        return mdb_txn_id(txn)
-
-    def unpin_old(self):
-        """Release the pin before the last one (its snapshot's pages may be reused)."""
-        if self._old_pin != NULL:
-            mdb_txn_abort(self._old_pin)
-            self._old_pin = NULL
-
-    def unpin(self):
-        """Release every pin."""
-        self._unpin()
-
-    def meta_pages(self):
-        """The data file's two meta pages, as read from it (one synced pair is a restore point)."""
-        cdef int fd
-        self._ensure_open()
-        check(mdb_env_get_fd(self._env, &fd), b"mdb_env_get_fd")
-        size = 2 * self.stat()["psize"]
-        data = os.pread(fd, size, 0)
-        if len(data) != size:
-            raise errors.CorruptedError("pread", EIO, f"{self.path}: short read of the meta pages")
-        return data
-
     def sync(self, bint force=True):
         """Flush buffers to disk (useful with ``sync=False``)."""
         cdef int rc
@@ -973,8 +917,6 @@ cdef class Transaction:
         self.env.end_raw(txn, commit, self._sync_meta)
         if commit and self.write and self.env.pretouching:
             self.env._kick_pretouch()
-        if commit and self.write and self._sync_meta and self.env.checkpointer is not None:
-            self.env.checkpointer()  # a commit the caller does not journal: make it a restore point
         return 0
 
     cdef int fail(self, int rc, const char *what) except -1:

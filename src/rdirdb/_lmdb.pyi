@@ -22,7 +22,6 @@ class Environment:
     durable: bool
     writemap: bool
     pretouching: bool
-    checkpointer: Callable[[], None] | None
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -36,7 +35,6 @@ class Environment:
         create: bool = True,
         writemap: bool = False,
         pretouch: bool = False,
-        reader_check: bool = True,
     ) -> None: ...
     def close(self) -> None: ...
     @property
@@ -63,10 +61,6 @@ class Environment:
     def pretouch(self, max_pages: int = 8192) -> int:
         """Fault in, writable, the free pages the next writes reuse (MDB_WRITEMAP), at most
         max_pages, each once; how many it touched. pretouch=True: a thread after each write."""
-    def pin(self) -> int: ...
-    def unpin_old(self) -> None: ...
-    def unpin(self) -> None: ...
-    def meta_pages(self) -> bytes: ...
     def sync(self, force: bool = True) -> None: ...
     def copy(self, path: str | os.PathLike[str], *, compact: bool = True) -> None: ...
 

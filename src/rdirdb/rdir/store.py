@@ -30,7 +30,6 @@ from rdirdb._lmdb import Environment, Transaction
 from rdirdb._rdir import CHUNK_DATABASES, META2_DATABASES, ChunkIndex, Meta2Index, encode_chunks, encode_meta2
 from rdirdb._repair import MAX_STAMP, STAMP_BITS_COUNTER, Stamps
 from rdirdb.errors import BadRequest, ClosedError, Forbidden, LmdbFileNotFoundError, NotFound, caller_error
-from rdirdb.rdir.journal import Journal, Opener, is_journaled
 
 SERVICE_TYPES = ("rawx", "meta2")
 DEFAULT_MAP_SIZE = 64 << 20  # grows on its own; only the address space is reserved
@@ -137,16 +136,6 @@ class Volume:
         else:
             self.meta2 = self.index = Meta2Index(env)
         self.stamps: Stamps = self.index.stamps
-        self.journal: Journal | None = None  # its writes are journaled (rdirdb.rdir.journal)
-        self.opener: Opener | None = None
-
-    def close(self) -> None:
-        """Close the journal, then the environment. Idempotent."""
-        if self.journal is not None:
-            self.journal.close()
-        elif self.opener is not None:
-            self.opener.close()
-        self.env.close()
 
     def purge_tombstones(self, retention: float, now: float | None = None) -> int:
         """Remove the tombstones older than ``retention`` seconds, once the oldest is
@@ -334,7 +323,6 @@ class Store:
         max_clock_skew: float = MAX_CLOCK_SKEW,
         warm: bool = False,
         pretouch: bool = False,
-        journal: bool = False,
     ) -> None:
         self.tombstone_retention = check_retention(tombstone_retention)
         self.max_clock_skew = check_clock_skew(max_clock_skew)
@@ -346,7 +334,6 @@ class Store:
         self.sync = sync
         self.writemap = default_writemap(sync) if writemap is None else writemap
         self.readonly = readonly
-        self.journal = journal and sync and not readonly
         self._volumes: dict[tuple[str, str], Volume] | None = {}
         self._lock = threading.Lock()
         if not readonly:
@@ -413,56 +400,26 @@ class Store:
                     raise NotFound(f"DB not found: {service_type} volume {volume_id!r}")
                 if self.readonly:
                     raise BadRequest(f"cannot create volume {volume_id!r}: the store is read-only")
-            vol = self._open(volume_id, service_type, path)
-            vol.purge_tombstones(self.tombstone_retention)
-            if self.warm:
-                threading.Thread(target=self._warm, args=(vol.env,), name=f"rdirdb-warm-{path}", daemon=True).start()
-            self._volumes[key] = vol
-            return vol
-
-    def _open(self, volume_id: str, service_type: str, path: str) -> Volume:
-        """Open (or create) a volume's environment; a journaled one (this store's
-        choice, or a volume once written so) through its journal's :class:`Opener`,
-        recovered first if this process is its first opener."""
-        databases = CHUNK_DATABASES if service_type == "rawx" else META2_DATABASES
-        created = not os.path.exists(os.path.join(path, "data.mdb"))
-        opener = Opener(path, create=self.journal) if self.journal or is_journaled(path) else None
-        try:
-            if opener is not None and opener.needs_recovery():
-                if self.readonly:
-                    raise BadRequest(f"volume {volume_id!r} must be recovered from its journal: "
-                                     "open it read-write once")
-                opener.restore(os.path.join(path, "data.mdb"))
-            journaled = opener is not None and self.sync and not self.readonly
+            databases = CHUNK_DATABASES if service_type == "rawx" else META2_DATABASES
             try:
                 env = Environment(
                     path,
                     databases=databases,
                     map_size=self.map_size,
-                    sync=self.sync and not journaled,
+                    sync=self.sync,
                     readonly=self.readonly,
-                    writemap=self.writemap or journaled,
+                    writemap=self.writemap,
                     pretouch=self.pretouch,
-                    reader_check=opener is None,
                 )
             except LmdbFileNotFoundError:
                 # Read-only, while its creator has not yet made its databases.
                 raise NotFound(f"DB not found: {service_type} volume {volume_id!r}") from None
             vol = Volume(volume_id, service_type, env)
-            if opener is not None:
-                if opener.needs_recovery():
-                    opener.replay(env, vol.stamps)
-                elif created and journaled:
-                    env.sync()  # its databases, committed without a flush
-                opener.ready()
-                vol.opener = opener
-                if journaled:
-                    vol.journal = Journal(env, opener, vol.stamps.last_stamp)
-        except BaseException:
-            if opener is not None:
-                opener.close()
-            raise
-        return vol
+            vol.purge_tombstones(self.tombstone_retention)
+            if self.warm:
+                threading.Thread(target=self._warm, args=(env,), name=f"rdirdb-warm-{path}", daemon=True).start()
+            self._volumes[key] = vol
+            return vol
 
     def _warm(self, env: Environment) -> None:
         """Warm ``env`` if it fits in what is left of :func:`warm_budget` (in a thread)."""
@@ -504,7 +461,7 @@ class Store:
         """Close every open environment. Idempotent."""
         volumes, self._volumes = self._volumes, None
         for vol in (volumes or {}).values():
-            vol.close()
+            vol.env.close()
 
     @property
     def closed(self) -> bool:

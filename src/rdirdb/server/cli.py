@@ -73,12 +73,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "volumes, a sparse data file (default: on with --no-fsync, else off; see docs/operations.md)",
     )
     parser.add_argument(
-        "--journal", action=argparse.BooleanOptionalAction, default=False,
-        help="with --fsync, make writes durable by a journal per volume, flushed once per group, "
-        "instead of LMDB's flush of every page a commit wrote (experimental, default: off; see "
-        "docs/server.md, \"Durable writes through a journal\")",
-    )
-    parser.add_argument(
         "--pretouch", action=argparse.BooleanOptionalAction, default=False,
         help="with --no-fsync and MDB_WRITEMAP, a thread per volume faults in, after each write, the "
         "free pages the next writes reuse: pays where a CPU is free (default: off; see docs/engine.md)",
@@ -140,7 +134,6 @@ def run(args: argparse.Namespace) -> int:
         fsync=args.fsync,
         writemap=args.writemap,
         pretouch=args.pretouch,
-        journal=args.journal,
         registry=args.registry,
         location=args.location,
         heartbeat=args.heartbeat,

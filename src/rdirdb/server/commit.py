@@ -47,7 +47,7 @@ import logging
 import threading
 from typing import Any, Callable, Union
 
-from rdirdb._batch import Batch, journal_entries
+from rdirdb._batch import Batch
 from rdirdb.rdir.store import Volume
 
 log = logging.getLogger("rdirdb.server")
@@ -81,29 +81,8 @@ def commit_group(
         return [_apply_alone(volume, batch) for batch in batches + (more() if more else [])]
 
 
-def commit_journaled(volume: Volume, batches: list[Batch]) -> list[Result]:
-    """Write ``batches`` to a journaled volume in one unflushed commit, then append
-    what they wrote to its journal, flushed (rdirdb.rdir.journal): each result once
-    durable. Never raises."""
-    journal = volume.journal
-    assert journal is not None
-
-    def restore_point() -> list[Batch]:  # under the write lock, before the commit
-        journal.ensure_restore_point()
-        return []
-
-    results = commit_group(volume, batches, sync_meta=False, more=restore_point)
-    try:
-        journal.append(journal_entries([b for b, r in zip(batches, results) if not isinstance(r, Exception)]))
-    except Exception as exc:  # committed but maybe not durable: say it failed
-        log.exception("appending to the journal of %s failed", volume.env.path)
-        return [exc if not isinstance(r, Exception) else r for r in results]
-    return results
-
-
 def _commit_all(groups: list[Group]) -> list[list[Result]]:
-    return [commit_journaled(volume, batches) if volume.journal is not None else commit_group(volume, batches)
-            for volume, batches, _ in groups]
+    return [commit_group(volume, batches) for volume, batches, _ in groups]
 
 
 Held = dict[Volume, int]  # volume: its last txnid once its unsynced group committed

@@ -69,7 +69,6 @@ class Settings:
     shutdown_timeout: float = 10.0
     fsync: bool = True  # durable writes (the reference's: False): docs/server.md, "Shutdown and durability"
     writemap: bool | None = None  # MDB_WRITEMAP; None: the Store's default (on unless fsync)
-    journal: bool = False  # with fsync: durable through a journal per volume (rdirdb.rdir.journal)
     pretouch: bool = False  # Store(pretouch=True): docs/engine.md, "Pretouching"
     registry: str | None = None  # URL of the service registry to register in
     location: str = ""  # dc.rack.host.disk, for the dispatcher's distance rules
@@ -87,7 +86,6 @@ class Settings:
             "rdir.listing.max_limit": MAX_LIMIT,
             "rdir.fsync": self.fsync,
             "rdir.writemap": default_writemap(self.fsync) if self.writemap is None else self.writemap,
-            "rdir.journal": self.fsync and self.journal,
             "rdir.pretouch": self.pretouch,
             "rdir.tombstone_retention": self.tombstone_retention,
             "rdir.max_clock_skew": self.max_clock_skew,
@@ -268,13 +266,12 @@ async def _serve(sock: socket.socket, settings: Settings, opened: OpenedVolumes,
     orphan_watch = loop.create_task(_stop_when_orphaned(stop, opened, master))
     store = Store(settings.db_path, sync=settings.fsync, writemap=settings.writemap,
                   tombstone_retention=settings.tombstone_retention, max_clock_skew=settings.max_clock_skew,
-                  warm=True, pretouch=settings.pretouch, journal=settings.journal)
+                  warm=True, pretouch=settings.pretouch)
     # Synced commits wait for the disk: off the event loop, which meanwhile
     # gathers the next group, and the next commit (of any worker) flushes the
-    # meta page of the one before (with --journal: each group's journal append
-    # is flushed instead). Unsynced commits are short: small groups on the loop.
-    committer = GroupCommit(inline_below=0 if settings.fsync else INLINE_BELOW,
-                            defer_meta=settings.fsync and not settings.journal)
+    # meta page of the one before. Unsynced commits are short: small groups on
+    # the loop.
+    committer = GroupCommit(inline_below=0 if settings.fsync else INLINE_BELOW, defer_meta=settings.fsync)
     app = RdirApp(
         store,
         namespace=settings.namespace,
