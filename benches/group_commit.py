@@ -13,7 +13,7 @@ the store, over blocks the file has (a durable volume writes zeros ahead of
 its pages for that) and past its end.
 Needs wrk (``make bench-deps``). Loopback only; every run is bounded in time.
 
-    python benches/group_commit.py [--rounds 3] [--seconds 5] [--workers N]
+    python benches/group_commit.py [--rounds 3] [--seconds 5] [--workers N] [--volumes N]
 """
 
 from __future__ import annotations
@@ -29,15 +29,25 @@ from server_bench_util import PUSH_LUA, BenchServer, call, lua, wrk
 MODES = {"no-fsync": ("--no-fsync",), "fsync": ("--fsync",)}  # fsync: the default
 
 
-def run(mode: str, workers: int, connections: list[int], seconds: float) -> dict[int, dict]:
+def push_script(volumes: int) -> str:
+    """wrk's script: each request pushes one record to volume wrk1 to wrk<volumes>, at random."""
+    script = lua(PUSH_LUA, vol="wrk1")
+    if volumes > 1:
+        script = script.replace('"/v1/rdir/push?vol=wrk1"', f'"/v1/rdir/push?vol=wrk" .. math.random(1, {volumes})')
+        assert "math.random(1, " in script
+    return script
+
+
+def run(mode: str, workers: int, connections: list[int], seconds: float, volumes: int = 1) -> dict[int, dict]:
     server = BenchServer.rdirdb(workers, args=MODES[mode])
     try:
         conn = server.connection()
-        call(conn, "POST", "/v1/rdir/create?vol=wrk")
+        for i in range(1, volumes + 1):
+            call(conn, "POST", f"/v1/rdir/create?vol=wrk{i}")
         conn.close()
         results = {}
         for n in connections:
-            result = wrk(server.port, lua(PUSH_LUA, vol="wrk"), seconds, connections=n, server_pid=server.proc.pid)
+            result = wrk(server.port, push_script(volumes), seconds, connections=n, server_pid=server.proc.pid)
             if result["errors"]:
                 raise SystemExit(f"{mode}, {n} connections: {result['errors']} requests failed")
             print(f"  {mode:<9} {n:>3} connections: {result['rate']:>9,.0f} pushes/s  "
@@ -74,6 +84,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="per wrk run (default %(default)s)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--connections", default="8,64", help="comma-separated (default %(default)s)")
+    parser.add_argument("--volumes", type=int, default=1,
+                        help="each push goes to one of this many volumes, at random (default %(default)s)")
     args = parser.parse_args()
     connections = [int(n) for n in args.connections.split(",")]
     rates: dict[tuple[str, int], list[float]] = {(m, n): [] for m in MODES for n in connections}
@@ -82,11 +94,12 @@ def main() -> None:
         (ms, cpu), (grow_ms, grow_cpu) = flush_latency(), flush_latency(grow=True)
         flushes.append(ms)
         growing.append(grow_ms)
-        print(f"round {r + 1} of {args.rounds} ({args.workers} workers, {args.seconds:.0f} s per run; "
+        print(f"round {r + 1} of {args.rounds} ({args.workers} workers, {args.volumes} volumes, "
+              f"{args.seconds:.0f} s per run; "
               f"fdatasync of 4 KiB: {ms:.2f} ms, {cpu:.0f} us CPU; growing the file: {grow_ms:.2f} ms, "
               f"{grow_cpu:.0f} us CPU)")
         for mode in MODES:
-            for n, result in run(mode, args.workers, connections, args.seconds).items():
+            for n, result in run(mode, args.workers, connections, args.seconds, args.volumes).items():
                 rates[mode, n].append(result["rate"])
     print(f"\nmedians of {args.rounds} rounds, single-record pushes/s (fdatasync of 4 KiB: "
           f"{statistics.median(flushes):.2f} ms, growing the file: {statistics.median(growing):.2f} ms)")

@@ -388,6 +388,48 @@ def test_the_durable_commit_thread_answers_each_request_and_stops_at_close(tmp_p
         assert store.volume("v").chunks.count() == len(records)
 
 
+def test_a_durable_worker_commits_several_volumes_at_once(tmp_path, monkeypatch):
+    """Volumes are separate files: the durable commit thread commits (and flushes)
+    the groups of several volumes together, each in a thread of its own. Each of
+    four volumes' commits waits at a barrier of four: they meet only if all four
+    run at once (one after the other, the barrier breaks and the requests fail)."""
+    from rdirdb.server.commit import VOLUME_THREADS
+
+    assert VOLUME_THREADS >= 4
+    barrier = threading.Barrier(4, timeout=10)
+
+    class _Meeting:
+        def __init__(self, index: Any) -> None:
+            self.index = index
+
+        def apply_group(self, batches: list[Any], **kwargs: Any) -> Any:
+            more = kwargs.get("more")
+            if (batches or (more() if more else [])) and barrier.n_waiting < 4:
+                barrier.wait()
+            return self.index.apply_group(batches, **kwargs)
+
+    async def run() -> list[Any]:
+        commit = GroupCommit(defer_meta=True)
+        answers: list[asyncio.Future[Any]] = []
+        for name in names:  # one turn of the loop: one group per volume
+            volume, batch = store.prepare_write(name, "rawx", [chunk_record()])
+            future = asyncio.get_running_loop().create_future()
+            commit.submit(volume, batch, future.set_result)
+            answers.append(future)
+        results = list(await asyncio.gather(*answers))
+        await commit.close()
+        return results
+
+    names = ["a", "b", "c", "d"]
+    with Store(tmp_path, sync=True) as store:
+        for name in names:
+            volume = store.volume(name, create=True)
+            volume.index = _Meeting(volume.index)  # type: ignore[assignment]
+        assert asyncio.run(run()) == [1] * 4
+    with Store(tmp_path, sync=True) as store:
+        assert [store.volume(name).chunks.count() for name in names] == [1] * 4
+
+
 def test_a_failed_commit_thread_answers_what_is_queued_and_the_next_request_starts_another(
         tmp_path, monkeypatch, caplog):
     """A bug in the durable commit thread is logged and answers the requests it
@@ -398,12 +440,12 @@ def test_a_failed_commit_thread_answers_what_is_queued_and_the_next_request_star
     real = commit_module._commit_deferred
     calls = 0
 
-    def fail_once(lates: Any, held: Any) -> Any:
+    def fail_once(lates: Any, held: Any, pool: Any = None) -> Any:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("a bug in the commit thread")
-        return real(lates, held)
+        return real(lates, held, pool)
 
     monkeypatch.setattr(commit_module, "_commit_deferred", fail_once)
 

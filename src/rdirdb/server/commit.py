@@ -31,7 +31,10 @@ it join, instead of waiting for the commit after. A durable worker's commits
 run one after the other in a thread of their own, which starts the next one as
 soon as one is done, without a turn of the event loop in between (each turn
 ends by waking it); the event loop only queues requests and writes the answers
-the thread hands it.
+the thread hands it. When several volumes have a group (or a held one), their
+commits run together, each in a thread of a pool of :data:`VOLUME_THREADS`:
+volumes are separate files, so their flushes are on their way to the disk at
+once instead of one after the other (docs/server.md, "Many volumes").
 
 A group is all or nothing, and so is each request in it: if the group's
 transaction fails (an engine or disk error: the input was checked before), it is
@@ -52,6 +55,7 @@ from rdirdb.rdir.store import Volume
 
 log = logging.getLogger("rdirdb.server")
 
+VOLUME_THREADS = 8  # a durable worker commits (and flushes) up to this many volumes at once
 Result = Union[int, Exception]  # records written (or found, for deletes), or why not
 Done = Callable[[Result], None]
 Group = tuple[Volume, list[Batch], list[Done]]
@@ -129,32 +133,64 @@ class _Late:
         return self.volume, batches, dones
 
 
-def _commit_deferred(lates: list[_Late], held: Held) -> tuple[list[Group], list[list[Result]], Held, Synced]:
-    """Commit the requests of ``lates`` leaving their meta pages unflushed,
-    then make sure the commits of ``held`` are on disk: a later commit (of this
-    worker or another one of the server, all durable) flushed its data pages
-    after their meta page was written, or else a sync. Returns the results, the
-    new held (the volumes whose group had requests), and the held volumes whose
-    sync failed; never raises."""
-    results = [commit_group(late.volume, [], sync_meta=False, more=late) for late in lates]
-    groups = [late.group() for late in lates]
-    released = {late.volume for late in lates if late.released}
-    failed: Synced = {}
-    for volume, txnid in held.items():
-        if volume in released or _committed_since(volume, txnid):
-            continue
+VolumeTurn = tuple[Group, list[Result], "int | None", "Exception | None"]
+
+
+def _commit_volume(late: _Late, held_txnid: int | None) -> VolumeTurn:
+    """One volume's turn in a durable worker's commit: commit the requests of
+    ``late`` leaving its meta page unflushed, then make sure the held commit of the
+    volume (``held_txnid``) is on disk: a later commit (this one, or another
+    worker's, all durable) flushed its data pages after that meta page was
+    written, or else a sync. Returns the group, its results, the txnid to hold
+    (None: nothing was waiting) and the held commit's sync error; never raises."""
+    volume = late.volume
+    results = commit_group(volume, [], sync_meta=False, more=late)
+    group = late.group()
+    failed = None if held_txnid is None or late.released else _sync_held(volume, held_txnid)
+    txnid = None
+    if group[2]:  # requests were waiting: their meta page is held (else an empty transaction)
         try:
-            volume.env.sync()
-        except Exception as exc:
-            failed[volume] = exc
-    now: Held = {}
-    for volume, _, dones in groups:
-        if not dones:  # nothing was waiting: an empty transaction, nothing held
-            continue
-        try:
-            now[volume] = volume.env.info()["last_txnid"]
+            txnid = volume.env.info()["last_txnid"]
         except Exception:  # the environment is unusable: its sync, next time, fails
-            now[volume] = -1
+            txnid = -1
+    return group, results, txnid, failed
+
+
+def _sync_held(volume: Volume, txnid: int) -> Exception | None:
+    """Put the held commit ``txnid`` of ``volume`` on disk unless a later commit did;
+    the sync's error, if any."""
+    if _committed_since(volume, txnid):
+        return None
+    try:
+        volume.env.sync()
+    except Exception as exc:
+        return exc
+    return None
+
+
+def _commit_deferred(lates: list[_Late], held: Held, pool: concurrent.futures.Executor | None = None
+                     ) -> tuple[list[Group], list[list[Result]], Held, Synced]:
+    """Each volume's turn (:func:`_commit_volume`; a held volume without a late
+    group only has its held commit put on disk), in ``pool`` when there are
+    several: volumes are separate files, so their flushes can be on their way to
+    the disk together. Returns the results, the new held (the volumes whose group
+    had requests), and the held volumes whose sync failed; never raises."""
+    late_volumes = {late.volume for late in lates}
+    alone = [(volume, txnid) for volume, txnid in held.items() if volume not in late_volumes]
+
+    def turn(i: int) -> Any:
+        if i < len(lates):
+            return _commit_volume(lates[i], held.get(lates[i].volume))
+        return _sync_held(*alone[i - len(lates)])
+
+    count = len(lates) + len(alone)
+    done = [turn(i) for i in range(count)] if pool is None or count < 2 else list(pool.map(turn, range(count)))
+    committed: list[VolumeTurn] = done[:len(lates)]
+    groups = [group for group, _, _, _ in committed]
+    results = [outcome for _, outcome, _, _ in committed]
+    now: Held = {group[0]: txnid for group, _, txnid, _ in committed if txnid is not None}
+    failed: Synced = {group[0]: exc for group, _, _, exc in committed if exc is not None}
+    failed.update((volume, exc) for (volume, _), exc in zip(alone, done[len(lates):]) if exc is not None)
     return groups, results, now, failed
 
 
@@ -170,6 +206,7 @@ class GroupCommit:
         self._scheduled = False
         self._running: asyncio.Future[Any] | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._volume_pool: concurrent.futures.ThreadPoolExecutor | None = None  # defer_meta: see _commit_deferred
         # defer_meta: the commit thread, woken at the end of each turn of the loop
         self._wake = threading.Condition(self._lock)
         self._woken = False
@@ -258,7 +295,10 @@ class GroupCommit:
                 # A held volume with nothing pending commits too: see the module's docstring.
                 lates = [_Late(self, volume, (txnids[volume], held[volume]) if volume in held else None, loop)
                          for volume in volumes]
-                groups, results, txnids, failed = _commit_deferred(lates, txnids)  # never raises
+                if len(lates) > 1 and self._volume_pool is None:
+                    self._volume_pool = concurrent.futures.ThreadPoolExecutor(
+                        VOLUME_THREADS, thread_name_prefix="rdir-volume-commit")
+                groups, results, txnids, failed = _commit_deferred(lates, txnids, self._volume_pool)  # never raises
                 released = {late.volume for late in lates if late.released}
                 answered: list[Group] = [(volume, [], dones) for volume, (dones, _) in held.items()
                                          if volume not in released]
@@ -301,6 +341,8 @@ class GroupCommit:
                 self._flush()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
+        if self._volume_pool is not None:
+            self._volume_pool.shutdown(wait=True)
 
 
 def _deliver(groups: list[Group], results: list[list[Result]]) -> None:
