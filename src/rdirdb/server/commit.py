@@ -133,7 +133,7 @@ class _Late:
         return self.volume, batches, dones
 
 
-VolumeTurn = tuple[Group, list[Result], "int | None", "Exception | None"]
+VolumeTurn = tuple[Group, list[Result], int | None, Exception | None]  # see _commit_volume
 
 
 def _commit_volume(late: _Late, held_txnid: int | None) -> VolumeTurn:
