@@ -167,8 +167,9 @@ def test_apply_group_writes_what_apply_writes_one_batch_after_another(tmp_path, 
         puts = [[url(i), url(i + 1)] for i in range(0, 40, 2)]
         deletes = [[url(i)] for i in range(0, 40, 3)]
         encode = _rdir.encode_meta2
-    # interleaved: a delete between two puts of its key, and a put after it
-    batches = [b for pair in zip(puts, deletes) for b in pair] + puts[:3]
+    # interleaved: a delete between two puts of its key, and a put after it; empty batches
+    # write nothing (and take no stamp)
+    batches = [b for pair in zip(puts, deletes) for b in pair] + puts[:3] + [[]] + puts[3:5] + [[]]
     with Store(tmp_path, sync=False) as store:
         one_by_one = store.volume("one", service_type, create=True)
         grouped = store.volume("group", service_type, create=True)

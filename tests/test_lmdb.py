@@ -128,6 +128,24 @@ def test_engine_batch_grows_map_itself(tmp_path):
         assert chunks.count() == 5000
 
 
+@pytest.mark.parametrize("sync", [True, False])
+def test_a_group_that_fills_the_map_is_written_whole_once_it_grew(tmp_path, sync):
+    """apply_group's writes and commit run in one stretch without the GIL; a full map in
+    the middle aborts the whole group, grows the map and writes it again, once."""
+    from rdirdb._rdir import encode_chunks
+    from rdirdb.rdir.store import Store
+
+    with Store(tmp_path, map_size=64 << 10, sync=sync) as store:
+        volume = store.volume("v", create=True)
+        batches = [encode_chunks([("c%d" % (i % 7), "content", "chunk%06d" % (b * 500 + i), i, "p" * 200, 1)
+                                  for i in range(500)]) for b in range(6)]
+        batches.insert(3, encode_chunks([("c0", "chunk000007")], key_only=True))
+        grown = volume.env.map_size
+        assert volume.index.apply_group(batches, sync_meta=sync) == [500, 500, 500, 1, 500, 500, 500]
+        assert volume.env.map_size > grown
+        assert volume.chunks.count() == 2999  # chunk000007 deleted, no record written twice
+
+
 def test_unknown_database(env):
     with pytest.raises(ValueError, match="unknown database 'nope'"):
         with env.begin() as txn:

@@ -15,7 +15,9 @@ removes the key's tombstone.
 cimport cython
 from libc.errno cimport ENOMEM
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
-from libc.stdlib cimport free, malloc, realloc
+from cpython.ref cimport PyObject
+from cpython.sequence cimport PySequence_Fast_ITEMS
+from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcmp, memcpy
 
 from rdirdb._codec cimport STAMP_SIZE, V_STAMPED, _get_stamp, _hlc_next, _put_stamp, _text_cmp
@@ -247,13 +249,8 @@ cdef int _write_entries(MDB_txn *txn, Batch batch, Py_ssize_t *count) noexcept n
 
 
 def _write_into(Transaction txn, Batch batch):
-    """Environment.write's function: the batch in ``txn``; how many records it wrote."""
-    cdef Py_ssize_t count = 0
-    cdef int rc
-    with nogil:
-        rc = _write_entries(txn._txn, batch, &count)
-    txn.fail(rc, b"mdb_del" if batch.key_only else b"mdb_cursor_put")
-    return count
+    """Environment.write's function: the batch in ``txn``, committed; how many records it wrote."""
+    return _write_all_into(txn, [batch])[0]
 
 
 cdef int _bind(Batch batch, const MDB_dbi *dbis, bint meta2, const MDB_dbi *tombs,
@@ -286,9 +283,52 @@ cdef Py_ssize_t apply_batch(Environment env, const MDB_dbi *dbis, Batch batch, b
     return env.write(_write_into, batch)
 
 
+cdef struct _Group:  # the batches of one transaction, for _write_group (it owns no Python object)
+    PyObject **batches
+    Py_ssize_t n
+    Py_ssize_t *counts  # what batch i wrote
+    Py_ssize_t failed   # the batch whose write failed
+
+
+cdef int _write_group(MDB_txn *txn, void *state) noexcept nogil:
+    """Each batch of the _Group ``state`` in ``txn``, in order, until one fails; an LMDB code."""
+    cdef _Group *group = <_Group *>state
+    cdef Py_ssize_t i
+    cdef int rc = MDB_SUCCESS
+    for i in range(group.n):
+        if (<Batch>group.batches[i]).n == 0:  # nothing to write: not even a stamp
+            continue
+        rc = _write_entries(txn, <Batch>group.batches[i], &group.counts[i])
+        if rc != MDB_SUCCESS:
+            group.failed = i
+            break
+    return rc
+
+
 def _write_all_into(Transaction txn, list batches):
-    """Environment.write's function: each batch in ``txn``, in order; their counts."""
-    return [_write_into(txn, batch) if (<Batch>batch).n else 0 for batch in batches]
+    """Environment.write's function: each batch in ``txn``, in order, then the
+    commit, in one stretch without the GIL (the write lock is held meanwhile:
+    no wait for the GIL between a group's batches, see
+    :meth:`Transaction.write_then_commit`); their counts."""
+    cdef list owned = list(batches)  # its items are borrowed below: nobody else may change it
+    cdef _Group group
+    cdef int rc
+    for batch in owned:
+        if not isinstance(batch, Batch):
+            raise TypeError(f"expected a Batch, not {type(batch).__name__}")
+    group.batches = PySequence_Fast_ITEMS(owned)
+    group.n = len(owned)
+    group.failed = 0
+    group.counts = <Py_ssize_t *>calloc(group.n if group.n else 1, sizeof(Py_ssize_t))
+    if group.counts == NULL:
+        raise MemoryError()
+    try:
+        rc = txn.write_then_commit(_write_group, &group)
+        if rc != MDB_SUCCESS:
+            txn.fail(rc, b"mdb_del" if (<Batch>owned[group.failed]).key_only else b"mdb_cursor_put")
+        return [group.counts[i] for i in range(group.n)]
+    finally:
+        free(group.counts)
 
 
 cdef class _Binding:

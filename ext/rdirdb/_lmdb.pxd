@@ -14,6 +14,10 @@ cdef extern from "pthread.h" nogil:
 
 cdef int check(int rc, const char *what) except -1
 
+# A write done without the GIL in a transaction (see Transaction.write_then_commit):
+# returns an LMDB code.
+ctypedef int (*txn_writer)(MDB_txn *txn, void *state) noexcept nogil
+
 
 cdef struct _Touch:  # Environment.pretouch()'s state, shared with its thread (no Python object)
     MDB_env *env
@@ -53,6 +57,8 @@ cdef class Environment:
     cdef MDB_dbi dbi(self, name) except? 0
     cdef int begin_raw(self, MDB_txn **txn, bint write) except -1
     cdef int end_raw(self, MDB_txn *txn, bint commit, bint write=*) except -1
+    cdef int _end_nogil(self, MDB_txn *txn, bint commit, bint meta_sync) noexcept nogil
+    cdef int _end_check(self, int rc) except -1
     cdef int grow(self, size_t needed) except -1
     cdef int map_full(self, const char *what) except -1
     cdef int reserve(self) except -1
@@ -71,7 +77,10 @@ cdef class Transaction:
 
     cdef int _ensure_open(self) except -1
     cdef int _finish(self, bint commit) except -1
+    cdef MDB_txn *_detach(self) except? NULL
+    cdef int _ended(self, bint commit) except -1
     cdef int fail(self, int rc, const char *what) except -1
+    cdef int write_then_commit(self, txn_writer write, void *state) except? -1
 
 
 cdef class Cursor:

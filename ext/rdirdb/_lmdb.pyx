@@ -500,16 +500,25 @@ cdef class Environment:
     cdef int end_raw(self, MDB_txn *txn, bint commit, bint write=False) except -1:
         """Commit or abort ``txn`` (a ``write`` one: see the meta page's sync in the
         class docstring) and release the shared resize lock."""
-        cdef int rc = MDB_SUCCESS
-        cdef bint meta_sync = commit and write and self.durable
+        cdef int rc
         with nogil:
-            if commit:
-                rc = mdb_txn_commit(txn)
-                if rc == MDB_SUCCESS and meta_sync:
-                    rc = mdb_env_sync(self._env, 1)
-            else:
-                mdb_txn_abort(txn)
-            pthread_rwlock_unlock(&self._resize_lock)
+            rc = self._end_nogil(txn, commit, commit and write and self.durable)
+        return self._end_check(rc)
+
+    cdef int _end_nogil(self, MDB_txn *txn, bint commit, bint meta_sync) noexcept nogil:
+        """end_raw's work (``meta_sync``: flush the meta page too); its LMDB code."""
+        cdef int rc = MDB_SUCCESS
+        if commit:
+            rc = mdb_txn_commit(txn)
+            if rc == MDB_SUCCESS and meta_sync:
+                rc = mdb_env_sync(self._env, 1)
+        else:
+            mdb_txn_abort(txn)
+        pthread_rwlock_unlock(&self._resize_lock)
+        return rc
+
+    cdef int _end_check(self, int rc) except -1:
+        """Raise the error of an ended transaction's code (see end_raw)."""
         if rc == MDB_MAP_FULL:  # the commit freed the transaction
             self.map_full(b"mdb_txn_commit")
         if rc == EIO and _disk_full(self.path):
@@ -909,15 +918,49 @@ cdef class Transaction:
     cdef int _finish(self, bint commit) except -1:
         if self._txn == NULL:
             return 0
+        self.env.end_raw(self._detach(), commit, self._sync_meta)
+        return self._ended(commit)
+
+    cdef MDB_txn *_detach(self) except? NULL:
+        """Close the cursors, forget the transaction and return it (to end it)."""
         for child in list(self._children):
             child.close()
         cdef MDB_txn *txn = self._txn
         self._txn = NULL
         self.env._children.discard(self)
-        self.env.end_raw(txn, commit, self._sync_meta)
+        return txn
+
+    cdef int _ended(self, bint commit) except -1:
         if commit and self.write and self.env.pretouching:
             self.env._kick_pretouch()
         return 0
+
+    cdef int write_then_commit(self, txn_writer write, void *state) except? -1:
+        """``write(txn, state)`` and, if it succeeds, the commit, in one stretch without
+        the GIL: a writer holding LMDB's write lock does not wait for the GIL between its
+        writes and its commit (the server's group commit: another thread runs Python).
+        Returns 0 once committed (a failed commit raises, as :meth:`commit`), or the
+        code of the failed write, the transaction still open: raise it with :meth:`fail`."""
+        cdef int rc, end_rc = MDB_SUCCESS
+        cdef MDB_txn *txn
+        cdef bint meta_sync
+        self._ensure_open()
+        if not self.write:
+            raise errors.LmdbReadOnlyError("mdb_txn_commit", EROFS, "a read transaction cannot write")
+        for child in list(self._children):
+            child.close()
+        txn = self._txn
+        meta_sync = self._sync_meta and self.env.durable
+        with nogil:
+            rc = write(txn, state)
+            if rc == MDB_SUCCESS:
+                end_rc = self.env._end_nogil(txn, True, meta_sync)
+        if rc != MDB_SUCCESS:
+            return rc
+        self._detach()  # ended: committed, or freed by a failed commit
+        self.env._end_check(end_rc)
+        self._ended(True)
+        return MDB_SUCCESS
 
     cdef int fail(self, int rc, const char *what) except -1:
         """Raise the error of ``rc`` from a write in this transaction (none for 0).
